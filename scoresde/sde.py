@@ -1,0 +1,312 @@
+"""Forward SDEs dx = f(x,t) dt + g(t) dW with linear drift f(x,t) = (d log m/dt)·x.
+
+Every SDE here is fixed by two functions of time: the mean coefficient m(t) and the
+marginal std σ(t), with x_t = m(t)·x_0 + σ(t)·z.  The drift coefficient and g² follow:
+
+    f(t)  = d log m / dt
+    g²(t) = dσ²/dt − 2 f(t) σ²(t)
+
+(which is the score_sde closed form for VP, sub-VP and VE).  Subclasses implement the
+underscore methods on raw tensors with no checks; the public methods validate their
+input once.  Solvers call the underscore methods in their inner loops.
+"""
+from __future__ import annotations
+
+import abc
+import math
+
+import torch
+
+from ._checks import as_time, bcast, check_int, check_less, check_positive
+
+
+class SDE(abc.ABC):
+    """A forward SDE with linear drift and its marginal/prior/reverse-time formulas."""
+
+    #: smallest time a sampler reaches by default (score_sde's sampling_eps)
+    default_eps: float = 1e-3
+    #: smallest time a likelihood integral starts at by default
+    likelihood_eps: float = 1e-5
+
+    def __init__(self, N: int = 1000, T: float = 1.0):
+        self.N = check_int("N", N, 1)
+        self.T = check_positive("T", T)
+
+    # -- the math each SDE supplies (tensors in, tensors out, no checks) -----------------
+    @abc.abstractmethod
+    def _log_mean_coef(self, t: torch.Tensor) -> torch.Tensor:
+        """log m(t)."""
+
+    @abc.abstractmethod
+    def _std(self, t: torch.Tensor) -> torch.Tensor:
+        """σ(t)."""
+
+    @abc.abstractmethod
+    def _f_coef(self, t: torch.Tensor) -> torch.Tensor:
+        """d log m / dt, so that f(x, t) = _f_coef(t)·x."""
+
+    @abc.abstractmethod
+    def _g2(self, t: torch.Tensor) -> torch.Tensor:
+        """g(t)²."""
+
+    @property
+    @abc.abstractmethod
+    def prior_std(self) -> float:
+        """Standard deviation of the prior N(0, prior_std² I) at t = T."""
+
+    def _log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        """λ(t) = log(m/σ), decreasing in t."""
+        return self._log_mean_coef(t) - torch.log(self._std(t))
+
+    # -- public API ----------------------------------------------------------------------
+    def marginal(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """(m(t), σ(t)) of the perturbation kernel x_t = m(t)·x_0 + σ(t)·z, t of shape (B,)."""
+        t = as_time(t, self.T)
+        return torch.exp(self._log_mean_coef(t)), self._std(t)
+
+    def log_snr(self, t) -> torch.Tensor:
+        """λ(t) = log m(t) − log σ(t)."""
+        return self._log_snr(as_time(t, self.T))
+
+    def marginal_sample(self, x0: torch.Tensor, t, generator: torch.Generator | None = None):
+        """Draw x_t = m(t)·x_0 + σ(t)·z; returns (x_t, z)."""
+        t = as_time(t, self.T, like=x0, batch=x0.shape[0])
+        z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        m, s = torch.exp(self._log_mean_coef(t)), self._std(t)
+        return bcast(m, x0) * x0 + bcast(s, x0) * z, z
+
+    def drift(self, x: torch.Tensor, t) -> torch.Tensor:
+        """f(x, t) = (d log m/dt)·x."""
+        t = as_time(t, self.T, like=x, batch=x.shape[0])
+        return bcast(self._f_coef(t), x) * x
+
+    def diffusion(self, t) -> torch.Tensor:
+        """g(t) = √(dσ²/dt − 2 f σ²)."""
+        return torch.sqrt(self._g2(as_time(t, self.T)))
+
+    def sde(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f(x, t), g(t)) in one call, score_sde style."""
+        return self.drift(x, t), self.diffusion(t)
+
+    def reverse_drift(self, x: torch.Tensor, t, score, probability_flow: bool = False) -> torch.Tensor:
+        """Reverse-time drift f − g²·s (SDE) or f − ½g²·s (probability-flow ODE).
+
+        `score` is a tensor shaped like x or a callable score_fn(x, t).
+        """
+        t = as_time(t, self.T, like=x, batch=x.shape[0])
+        s = score(x, t) if callable(score) else score
+        if s.shape != x.shape:
+            raise ValueError(f"score has shape {tuple(s.shape)}, expected {tuple(x.shape)}")
+        return self._reverse_drift(x, t, s, 0.5 if probability_flow else 1.0)
+
+    def pf_drift(self, x: torch.Tensor, t, score) -> torch.Tensor:
+        """Probability-flow ODE drift dx/dt = f(x,t) − ½ g(t)² s(x,t)."""
+        return self.reverse_drift(x, t, score, probability_flow=True)
+
+    def _reverse_drift(self, x, t, s, weight: float):
+        return bcast(self._f_coef(t), x) * x - bcast(weight * self._g2(t), x) * s
+
+    def prior_sample(self, shape, generator: torch.Generator | None = None,
+                     dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+        """x_T ~ N(0, prior_std² I)."""
+        shape = tuple(int(s) for s in shape)
+        if len(shape) < 2 or any(s < 1 for s in shape):
+            raise ValueError(f"shape must be (B, ...) with every size >= 1, got {shape}")
+        return self.prior_std * torch.randn(shape, generator=generator, dtype=dtype, device=device)
+
+    def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
+        """log N(z; 0, prior_std² I) summed over all but the batch dimension -> (B,)."""
+        D = z[0].numel()
+        s2 = self.prior_std ** 2
+        return -0.5 * D * math.log(2 * math.pi * s2) - z.flatten(1).pow(2).sum(1) / (2 * s2)
+
+    def t_from_log_snr(self, lam: torch.Tensor, iters: int = 80) -> torch.Tensor:
+        """Invert λ(t) by bisection on [0, T] (λ is monotone decreasing); float64 inside."""
+        lam = torch.as_tensor(lam, dtype=torch.float64)
+        lo = torch.zeros_like(lam)
+        hi = torch.full_like(lam, self.T)
+        for _ in range(iters):
+            mid = 0.5 * (lo + hi)
+            above = self._log_snr(mid) > lam  # still too little noise: move right
+            lo = torch.where(above, mid, lo)
+            hi = torch.where(above, hi, mid)
+        return 0.5 * (lo + hi)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+    @abc.abstractmethod
+    def config(self) -> dict:
+        """Constructor arguments, JSON-friendly (for checkpoints and result files)."""
+
+
+class VPSDE(SDE):
+    """Variance-preserving SDE: f = −½β(t)x, g = √β(t), σ² = 1 − m².
+
+    Linear schedule (Song et al. 2021): β(t) = β_min + t(β_max − β_min),
+    log m(t) = −¼t²(β_max − β_min) − ½tβ_min.
+    Cosine schedule (Nichol & Dhariwal 2021): ᾱ(t) = cos²(((t+s)/(1+s))·π/2)/cos²((s/(1+s))·π/2),
+    m = √ᾱ; its T defaults to 0.9946 because ᾱ(1) = 0 makes β(1) infinite (DPM-Solver's choice).
+
+    The discrete DDPM chain is the special case t_i = i/N: `discrete_betas` are
+    linspace(β_min/N, β_max/N, N) (DDPM's 1e-4 … 0.02 for N = 1000) and ᾱ_i = ∏ (1 − β_j).
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000,
+                 schedule: str = "linear", cosine_s: float = 0.008, T: float | None = None):
+        if schedule not in ("linear", "cosine"):
+            raise ValueError(f"schedule must be one of 'linear', 'cosine', got {schedule!r}")
+        super().__init__(N, T if T is not None else (1.0 if schedule == "linear" else 0.9946))
+        self.schedule = schedule
+        self.beta_min = check_positive("beta_min", beta_min)
+        self.beta_max = check_positive("beta_max", beta_max)
+        check_less("beta_min", self.beta_min, "beta_max", self.beta_max)
+        self.cosine_s = check_positive("cosine_s", cosine_s)
+        if schedule == "cosine" and self.T >= 1.0:
+            raise ValueError(f"the cosine schedule needs T < 1 (ᾱ(1) = 0), got T={self.T}")
+        self._discrete = None
+
+    def config(self) -> dict:
+        return dict(name="vp", beta_min=self.beta_min, beta_max=self.beta_max, N=self.N,
+                    schedule=self.schedule, cosine_s=self.cosine_s, T=self.T)
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+    def _cos_angle(self, t):
+        return (t + self.cosine_s) / (1 + self.cosine_s) * (math.pi / 2)
+
+    def _log_mean_coef(self, t):
+        if self.schedule == "linear":
+            return -0.25 * t ** 2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+        c0 = math.log(math.cos(self.cosine_s / (1 + self.cosine_s) * math.pi / 2))
+        return torch.log(torch.cos(self._cos_angle(t))) - c0
+
+    def beta(self, t: torch.Tensor) -> torch.Tensor:
+        """β(t) = −2 d log m/dt."""
+        if self.schedule == "linear":
+            return self.beta_min + t * (self.beta_max - self.beta_min)
+        return math.pi / (1 + self.cosine_s) * torch.tan(self._cos_angle(t))
+
+    def _f_coef(self, t):
+        return -0.5 * self.beta(t)
+
+    def _g2(self, t):
+        return self.beta(t)
+
+    def _std(self, t):
+        # −expm1 keeps σ accurate for tiny t, where 1 − m² cancels.
+        return torch.sqrt((-torch.expm1(2 * self._log_mean_coef(t))).clamp_min(0))
+
+    def _discrete_tables(self):
+        if self._discrete is None:
+            N = self.N
+            if self.schedule == "linear":
+                betas = torch.linspace(self.beta_min / N, self.beta_max / N, N, dtype=torch.float64)
+            else:
+                t = torch.arange(N + 1, dtype=torch.float64) / N
+                c0 = math.cos(self.cosine_s / (1 + self.cosine_s) * math.pi / 2) ** 2
+                abar = torch.cos(self._cos_angle(t)) ** 2 / c0
+                betas = (1 - abar[1:] / abar[:-1]).clamp(max=0.999)  # iDDPM's clip
+            self._discrete = (betas, torch.cumprod(1 - betas, 0))
+        return self._discrete
+
+    @property
+    def discrete_betas(self) -> torch.Tensor:
+        """DDPM's β_1 … β_N (float64), index i−1 holds β_i."""
+        return self._discrete_tables()[0]
+
+    @property
+    def alphas(self) -> torch.Tensor:
+        """α_i = 1 − β_i."""
+        return 1 - self.discrete_betas
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """ᾱ_i = ∏_{j<=i} α_j, index i−1 holds ᾱ_i."""
+        return self._discrete_tables()[1]
+
+
+class SubVPSDE(VPSDE):
+    """sub-VP SDE: the VP drift and mean, g² = β(t)(1 − m(t)⁴), σ(t) = 1 − m(t)².
+
+    Its marginal variance (1 − m²)² is below the VP one at every t.  Linear schedule only.
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
+        super().__init__(beta_min, beta_max, N, schedule="linear")
+
+    def config(self) -> dict:
+        return dict(name="subvp", beta_min=self.beta_min, beta_max=self.beta_max, N=self.N)
+
+    def _std(self, t):
+        return (-torch.expm1(2 * self._log_mean_coef(t))).clamp_min(0)
+
+    def _g2(self, t):
+        return self.beta(t) * -torch.expm1(4 * self._log_mean_coef(t))
+
+
+class VESDE(SDE):
+    """Variance-exploding SDE: σ(t) = σ_min(σ_max/σ_min)^t, f = 0, m = 1,
+    g(t) = σ(t)·√(2 ln(σ_max/σ_min)), prior N(0, σ_max² I).
+
+    As in score_sde, σ(0) = σ_min: the t = 0 marginal is the data blurred by N(0, σ_min²).
+    """
+
+    default_eps = 1e-5
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
+        super().__init__(N, 1.0)
+        self.sigma_min = check_positive("sigma_min", sigma_min)
+        self.sigma_max = check_positive("sigma_max", sigma_max)
+        check_less("sigma_min", self.sigma_min, "sigma_max", self.sigma_max)
+        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
+
+    def config(self) -> dict:
+        return dict(name="ve", sigma_min=self.sigma_min, sigma_max=self.sigma_max, N=self.N)
+
+    @property
+    def prior_std(self) -> float:
+        return self.sigma_max
+
+    def _log_mean_coef(self, t):
+        return 0.0 * t  # keeps autograd graphs connected
+
+    def _std(self, t):
+        return self.sigma_min * torch.exp(t * self._log_ratio)
+
+    def _f_coef(self, t):
+        return 0.0 * t  # keeps autograd graphs connected
+
+    def _g2(self, t):
+        return 2 * self._log_ratio * self._std(t) ** 2
+
+    @property
+    def discrete_sigmas(self) -> torch.Tensor:
+        """σ_i at t_i = i/(N−1), i = 0 … N−1 (NCSN's geometric ladder), float64."""
+        return torch.exp(torch.linspace(math.log(self.sigma_min), math.log(self.sigma_max),
+                                        self.N, dtype=torch.float64))
+
+
+SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+
+
+def make_sde(name: str, **kwargs) -> SDE:
+    """Build an SDE by name: 'vp', 'subvp', 've' (also 'vp-cosine')."""
+    key = name.lower().replace("_", "").replace("-", "")
+    if key == "vpcosine":
+        return VPSDE(schedule="cosine", **kwargs)
+    if key not in SDES:
+        raise ValueError(f"unknown SDE {name!r}; choose one of: vp, vp-cosine, subvp, ve")
+    return SDES[key](**kwargs)
+
+
+def sde_from_config(cfg: dict) -> SDE:
+    """Inverse of SDE.config()."""
+    cfg = dict(cfg)
+    name = cfg.pop("name", None)
+    if name not in SDES:
+        raise ValueError(f"unknown SDE name {name!r} in config; expected one of {sorted(SDES)}")
+    return SDES[name](**cfg)

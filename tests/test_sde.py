@@ -1,0 +1,187 @@
+"""The SDE library against closed forms, the seeds' worked examples and simulation."""
+import math
+
+import pytest
+import torch
+
+from conftest import SDE_FACTORIES, gen
+from scoresde import SubVPSDE, VESDE, VPSDE, eps_to_score, score_to_eps, x0_from_eps, x0_from_score
+
+
+# -- the discrete DDPM chain --------------------------------------------------------------------
+def test_discrete_betas_are_ddpm_linspace():
+    sde = VPSDE(0.1, 20.0, N=1000)
+    assert torch.allclose(sde.discrete_betas, torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), atol=1e-15)
+    assert torch.allclose(sde.alphas_cumprod, torch.cumprod(1 - sde.discrete_betas, 0))
+
+
+def test_continuous_mean_coef_tracks_discrete_alpha_bar():
+    sde = VPSDE(0.1, 20.0, N=1000)
+    t = torch.arange(1, 1001, dtype=torch.float64) / 1000
+    m, _ = sde.marginal(t)
+    assert (m ** 2 - sde.alphas_cumprod).abs().max() < 2e-3
+    # and relative accuracy where the signal is still large
+    big = sde.alphas_cumprod > 0.1
+    assert ((m ** 2 / sde.alphas_cumprod)[big] - 1).abs().max() < 0.02
+
+
+def test_stepwise_forward_chain_matches_closed_form():
+    """x_t = √(1−β_t)x_{t−1} + √β_t ε, step by step, has mean √ᾱ_t x_0 and variance 1−ᾱ_t."""
+    sde = VPSDE(N=1000)
+    n, x0, g = 200_000, 1.5, gen(1)
+    x = torch.full((n,), x0, dtype=torch.float64)
+    betas = sde.discrete_betas
+    for i in range(300):
+        x = torch.sqrt(1 - betas[i]) * x + torch.sqrt(betas[i]) * torch.randn(n, generator=g, dtype=torch.float64)
+    abar = sde.alphas_cumprod[299]
+    mean, var = math.sqrt(abar) * x0, 1 - abar
+    assert abs(x.mean() - mean) < 5 * math.sqrt(var / n)
+    assert abs(x.var() - var) < 5 * var * math.sqrt(2 / n)
+
+
+# -- the seeds' worked examples -----------------------------------------------------------------
+def test_worked_example_forward_sample():
+    m, s = math.sqrt(0.81), math.sqrt(0.19)
+    x0, eps = torch.tensor([[2.0]], dtype=torch.float64), torch.tensor([[-0.5]], dtype=torch.float64)
+    assert (m * x0 + s * eps).item() == pytest.approx(1.582055, abs=1e-6)
+
+
+def test_worked_example_x0_recovery():
+    x = torch.tensor([[1.2, -0.3]], dtype=torch.float64)
+    eps = torch.tensor([[0.5, -1.0]], dtype=torch.float64)
+    x0 = x0_from_eps(x, eps, math.sqrt(0.36), math.sqrt(0.64))
+    assert torch.allclose(x0, torch.tensor([[4 / 3, 5 / 6]], dtype=torch.float64))
+    # the score route gives the same clean estimate (Tweedie)
+    s = eps_to_score(eps, math.sqrt(0.64))
+    assert torch.allclose(x0_from_score(x, s, math.sqrt(0.36), math.sqrt(0.64)), x0)
+    assert torch.allclose(score_to_eps(s, math.sqrt(0.64)), eps)
+
+
+def test_worked_example_reverse_mean():
+    """μ = (x_t − β_t/√(1−ᾱ_t)·ε)/√α_t with x_t=0.7, α_t=0.9, ᾱ_t=0.5, ε=0.2 ≈ 0.7081."""
+    x, alpha, abar, eps = 0.7, 0.9, 0.5, 0.2
+    mu = (x - (1 - alpha) / math.sqrt(1 - abar) * eps) / math.sqrt(alpha)
+    assert mu == pytest.approx(0.7081, abs=5e-5)
+    # the same number from the posterior-mean form in x̂_0 (what the ddpm solver uses)
+    abar_prev = abar / alpha
+    x0 = (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
+    mu2 = (math.sqrt(alpha) * (1 - abar_prev) * x + math.sqrt(abar_prev) * (1 - alpha) * x0) / (1 - abar)
+    assert mu2 == pytest.approx(mu, abs=1e-12)
+
+
+# -- the formulas, against independent computations ---------------------------------------------
+@pytest.mark.parametrize("name", list(SDE_FACTORIES))
+def test_drift_and_diffusion_follow_from_marginal(name):
+    """f = d log m/dt and g² = dσ²/dt − 2fσ², checked with autograd against the closed forms."""
+    sde = SDE_FACTORIES[name]()
+    t = torch.linspace(0.01, sde.T * 0.99, 37, dtype=torch.float64, requires_grad=True)
+    logm, std = sde._log_mean_coef(t), sde._std(t)
+    dlogm = torch.autograd.grad(logm.sum(), t)[0]
+    dvar = torch.autograd.grad((std ** 2).sum(), t)[0]
+    f = sde.drift(torch.ones(37, 1, dtype=torch.float64), t.detach())[:, 0]
+    g2 = sde.diffusion(t.detach()) ** 2
+    assert torch.allclose(f, dlogm, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(g2, dvar - 2 * dlogm * std.detach() ** 2, rtol=1e-9)
+
+
+def test_design_closed_forms():
+    t = torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64)
+    vp, sub, ve = VPSDE(), SubVPSDE(), VESDE()
+    logm = -0.25 * t ** 2 * 19.9 - 0.5 * t * 0.1
+    assert torch.allclose(vp.marginal(t)[0], logm.exp())
+    assert torch.allclose(vp.marginal(t)[1], torch.sqrt(1 - torch.exp(2 * logm)))
+    assert torch.allclose(sub.marginal(t)[1], 1 - torch.exp(2 * logm))
+    beta = 0.1 + t * 19.9
+    assert torch.allclose(sub.diffusion(t) ** 2, beta * (1 - torch.exp(-2 * 0.1 * t - 19.9 * t ** 2)))
+    assert torch.allclose(ve.marginal(t)[1], 0.01 * (50 / 0.01) ** t)
+    assert torch.allclose(ve.diffusion(t), 0.01 * (50 / 0.01) ** t * math.sqrt(2 * math.log(5000)))
+    assert ve.prior_std == 50.0
+
+
+def test_cosine_schedule_closed_form():
+    sde = VPSDE(schedule="cosine")
+    t = torch.tensor([0.0, 0.25, 0.9], dtype=torch.float64)
+    s = 0.008
+    abar = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2 / math.cos(s / (1 + s) * math.pi / 2) ** 2
+    m, std = sde.marginal(t)
+    assert torch.allclose(m ** 2, abar) and torch.allclose(std ** 2, 1 - abar)
+    assert sde.discrete_betas.max() <= 0.999
+
+
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve", "vp-cosine"])
+def test_euler_maruyama_forward_simulation_matches_marginal(name):
+    """Fine EM steps of dx = f dt + g dW from x_0 reproduce m(t)x_0 and σ(t)."""
+    sde = SDE_FACTORIES[name]()
+    n, steps, t_end = 40_000, 1000, 0.6
+    g = gen(2)
+    x0 = 1.3
+    # VE's marginal convention includes σ(0) = σ_min: start from the t = 0 marginal.
+    _, s0 = sde.marginal(torch.tensor([0.0], dtype=torch.float64))
+    x = x0 + s0 * torch.randn(n, 1, generator=g, dtype=torch.float64)
+    dt = t_end / steps
+    for i in range(steps):
+        t = torch.full((n,), i * dt, dtype=torch.float64)
+        x = x + sde.drift(x, t) * dt + sde.diffusion(t)[:, None] * math.sqrt(dt) * torch.randn(
+            n, 1, generator=g, dtype=torch.float64)
+    m, s = sde.marginal(torch.tensor([t_end], dtype=torch.float64))
+    se = s.item() / math.sqrt(n)
+    assert abs(x.mean().item() - m.item() * x0) < 5 * se + 1e-3 * s.item()
+    assert abs(x.std().item() / s.item() - 1) < 0.02
+
+
+def test_marginal_sample_and_prior(any_sde):
+    g = gen(3)
+    x0 = torch.zeros(20_000, 3, 4, 4)  # an image-shaped batch
+    t = torch.full((20_000,), 0.5)
+    xt, z = any_sde.marginal_sample(x0, t, generator=g)
+    assert xt.shape == x0.shape and z.shape == x0.shape
+    _, s = any_sde.marginal(torch.tensor([0.5]))
+    assert abs(xt.std().item() / s.item() - 1) < 0.01
+    p = any_sde.prior_sample((10_000, 2), generator=g)
+    assert abs(p.std().item() / any_sde.prior_std - 1) < 0.03
+    # prior_logp is the Gaussian log-density, summed over the event
+    z = torch.randn(4, 3, 2, generator=g, dtype=torch.float64)
+    ref = torch.distributions.Normal(0.0, any_sde.prior_std).log_prob(z).sum((1, 2))
+    assert torch.allclose(any_sde.prior_logp(z), ref)
+
+
+def test_reverse_and_pf_drift(any_sde):
+    x = torch.randn(5, 2, dtype=torch.float64, generator=gen(4))
+    t = torch.full((5,), 0.4, dtype=torch.float64)
+    s = -x
+    f, g = any_sde.sde(x, t)
+    assert torch.allclose(any_sde.reverse_drift(x, t, s), f - g[:, None] ** 2 * s)
+    assert torch.allclose(any_sde.pf_drift(x, t, lambda x, t: -x), f - 0.5 * g[:, None] ** 2 * s)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtypes_are_kept(any_sde, dtype):
+    t = torch.rand(6, dtype=dtype, generator=gen(5)) * any_sde.T
+    m, s = any_sde.marginal(t)
+    assert m.dtype == dtype and s.dtype == dtype and torch.isfinite(s).all()
+    assert any_sde.drift(torch.ones(6, 2, dtype=dtype), t).dtype == dtype
+
+
+def test_log_snr_inverse(any_sde):
+    t = torch.tensor([1e-3, 0.1, 0.5, 0.9], dtype=torch.float64) * any_sde.T
+    assert torch.allclose(any_sde.t_from_log_snr(any_sde.log_snr(t)), t, atol=1e-9)
+
+
+# -- validation ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("make, match", [
+    (lambda: VPSDE(beta_min=-0.1), "beta_min must be a finite number > 0"),
+    (lambda: VPSDE(beta_min=5.0, beta_max=1.0), "beta_min must be < beta_max"),
+    (lambda: VPSDE(schedule="quadratic"), "schedule must be one of"),
+    (lambda: VESDE(sigma_min=0.0), "sigma_min must be"),
+    (lambda: VESDE(sigma_min=10, sigma_max=1), "sigma_min must be < sigma_max"),
+    (lambda: VPSDE(N=0), "N must be an integer >= 1"),
+    (lambda: VPSDE().marginal(torch.tensor([1.5])), r"t must lie in \[0, T\]"),
+    (lambda: VPSDE().marginal(torch.tensor([-0.1])), r"t must lie in \[0, T\]"),
+    (lambda: VPSDE().marginal(torch.tensor([float("nan")])), r"t must lie in \[0, T\]"),
+    (lambda: VPSDE().drift(torch.ones(3, 2), torch.ones(4) * 0.5), "t has 4 entries but the batch has 3"),
+    (lambda: VPSDE().reverse_drift(torch.ones(3, 2), 0.5, torch.ones(3, 3)), "score has shape"),
+    (lambda: VPSDE().prior_sample((0, 2)), "shape must be"),
+])
+def test_bad_input_is_named(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
