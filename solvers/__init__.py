@@ -1,0 +1,116 @@
+"""Every sampler behind one call:
+
+    res = solvers.sample(score_fn, sde, shape=(n, 2), solver="heun", steps=18, generator=g)
+    res.x, res.nfe, res.t_grid
+
+`score_fn(x, t)` takes x (B, ...) and t of shape (B,) and returns ∇log p_t(x), shaped like x.
+Each solver is a short function `solver(prob, x, **options) -> x` over a shared `Problem`
+(grid coefficients, counted score call, noise, callback).
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ._common import Problem, SampleResult, SolverError, discrete_vp_tables
+from .ancestral import ddim, ddpm
+from .dpmpp import dpmpp_2m
+from .euler_maruyama import euler_maruyama, predictor_corrector
+from .grids import GRIDS, time_grid
+from .heun import euler, heun
+from .pf_ode import pf_ode
+from .sde_torchsde import torchsde_sde
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    fn: Callable
+    description: str
+    grid: str = "uniform"
+    to_zero: bool = False  # default end time 0 (the update handles σ = 0) instead of sde.default_eps
+    stochastic: bool = False
+
+
+SOLVERS = {
+    "ddpm": SolverSpec(ddpm, "DDPM ancestral sampling (Ho et al. 2020, Alg. 2); variance=beta_tilde|beta",
+                       to_zero=True, stochastic=True),
+    "ddim": SolverSpec(ddim, "DDIM (Song et al. 2021a); eta=0 deterministic, eta=1 is DDPM", to_zero=True),
+    "euler_maruyama": SolverSpec(euler_maruyama, "Euler–Maruyama on the reverse SDE (native loop)",
+                                 stochastic=True),
+    "torchsde": SolverSpec(torchsde_sde, "the reverse SDE via torchsde.sdeint; method=euler|milstein|srk|"
+                                         "reversible_heun|…", stochastic=True),
+    "pc": SolverSpec(predictor_corrector, "predictor–corrector: Langevin corrector + EM predictor "
+                                          "(Song et al. 2021); snr=0.16", stochastic=True),
+    "pf_ode": SolverSpec(pf_ode, "probability-flow ODE via torchdiffeq; method=dopri5 (adaptive, rtol/atol) "
+                                 "or a fixed-step method on the grid"),
+    "euler": SolverSpec(euler, "Euler's method on the probability-flow ODE (first order)"),
+    "heun": SolverSpec(heun, "Heun's method on the probability-flow ODE (Karras et al. 2022)", grid="edm"),
+    "dpmpp_2m": SolverSpec(dpmpp_2m, "DPM-Solver++(2M), multistep second order in log-SNR (Lu et al. 2022)",
+                           grid="logsnr"),
+}
+
+
+def available() -> list[str]:
+    """Names accepted by `sample(solver=...)`."""
+    return list(SOLVERS)
+
+
+def default_eps(solver: str, sde) -> float:
+    return 0.0 if SOLVERS[solver].to_zero else sde.default_eps
+
+
+def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = None, solver: str = "heun",
+           steps: int = 50, grid: str | None = None, eps: float | None = None,
+           generator: torch.Generator | None = None, denoise: bool = False, callback: Callable | None = None,
+           dtype: torch.dtype | None = None, device=None, check_finite: bool = True, **options) -> SampleResult:
+    """Draw samples by integrating from t = T (x_T ~ prior, or the given x_T) down to t = eps.
+
+    grid: 'uniform', 'quadratic', 'edm', 'logsnr' (default per solver); eps: end time (default 0
+    for ddpm/ddim, else sde.default_eps); denoise: finish with Tweedie's x̂_0 = (x + σ²s)/m at eps
+    (one more evaluation); callback(dict(i, t, x, nfe)) after every step; dtype (e.g. float64)
+    for the solve; options go to the solver (variance=, eta=, method=, rtol=, atol=, snr=, …).
+    """
+    if solver not in SOLVERS:
+        raise SolverError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
+    spec = SOLVERS[solver]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise SolverError(f"steps must be an integer >= 1, got {steps!r}")
+    allowed = [p for p in inspect.signature(spec.fn).parameters if p not in ("prob", "x")]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise SolverError(f"unknown option(s) {', '.join(map(repr, unknown))} for solver {solver!r}; "
+                          f"it accepts: {', '.join(allowed) or 'none'}")
+    if x_T is None:
+        if shape is None:
+            raise SolverError("give either shape=(B, ...) or x_T")
+        x = sde.prior_sample(shape, generator=generator, dtype=dtype or torch.float32,
+                             device=device if device is not None else (generator.device if generator else None))
+    else:
+        if not torch.is_tensor(x_T) or x_T.ndim < 2:
+            raise SolverError(f"x_T must be a tensor of shape (B, ...), got "
+                              f"{tuple(x_T.shape) if torch.is_tensor(x_T) else type(x_T).__name__}")
+        if shape is not None and tuple(shape) != tuple(x_T.shape):
+            raise SolverError(f"shape {tuple(shape)} does not match x_T's shape {tuple(x_T.shape)}")
+        x = x_T.to(dtype=dtype or x_T.dtype, device=device if device is not None else x_T.device)
+    grid = grid or spec.grid
+    eps = default_eps(solver, sde) if eps is None else float(eps)
+    ts = time_grid(sde, steps, grid, eps)
+    tables = discrete_vp_tables(sde, ts) if solver in ("ddpm", "ddim") else None
+    prob = Problem(score_fn, sde, ts, x, generator, callback, check_finite)
+    if tables is not None:
+        prob.m, prob.sigma = tables
+    with torch.no_grad():
+        x = spec.fn(prob, x, **options)
+        if denoise:
+            if prob.sigma[-1] <= 0:
+                raise SolverError("denoise=True needs eps > 0 (the samples already sit at σ = 0)")
+            s = prob.score(x, prob.t[-1])
+            x = (x + prob.sigma[-1] ** 2 * s) / prob.m[-1]
+    prob.check_deferred()
+    return SampleResult(x=x, nfe=prob.nfe, t_grid=ts, solver=solver, grid=grid)
+
+
+__all__ = ["sample", "available", "SampleResult", "SolverError", "SOLVERS", "GRIDS", "time_grid"]

@@ -1,0 +1,142 @@
+"""Pieces every sampler shares: the checked, counted score call, grid coefficients, noise."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from scoresde.convert import score_to_eps
+
+
+class SolverError(ValueError):
+    """Bad solver input or a failure inside a solve; the message names the value and the fix."""
+
+
+@dataclass
+class SampleResult:
+    """x: samples at the grid's end time (or denoised to t = 0); nfe: score evaluations;
+    t_grid: the times used (float64, decreasing from T)."""
+
+    x: torch.Tensor
+    nfe: int
+    t_grid: torch.Tensor
+    solver: str = ""
+    grid: str = ""
+
+
+class Problem:
+    """One solve: the SDE, its grid with precomputed coefficients, the counted score call,
+    the noise source and the callback.  Solver functions receive this and stay short.
+
+    Coefficient lists hold Python floats computed in float64, so the per-step arithmetic
+    costs no host–device synchronisation and no tensor allocation.
+    """
+
+    def __init__(self, score_fn: Callable, sde, ts: torch.Tensor, x_like: torch.Tensor,
+                 generator: torch.Generator | None, callback: Callable | None, check_finite: bool = True):
+        self.fn, self.sde, self.ts = score_fn, sde, ts
+        self.K = ts.numel() - 1
+        self.t = ts.tolist()
+        m = torch.exp(sde._log_mean_coef(ts))
+        self.m, self.sigma = m.tolist(), sde._std(ts).tolist()
+        # σ(t) of the SDE, which a ScoreModel divided by; the update coefficients m, sigma may
+        # instead come from a discrete table (see discrete_vp_tables).
+        self.sigma_score = self.sigma
+        self.f, self.g2 = sde._f_coef(ts).tolist(), sde._g2(ts).tolist()
+        self.B, self.dtype, self.device = x_like.shape[0], x_like.dtype, x_like.device
+        self.generator, self.callback = generator, callback
+        self.check_finite = check_finite
+        self.nfe = 0
+        self.step = 0
+        self._bad = None  # deferred non-finite flag on accelerators (no sync per step)
+
+    # -- the score, counted and checked --------------------------------------------------------
+    def score(self, x: torch.Tensor, t) -> torch.Tensor:
+        tb = (torch.full((self.B,), t, dtype=self.dtype, device=self.device) if isinstance(t, float)
+              else t.to(self.dtype).expand(self.B))
+        s = self.fn(x, tb)
+        if not torch.is_tensor(s) or s.shape != x.shape:
+            got = tuple(s.shape) if torch.is_tensor(s) else type(s).__name__
+            raise SolverError(f"score_fn returned shape {got}, expected {tuple(x.shape)} (same as x), "
+                              f"at step {self.step}, t={float(t):.6g}")
+        self.nfe += 1
+        if self.check_finite:
+            if self.device.type == "cpu":
+                if not bool(torch.isfinite(s).all()):
+                    self._raise_nonfinite(self.step, float(t))
+            else:
+                bad = ~torch.isfinite(s).all()
+                code = torch.tensor(self.step, device=self.device)
+                self._bad = torch.where(bad, code, torch.tensor(-1, device=self.device)) if self._bad is None else \
+                    torch.where((self._bad < 0) & bad, code, self._bad)
+        return s.to(x.dtype)
+
+    def _raise_nonfinite(self, step: int, t: float):
+        raise SolverError(f"score_fn returned NaN or inf at step {step} (t={t:.6g}); check the model "
+                          f"and its inputs, or use float64")
+
+    def check_deferred(self):
+        if self._bad is not None:
+            step = int(self._bad)
+            if step >= 0:
+                self._raise_nonfinite(step, self.t[step])
+
+    def eps(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """ε̂ = −σ(t_i)·s(x, t_i), with the same σ a ScoreModel divided by."""
+        return score_to_eps(self.score(x, self.t[i]), self.sigma_score[i])
+
+    def x0(self, x: torch.Tensor, eps: torch.Tensor, i: int) -> torch.Tensor:
+        """x̂_0 = (x − σ ε̂)/m at grid point i."""
+        return (x - self.sigma[i] * eps) / self.m[i]
+
+    def pf_velocity(self, x: torch.Tensor, i: int, s: torch.Tensor | None = None) -> torch.Tensor:
+        """dx/dt of the probability-flow ODE at grid point i: f·x − ½g²·s."""
+        s = self.score(x, self.t[i]) if s is None else s
+        return self.f[i] * x - 0.5 * self.g2[i] * s
+
+    # -- noise and progress -----------------------------------------------------------------------
+    def noise(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.generator
+        if g is None or g.device == x.device:
+            return torch.randn(x.shape, generator=g, dtype=x.dtype, device=x.device)
+        return torch.randn(x.shape, generator=g, dtype=x.dtype, device=g.device).to(x.device)
+
+    def done(self, i: int, x: torch.Tensor) -> None:
+        """End of step i (x now at t_{i+1}): report to the callback."""
+        self.step = i + 1
+        if self.callback is not None:
+            self.callback({"i": i, "t": self.t[i + 1], "x": x, "nfe": self.nfe})
+
+    def last(self, i: int) -> bool:
+        return i == self.K - 1
+
+    def transition(self, i: int) -> tuple[float, float]:
+        """Forward transition from t_{i+1} (= s) to t_i (= t): x_t = α·x_s + √(var)·z with
+        α = m_t/m_s and var = σ_t² − α²σ_s²."""
+        a = self.m[i] / self.m[i + 1]
+        return a, max(self.sigma[i] ** 2 - a * a * self.sigma[i + 1] ** 2, 0.0)
+
+
+def discrete_vp_tables(sde, ts: torch.Tensor):
+    """If `sde` is a VPSDE and every grid time is a multiple of 1/N, return (m, σ) at the grid
+    from the discrete DDPM table ᾱ (ᾱ = 1 at t = 0); otherwise None.
+
+    This is what makes the ancestral sampler with N steps DDPM's Algorithm 2 exactly, and a
+    shorter grid a respacing of the same chain (iDDPM)."""
+    if getattr(sde, "config", None) is None or sde.config().get("name") != "vp":
+        return None
+    k = ts * sde.N
+    idx = k.round()
+    if (k - idx).abs().max() > 1e-6:
+        return None
+    abar = torch.cat([torch.ones(1, dtype=torch.float64), sde.alphas_cumprod])[idx.long()]
+    return abar.sqrt().tolist(), (1 - abar).clamp_min(0).sqrt().tolist()
+
+
+def finite_positive(name: str, value) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise SolverError(f"{name} must be a finite number > 0, got {value!r}")
+    return value
