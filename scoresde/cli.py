@@ -1,0 +1,275 @@
+"""The `scoresde` command line: solvers | compare | sample | likelihood | train.
+
+Bad input (an unknown solver, model, SDE or key, bad numbers, a missing or corrupt file)
+prints one line naming the value and what is allowed, and exits with code 2; every output
+file is written atomically, so Ctrl-C never leaves a half-written one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+
+import click
+import torch
+
+from . import __version__
+from .sde import make_sde
+
+SDE_CHOICES = ["vp", "vp-cosine", "subvp", "ve"]
+DEFAULT_SOLVERS = "ddpm,ddim,euler_maruyama,pc,euler,heun,dpmpp_2m,pf_ode"
+
+
+class CLIError(click.ClickException):
+    exit_code = 2
+
+
+class _Group(click.Group):
+    """Turns every expected failure into one line on stderr and exit code 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name or "scoresde", complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(130)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; no partial output was written.", err=True)
+            sys.exit(130)
+        except click.ClickException as e:
+            ctx_hint = f" (see 'scoresde {e.ctx.info_name} --help')" if getattr(e, "ctx", None) and \
+                e.ctx.info_name != "scoresde" else ""
+            click.echo(f"Error: {e.format_message()}{ctx_hint}".replace("\n", " "), err=True)
+            sys.exit(2)
+        except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+            click.echo(f"Error: {e}".replace("\n", " "), err=True)
+            sys.exit(2)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _parse_list(value: str, name: str, cast=str, allowed=None, minimum=None):
+    items = [v.strip() for v in str(value).split(",") if v.strip()]
+    if not items:
+        raise CLIError(f"--{name} is empty; give a comma-separated list")
+    out = []
+    for v in items:
+        try:
+            v = cast(v)
+        except ValueError:
+            raise CLIError(f"--{name}: {v!r} is not a valid {cast.__name__}") from None
+        if allowed is not None and v not in allowed:
+            raise CLIError(f"--{name}: unknown value {v!r}; choose from: {', '.join(allowed)}")
+        if minimum is not None and v < minimum:
+            raise CLIError(f"--{name}: {v} is below the minimum {minimum}")
+        out.append(v)
+    return out
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(f"--device {name}: CUDA is not available on this machine; use cpu or auto")
+    return torch.device(name)
+
+
+def _resolve(model: str, sde_name: str | None, device):
+    from .models import resolve_model
+
+    if not model.startswith("oracle:") and not os.path.exists(model):
+        raise CLIError(f"--model {model!r}: no such checkpoint file; or use oracle:gmm8, oracle:gaussian, "
+                       f"oracle:gaussianD")
+    sde = make_sde(sde_name) if sde_name else None
+    return resolve_model(model, sde=sde, device=device)
+
+
+def _versions() -> dict:
+    import numpy
+    import torchdiffeq
+    import torchsde
+
+    return {"scoresde": __version__, "torch": torch.__version__, "torchdiffeq": torchdiffeq.__version__,
+            "torchsde": torchsde.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
+
+
+def format_table(rows: list[dict], cols: list[str]) -> str:
+    """Column-aligned text table; floats get 4 significant digits."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cols, widths)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in cells:
+        lines.append("  ".join(v.rjust(w) if i > 1 else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))))
+    return "\n".join(lines)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="scoresde")
+def cli():
+    """Score-based diffusion through SDEs: compare samplers, sample, measure likelihoods, train.
+
+    \b
+    Start here:  scoresde compare            (all solvers on the 8-mode ring oracle, ~1 min on CPU)
+                 scoresde solvers            (what each solver and time grid does)
+    """
+
+
+@cli.command("solvers")
+def solvers_cmd():
+    """List the solvers and time grids with a one-line description each.
+
+    Example: scoresde solvers
+    """
+    import solvers
+
+    w = max(map(len, solvers.SOLVERS))
+    click.echo("solvers (default grid in brackets):")
+    for name, spec in solvers.SOLVERS.items():
+        click.echo(f"  {name.ljust(w)}  [{spec.grid}] {spec.description}")
+    click.echo("time grids:")
+    for name, desc in solvers.GRIDS.items():
+        click.echo(f"  {name.ljust(w)}  {desc}")
+
+
+@cli.command()
+@click.option("--model", default="oracle:gmm8", metavar="SPEC",
+              help="oracle:gmm8 | oracle:gaussian | oracle:gaussianD | a checkpoint file")
+@click.option("--sde", "sde_name", type=click.Choice(SDE_CHOICES), default=None,
+              help="forward SDE for an oracle [default: vp]; a checkpoint brings its own")
+@click.option("--solvers", "solver_list", default=DEFAULT_SOLVERS, metavar="A,B,...",
+              help="comma-separated solver names (see `scoresde solvers`)")
+@click.option("--steps", default="10,20,50,100,1000", metavar="K,K,...", help="step counts to try")
+@click.option("--grid", type=click.Choice(["uniform", "quadratic", "edm", "logsnr"]), default=None,
+              help="time grid for every solver [default: each solver's own]")
+@click.option("--n", type=click.IntRange(min=2), default=4000, help="samples per run")
+@click.option("--seed", type=int, default=0, help="seed for x_T and the noise (shared by all runs)")
+@click.option("--out", type=click.Path(file_okay=False), default="results/compare", help="output folder")
+@click.option("--device", default="cpu", metavar="auto|cpu|cuda", help="where to run")
+@click.option("--float64", is_flag=True, help="solve in float64")
+@click.option("--no-plots", is_flag=True, help="skip the PNG figures")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, float64, no_plots, quiet):
+    """Run every (solver, steps) pair from the same noise and score the samples.
+
+    Prints an aligned table and writes OUT/results.csv, OUT/results.json (settings, versions,
+    seed), OUT/quality_vs_nfe.png and OUT/samples.png.
+
+    \b
+    Example:
+      scoresde compare --sde ve --solvers heun,dpmpp_2m,pc --steps 10,20,50 --n 2000 --out results/ve
+    """
+    import solvers
+
+    from .compare import best_at_nfe, run_compare
+    from ._io import write_csv, write_json
+
+    names = _parse_list(solver_list, "solvers", allowed=solvers.available())
+    steps_list = _parse_list(steps, "steps", cast=int, minimum=1)
+    dev = _device(device)
+    resolved = _resolve(model, sde_name, dev)
+    t0 = time.perf_counter()
+    rows, samples = run_compare(resolved, names, steps_list, n=n, seed=seed, grid=grid, device=dev,
+                                dtype=torch.float64 if float64 else torch.float32, progress=not quiet)
+    cols = [c for c in ("solver", "grid", "steps", "nfe", "wall_s", "std_ratio", "off_mode", "mode_tv", "sw2")
+            if any(c in r for r in rows)]
+    click.echo(f"model {model}  sde {resolved.sde!r}  n={n}  seed={seed}  device={dev}")
+    click.echo(format_table(rows, cols))
+    if "sw2_floor" in rows[0]:
+        click.echo(f"sw2 floor (two exact data samples of size {n}): {rows[0]['sw2_floor']:.4g}")
+    for budget in (10, 20):
+        best = best_at_nfe(rows, budget)
+        if best:
+            detail = ", ".join(f"{k} {best[k]:.4g}" for k in ("std_ratio", "off_mode", "sw2") if k in best)
+            click.echo(f"best at <= {budget} nfe: {best['solver']} ({best['nfe']} nfe; {detail})")
+    settings = dict(model=model, sde=resolved.sde.config(), solvers=names, steps=steps_list, grid=grid, n=n,
+                    seed=seed, device=str(dev), float64=float64)
+    write_csv(os.path.join(out, "results.csv"), rows)
+    write_json(os.path.join(out, "results.json"),
+               dict(settings=settings, versions=_versions(), wall_total_s=time.perf_counter() - t0, rows=rows))
+    written = ["results.csv", "results.json"]
+    if not no_plots:
+        from .plots import quality_vs_nfe, samples_panel
+
+        quality_vs_nfe(rows, os.path.join(out, "quality_vs_nfe.png"), title=f"{model} / {resolved.sde!r}")
+        ref = resolved.oracle.sample(n, generator=torch.Generator().manual_seed(seed)) if resolved.oracle else None
+        samples_panel(samples, os.path.join(out, "samples.png"), reference=ref)
+        written += ["quality_vs_nfe.png", "samples.png"]
+    click.echo(f"wrote {', '.join(os.path.join(out, w) for w in written)}")
+
+
+@cli.command()
+@click.option("--model", default="oracle:gmm8", metavar="SPEC",
+              help="oracle:gmm8 | oracle:gaussian | oracle:gaussianD | a checkpoint file")
+@click.option("--sde", "sde_name", type=click.Choice(SDE_CHOICES), default=None,
+              help="forward SDE for an oracle [default: vp]")
+@click.option("--solver", default="heun", metavar="NAME", help="see `scoresde solvers`")
+@click.option("--steps", type=click.IntRange(min=1), default=50, help="solver steps")
+@click.option("--grid", type=click.Choice(["uniform", "quadratic", "edm", "logsnr"]), default=None,
+              help="time grid [default: the solver's own]")
+@click.option("--n", type=click.IntRange(min=1), default=1000, help="number of samples")
+@click.option("--seed", type=int, default=0, help="random seed")
+@click.option("--denoise", is_flag=True, help="finish with Tweedie's x̂_0 at eps (one more evaluation)")
+@click.option("--out", type=click.Path(dir_okay=False), default="samples.npz", help="output .npz file")
+@click.option("--png", type=click.Path(dir_okay=False), default=None, help="also save a picture")
+@click.option("--device", default="cpu", metavar="auto|cpu|cuda", help="where to run")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, device, quiet):
+    """Draw samples with one solver and save them as .npz (x, nfe, t_grid, settings).
+
+    \b
+    Example:
+      scoresde sample --model oracle:gmm8 --solver dpmpp_2m --steps 20 --n 5000 --out ring.npz --png ring.png
+    """
+    import numpy as np
+    import solvers
+    from tqdm.auto import tqdm
+
+    from ._io import atomic_path
+
+    if solver not in solvers.available():
+        raise CLIError(f"--solver: unknown solver {solver!r}; choose from: {', '.join(solvers.available())}")
+    if not out.endswith(".npz"):
+        raise CLIError(f"--out {out!r}: the output must be a .npz file")
+    dev = _device(device)
+    resolved = _resolve(model, sde_name, dev)
+    g = torch.Generator(device=dev).manual_seed(seed)
+    bar = tqdm(total=steps, desc=solver, disable=quiet, leave=False)
+    t0 = time.perf_counter()
+    res = solvers.sample(resolved.score_fn, resolved.sde, shape=(n, *resolved.shape), solver=solver, steps=steps,
+                         grid=grid, generator=g, device=dev, denoise=denoise,
+                         callback=lambda info: bar.update(1))
+    bar.close()
+    wall = time.perf_counter() - t0
+    x = res.x.detach().float().cpu()
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.savez(f, x=x.numpy(), nfe=res.nfe, t_grid=res.t_grid.cpu().numpy(),
+                 settings=json.dumps(dict(model=model, sde=resolved.sde.config(), solver=solver, steps=steps,
+                                          grid=res.grid, n=n, seed=seed, denoise=denoise)))
+    msg = f"{n} samples, {res.nfe} nfe, {wall:.2f} s -> {out}"
+    if resolved.oracle is not None:
+        from .metrics import quality
+
+        q = quality(x, resolved.oracle, seed=seed)
+        msg += "  (" + ", ".join(f"{k} {v:.4g}" for k, v in q.items()) + ")"
+    if png:
+        from .plots import save_samples_png
+
+        save_samples_png(x, png, title=f"{solver}, {steps} steps, {res.nfe} nfe")
+        msg += f", {png}"
+    click.echo(msg)
+
+
+def main():
+    cli()
+
+
+if __name__ == "__main__":
+    main()

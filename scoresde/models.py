@@ -1,0 +1,42 @@
+"""Resolve a model spec ('oracle:NAME' or a checkpoint path) into a score function.
+
+A resolved model carries what a sampler or likelihood needs: score_fn(x, t), the SDE it
+belongs to, the per-sample shape, and the ground truth to score samples against (an oracle
+mixture, or a tensor of real data), if any.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .oracle import GaussianMixture, make_oracle
+from .sde import SDE
+
+
+@dataclass
+class ResolvedModel:
+    name: str
+    score_fn: Callable
+    sde: SDE
+    shape: tuple  # one sample's shape, e.g. (2,) or (1, 8, 8)
+    oracle: GaussianMixture | None = None
+    data: torch.Tensor | None = None  # reference data when there is no oracle
+    info: dict | None = None
+
+
+def resolve_model(spec: str, sde: SDE | None = None, device=None) -> ResolvedModel:
+    """'oracle:gmm8', 'oracle:gaussian', 'oracle:gaussianD' or a checkpoint file path.
+
+    For an oracle the SDE is the one given (default VP); a checkpoint carries its own SDE,
+    and passing a different one is an error."""
+    from .sde import VPSDE
+
+    if spec.startswith("oracle:"):
+        oracle = make_oracle(spec.split(":", 1)[1])
+        sde = sde or VPSDE()
+        return ResolvedModel(spec, oracle.score_fn(sde), sde, (oracle.D,), oracle=oracle)
+    from .checkpoint import load_score_model  # training stack only when a checkpoint is asked for
+
+    return load_score_model(spec, sde=sde, device=device)

@@ -1,0 +1,106 @@
+"""The command line: happy paths write what they promise; bad input is one line, exit 2."""
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from scoresde.cli import cli
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_compare_writes_table_csv_json_and_pngs(tmp_path):
+    out = tmp_path / "cmp"
+    r = run("compare", "--solvers", "heun,ddpm,pf_ode", "--steps", "5,10", "--n", "300", "--out", str(out), "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "solver" in r.output and "best at <= 10 nfe" in r.output
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(x["solver"], x["steps"]) for x in rows] == [("heun", "5"), ("heun", "10"), ("ddpm", "5"),
+                                                         ("ddpm", "10"), ("pf_ode", "")]
+    meta = json.load(open(out / "results.json"))
+    assert meta["settings"]["seed"] == 0 and meta["settings"]["n"] == 300 and "torch" in meta["versions"]
+    from PIL import Image
+    for name in ("quality_vs_nfe.png", "samples.png"):
+        with Image.open(out / name) as im:
+            assert im.size[0] > 200 and im.size[1] > 200
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_sample_writes_npz_and_png(tmp_path):
+    out, png = tmp_path / "s.npz", tmp_path / "s.png"
+    r = run("sample", "--solver", "dpmpp_2m", "--steps", "15", "--n", "500", "--out", str(out), "--png", str(png),
+            "--quiet", "--sde", "ve")
+    assert r.exit_code == 0, r.output
+    z = np.load(out)
+    assert z["x"].shape == (500, 2) and int(z["nfe"]) == 15 and json.loads(str(z["settings"]))["sde"]["name"] == "ve"
+    from PIL import Image
+    with Image.open(png) as im:
+        assert im.size == (500, 500)
+
+
+def test_solvers_lists_everything():
+    import solvers
+    r = run("solvers")
+    assert r.exit_code == 0
+    for name in solvers.available() + list(solvers.GRIDS):
+        assert name in r.output
+
+
+@pytest.mark.parametrize("cmd", ["compare", "sample", "solvers"])
+def test_help_shows_defaults_and_example(cmd):
+    r = run(cmd, "--help")
+    assert r.exit_code == 0 and "Example" in r.output
+    if cmd != "solvers":
+        assert "default:" in r.output
+
+
+BAD = [
+    (["compare", "--solvers", "heun,rk45"], "unknown value 'rk45'; choose from: ddpm"),
+    (["compare", "--solvers", ""], "--solvers is empty"),
+    (["compare", "--steps", "10,zero"], "'zero' is not a valid int"),
+    (["compare", "--steps", "0"], "below the minimum 1"),
+    (["compare", "--n", "1"], "--n"),
+    (["compare", "--sde", "vpp"], "'vpp' is not one of"),
+    (["compare", "--model", "oracle:moons"], "unknown oracle 'moons'"),
+    (["compare", "--model", "missing.pt"], "no such checkpoint file"),
+    (["compare", "--grid", "cosine"], "'cosine' is not one of"),
+    (["compare", "--device", "cuda:7"], "CUDA is not available"),
+    (["compare", "--bogus"], "No such option '--bogus'"),
+    (["sample", "--solver", "nope"], "unknown solver 'nope'; choose from"),
+    (["sample", "--steps", "-3"], "--steps"),
+    (["sample", "--steps", "many"], "'many' is not a valid integer"),
+    (["sample", "--out", "x.txt"], "must be a .npz file"),
+    (["sample", "--solver", "pf_ode", "--grid", "logsnr", "--n", "2"], None),  # valid: must succeed
+    (["sample", "--solver", "euler", "--grid", "logsnr", "--steps", "3"], None),
+    (["frobnicate"], "No such command 'frobnicate'"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD)
+def test_bad_invocations_exit_2_with_one_line(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, args)
+    if message is None:
+        assert r.exit_code == 0, r.output
+        return
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), r.output
+    assert message in lines[0]
+    assert "Traceback" not in r.output
+
+
+def test_real_subprocess(tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "scoresde.cli", "sample", "--n", "50", "--steps", "5", "--quiet",
+                         "--out", str(tmp_path / "a.npz")], capture_output=True, text=True)
+    assert ok.returncode == 0 and (tmp_path / "a.npz").exists(), ok.stderr
+    bad = subprocess.run([sys.executable, "-m", "scoresde.cli", "sample", "--solver", "rk45"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "rk45" in bad.stderr
+    assert "Traceback" not in bad.stderr
