@@ -44,6 +44,21 @@ def test_sample_writes_npz_and_png(tmp_path):
         assert im.size == (500, 500)
 
 
+def test_likelihood_prints_nats_and_bits(tmp_path):
+    np.save(tmp_path / "pts.npy", np.zeros((5, 2), dtype=np.float32))
+    r = run("likelihood", "--model", "oracle:gmm8", "--n", "8", "--out", str(tmp_path / "l.json"))
+    assert r.exit_code == 0, r.output
+    assert "nats per sample" in r.output and "bits/dim" in r.output and "nfe" in r.output
+    res = json.load(open(tmp_path / "l.json"))
+    assert len(res["logp"]) == 8 and res["nfe"] > 0
+    r = run("likelihood", "--model", "oracle:gmm8", "--data", str(tmp_path / "pts.npy"), "--bits", "8")
+    assert r.exit_code == 0 and "offset +7" in r.output, r.output
+    bad = np.zeros((5, 3), dtype=np.float32)
+    np.save(tmp_path / "bad.npy", bad)
+    r = run("likelihood", "--model", "oracle:gmm8", "--data", str(tmp_path / "bad.npy"))
+    assert r.exit_code == 2 and "the model expects (2,)" in r.output
+
+
 def test_solvers_lists_everything():
     import solvers
     r = run("solvers")
@@ -52,7 +67,7 @@ def test_solvers_lists_everything():
         assert name in r.output
 
 
-@pytest.mark.parametrize("cmd", ["compare", "sample", "solvers"])
+@pytest.mark.parametrize("cmd", ["compare", "sample", "solvers", "likelihood"])
 def test_help_shows_defaults_and_example(cmd):
     r = run(cmd, "--help")
     assert r.exit_code == 0 and "Example" in r.output
@@ -79,6 +94,12 @@ BAD = [
     (["sample", "--solver", "pf_ode", "--grid", "logsnr", "--n", "2"], None),  # valid: must succeed
     (["sample", "--solver", "euler", "--grid", "logsnr", "--steps", "3"], None),
     (["frobnicate"], "No such command 'frobnicate'"),
+    (["likelihood"], "give exactly one of --model oracle:NAME or --checkpoint FILE"),
+    (["likelihood", "--model", "oracle:gmm8", "--checkpoint", "a.pt"], "give exactly one of"),
+    (["likelihood", "--model", "oracle:gmm8", "--eps", "0"], "--eps"),
+    (["likelihood", "--model", "oracle:gmm8", "--method", "trace"], "'trace' is not one of"),
+    (["likelihood", "--model", "oracle:gmm8", "--data", "nothere.npy"], "no such file"),
+    (["likelihood", "--checkpoint", "nothere.pt"], "no such checkpoint file"),
 ]
 
 
