@@ -137,18 +137,19 @@ def _solve(score_fn, sde, x, eps, v, rtol, atol, ode_method):
     return sde.prior_logp(xT), deltas[-1], state["nfe"]
 
 
-def dequantize(x: torch.Tensor, bits: int = 8, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Uniform dequantization of data on [−1, 1] that was made from integers k ∈ {0 … 2^b − 1} as
-    x = 2k/(2^b − 1) − 1: returns 2(k + u)/2^b − 1 with u ~ U[0, 1)^D (so each integer owns a
-    cell of width 2/2^b in [−1, 1))."""
-    levels = 2 ** bits
+def dequantize(x: torch.Tensor, bits: int = 8, generator: torch.Generator | None = None,
+               levels: int | None = None) -> torch.Tensor:
+    """Uniform dequantization of data on [−1, 1] that was made from integers k ∈ {0 … L − 1},
+    L = 2^b (or `levels`), as x = 2k/(L − 1) − 1: returns 2(k + u)/L − 1 with u ~ U[0, 1)^D, so
+    each integer owns a cell of width 2/L in [−1, 1)."""
+    levels = levels or 2 ** bits
     k = torch.round((x + 1) / 2 * (levels - 1))
     u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=generator.device if generator
                    else x.device).to(x.device)
     return 2 * (k + u) / levels - 1
 
 
-def bits_per_dim(logp: torch.Tensor, D: int, bits: int = 8) -> torch.Tensor:
+def bits_per_dim(logp: torch.Tensor, D: int, bits: float = 8, levels: int | None = None) -> torch.Tensor:
     """bpd = −log p(x)/(D ln 2) + (b − 1) for a density on [−1, 1]^D of dequantized b-bit data.
 
     Where the offset comes from: a cell of the b-bit grid has width 2^−b in [0, 1] coordinates,
@@ -156,5 +157,8 @@ def bits_per_dim(logp: torch.Tensor, D: int, bits: int = 8) -> torch.Tensor:
     density by 2^−D, so log p_[0,1](y) = log p(x) + D ln 2.  Hence
     −log₂P(k)/D = −log p(x)/(D ln 2) − 1 + b.  For 8-bit data that is score_sde's "+ 7"; data
     scaled to [0, 1] would give + 8.  Without dequantization the density of discrete points is
-    unbounded, which is how negative bits/dim appear."""
+    unbounded, which is how negative bits/dim appear.  For L levels that are not a power of two
+    (the 17-level digits) b = log₂ L."""
+    if levels is not None:
+        bits = math.log2(levels)
     return -logp / (D * math.log(2)) + (bits - 1)

@@ -1,0 +1,152 @@
+"""Typed run configurations read from TOML; an unknown key or a wrong type names itself."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class DataConfig:
+    name: str = "ring"              # ring | moons | swissroll | checkerboard | digits | file
+    path: str = ""                  # for name = "file": a .npy/.npz array (N, ...)
+    batch_size: int = 512           # global batch (split across DDP ranks)
+
+
+@dataclass
+class SDEConfig:
+    name: str = "vp"                # vp | subvp | ve
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    schedule: str = "linear"        # vp only: linear | cosine
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    N: int = 1000
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "mlp"               # mlp | unet
+    hidden: int = 256               # mlp width
+    blocks: int = 4                 # residual blocks (mlp) / per level (unet)
+    channels: int = 32              # unet base channels
+    channel_mult: list = field(default_factory=lambda: [1, 2])
+    attention_resolutions: list = field(default_factory=lambda: [4])
+    time_embedding: str = "fourier"  # fourier | sinusoidal
+    dropout: float = 0.0
+    sigma_data: float = 1.0         # input scaling c_in = 1/√(m²σ_data² + σ²)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 5000
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup: int = 200
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    loss: str = "dsm"               # dsm | ddpm (discrete t, VP only)
+    likelihood_weighting: bool = False
+    t_eps: float = 1e-5
+    log_every: int = 50
+    ckpt_every: int = 1000
+    preview_every: int = 0          # 0: a preview only at the end
+    bf16: bool = True               # autocast on CUDA only
+    compile: bool = False
+    device: str = "auto"
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    sde: SDEConfig = field(default_factory=SDEConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def sde_kwargs(self) -> dict:
+        s = self.sde
+        if s.name == "ve":
+            return dict(sigma_min=s.sigma_min, sigma_max=s.sigma_max, N=s.N)
+        kw = dict(beta_min=s.beta_min, beta_max=s.beta_max, N=s.N)
+        return kw if s.name == "subvp" else dict(kw, schedule=s.schedule)
+
+
+CHOICES = {
+    ("data", "name"): ("ring", "moons", "swissroll", "checkerboard", "digits", "file"),
+    ("sde", "name"): ("vp", "subvp", "ve"),
+    ("sde", "schedule"): ("linear", "cosine"),
+    ("model", "arch"): ("mlp", "unet"),
+    ("model", "time_embedding"): ("fourier", "sinusoidal"),
+    ("train", "loss"): ("dsm", "ddpm"),
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _check(section: str, key: str, value, default):
+    where = f"{section}.{key}"
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected is list:
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{where} must be a list of integers, got {value!r}")
+    elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"{where} must be {expected.__name__}, got {type(value).__name__} {value!r}")
+    allowed = CHOICES.get((section, key))
+    if allowed and value not in allowed:
+        raise ConfigError(f"{where} = {value!r} is not allowed; choose one of: {', '.join(allowed)}")
+    if expected in (int, float) and key not in ("seed",) and value < 0:
+        raise ConfigError(f"{where} must be >= 0, got {value!r}")
+    return value
+
+
+def from_dict(raw: dict) -> Config:
+    """Build a Config, rejecting unknown sections/keys and wrong types by name."""
+    cfg = Config()
+    if not isinstance(raw, dict):
+        raise ConfigError("a config must be a table of sections")
+    sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    for sec, body in raw.items():
+        if sec not in sections:
+            raise ConfigError(f"unknown config section [{sec}]; allowed: {', '.join(sections)}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"[{sec}] must be a table of keys, got {body!r}")
+        target = sections[sec]
+        names = [f.name for f in dataclasses.fields(target)]
+        for key, value in body.items():
+            if key not in names:
+                raise ConfigError(f"unknown key '{sec}.{key}'; allowed in [{sec}]: {', '.join(names)}")
+            setattr(target, key, _check(sec, key, value, getattr(target, key)))
+    if cfg.train.steps < 1 or cfg.data.batch_size < 1:
+        raise ConfigError("train.steps and data.batch_size must be >= 1")
+    if not 0 <= cfg.train.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay must lie in [0, 1), got {cfg.train.ema_decay}")
+    if cfg.train.loss == "ddpm" and cfg.sde.name != "vp":
+        raise ConfigError("train.loss = 'ddpm' (discrete timesteps) needs sde.name = 'vp'")
+    return cfg
+
+
+def load_config(path: str) -> Config:
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path!r} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path!r} is not valid TOML: {e}") from None
+    try:
+        return from_dict(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

@@ -1,0 +1,110 @@
+"""Training data with no downloads: 2-D toys, scikit-learn's bundled 8×8 digits, user arrays.
+
+Every draw takes a torch.Generator.  Image data live on [−1, 1] as 2k/(L − 1) − 1 for L levels
+and are uniformly dequantized when sampled for training (see likelihood.dequantize).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from .oracle import GaussianMixture
+
+TOYS = ("ring", "moons", "swissroll", "checkerboard")
+
+
+class Dataset:
+    """sample(n, generator) -> training batch; reference(n, generator) -> clean data for metrics.
+
+    shape: one sample's shape; oracle: the exact mixture when there is one; levels: number of
+    discrete levels for quantized data (None for continuous)."""
+
+    def __init__(self, name: str, shape: tuple, sampler=None, table: torch.Tensor | None = None,
+                 oracle: GaussianMixture | None = None, levels: int | None = None):
+        self.name, self.shape, self.oracle, self.levels = name, tuple(shape), oracle, levels
+        self._sampler, self.table = sampler, table
+
+    def reference(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.table is not None:
+            idx = torch.randint(0, self.table.shape[0], (n,), generator=generator)
+            return self.table[idx]
+        return self._sampler(n, generator)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = self.reference(n, generator)
+        if self.levels is not None:
+            from .likelihood import dequantize
+            x = dequantize(x, levels=self.levels, generator=generator)
+        return x
+
+
+def _moons(n, g):
+    k = torch.randint(0, 2, (n,), generator=g)
+    th = math.pi * torch.rand(n, generator=g)
+    x = torch.stack([torch.where(k == 0, th.cos(), 1 - th.cos()), torch.where(k == 0, th.sin(), 0.5 - th.sin())], 1)
+    return 2 * (x - torch.tensor([0.5, 0.25])) + 0.1 * torch.randn(n, 2, generator=g)
+
+
+def _swissroll(n, g):
+    t = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=g))
+    x = torch.stack([t * t.cos(), t * t.sin()], 1) / 5
+    return x + 0.1 * torch.randn(n, 2, generator=g)
+
+
+def _checkerboard(n, g):
+    x1 = 4 * torch.rand(n, generator=g) - 2
+    x2 = torch.rand(n, generator=g) - 2 * torch.randint(0, 2, (n,), generator=g)
+    return 2 * torch.stack([x1, x2 + torch.floor(x1) % 2], 1)
+
+
+def digits() -> Dataset:
+    """scikit-learn's 1797 handwritten 8×8 digits (values 0…16, L = 17 levels) on [−1, 1]."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ValueError("the digits data set needs scikit-learn: pip install 'scoresde[data]'") from None
+    k = torch.as_tensor(load_digits().images, dtype=torch.float32)
+    return Dataset("digits", (1, 8, 8), table=(2 * k / 16 - 1)[:, None], levels=17)
+
+
+def from_array(path: str) -> Dataset:
+    """A user's .npy/.npz array of shape (N, ...) (float; .npz: key 'x' or the first array)."""
+    import numpy as np
+
+    if not os.path.exists(path):
+        raise ValueError(f"data file {path!r} does not exist")
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as z:
+            arr = z["x"] if "x" in z.files else z[z.files[0]]
+    elif path.endswith(".npy"):
+        arr = np.load(path, allow_pickle=False)
+    else:
+        raise ValueError(f"data file {path!r}: expected .npy or .npz")
+    x = torch.as_tensor(arr, dtype=torch.float32)
+    if x.ndim < 2 or x.shape[0] < 2 or not torch.isfinite(x).all():
+        raise ValueError(f"data file {path!r}: need a finite array of shape (N >= 2, ...), got {tuple(x.shape)}")
+    return Dataset(os.path.basename(path), tuple(x.shape[1:]), table=x)
+
+
+def make_dataset(name: str, path: str | None = None) -> Dataset:
+    """'ring' (the 8-mode oracle), 'moons', 'swissroll', 'checkerboard', 'digits', or 'file' with path."""
+    if name == "ring":
+        oracle = GaussianMixture.ring()
+        return Dataset("ring", (2,), sampler=lambda n, g: oracle.sample(n, generator=g), oracle=oracle)
+    toys = {"moons": _moons, "swissroll": _swissroll, "checkerboard": _checkerboard}
+    if name in toys:
+        return Dataset(name, (2,), sampler=toys[name])
+    if name == "digits":
+        return digits()
+    if name == "file":
+        if not path:
+            raise ValueError("data.name = 'file' needs data.path (a .npy or .npz file)")
+        return from_array(path)
+    raise ValueError(f"unknown data set {name!r}; choose one of: {', '.join(TOYS)}, digits, file")
+
+
+def load_dataset(name: str, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n clean reference points of a named data set (for the likelihood CLI)."""
+    return make_dataset(name).reference(n, generator)

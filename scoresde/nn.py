@@ -1,0 +1,190 @@
+"""ε-networks with the time embedded in every block, and the ScoreModel wrapper.
+
+ScoreModel turns an ε-network into the score s_θ(x, t) = −ε_θ(x̃, t)/σ(t), where the input is
+scaled to unit variance, x̃ = x/√(m²σ_data² + σ²) (for VE, x_t has std up to σ_max; the
+ε target is unit variance for every SDE).  It is a plain score function for every solver
+and for the likelihood code.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ._checks import bcast
+
+
+class GaussianFourierEmbedding(nn.Module):
+    """[sin(2πWt), cos(2πWt)] with fixed random W ~ N(0, scale²) (Tancik et al.; score_sde)."""
+
+    def __init__(self, dim: int, scale: float = 16.0):
+        super().__init__()
+        self.register_buffer("W", torch.randn(dim // 2, generator=torch.Generator().manual_seed(0)) * scale)
+
+    def forward(self, t):
+        proj = 2 * math.pi * t[:, None] * self.W[None].to(t.dtype)
+        return torch.cat([proj.sin(), proj.cos()], -1)
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Transformer positional features of 1000·t (DDPM's timestep embedding)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, t):
+        half = self.dim // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=t.dtype) / half)
+        args = 1000 * t[:, None] * freqs[None]
+        return torch.cat([args.sin(), args.cos()], -1)
+
+
+def time_embedding(kind: str, dim: int) -> nn.Module:
+    if kind == "fourier":
+        emb = GaussianFourierEmbedding(dim)
+    elif kind == "sinusoidal":
+        emb = SinusoidalEmbedding(dim)
+    else:
+        raise ValueError(f"time_embedding must be 'fourier' or 'sinusoidal', got {kind!r}")
+    return nn.Sequential(emb, nn.Linear(dim, dim * 2), nn.SiLU(), nn.Linear(dim * 2, dim))
+
+
+class ResidualMLPBlock(nn.Module):
+    def __init__(self, hidden: int, tdim: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.fc1 = nn.Linear(hidden, hidden)
+        self.temb = nn.Linear(tdim, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h, temb):
+        a = self.fc1(nn.functional.silu(self.norm(h))) + self.temb(temb)
+        return h + self.fc2(self.drop(nn.functional.silu(a)))
+
+
+class MLP(nn.Module):
+    """ε-network for vector data: input layer, residual blocks each fed the time embedding."""
+
+    def __init__(self, dim: int, hidden: int = 256, blocks: int = 4, time_embedding_kind: str = "fourier",
+                 dropout: float = 0.0):
+        super().__init__()
+        self.temb = time_embedding(time_embedding_kind, hidden)
+        self.inp = nn.Linear(dim, hidden)
+        self.blocks = nn.ModuleList(ResidualMLPBlock(hidden, hidden, dropout) for _ in range(blocks))
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
+
+    def forward(self, x, t):
+        temb = self.temb(t)
+        h = self.inp(x.flatten(1))
+        for blk in self.blocks:
+            h = blk(h, temb)
+        return self.out(h).reshape(x.shape)
+
+
+def _groups(ch: int) -> int:
+    return math.gcd(ch, 8)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, tdim: int, dropout: float = 0.0):
+        super().__init__()
+        self.n1, self.c1 = nn.GroupNorm(_groups(cin), cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.t = nn.Linear(tdim, cout)
+        self.n2, self.c2 = nn.GroupNorm(_groups(cout), cout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.drop = nn.Dropout(dropout)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x, temb):
+        h = self.c1(nn.functional.silu(self.n1(x))) + self.t(temb)[:, :, None, None]
+        h = self.c2(self.drop(nn.functional.silu(self.n2(h))))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    def __init__(self, ch: int, heads: int = 1):
+        super().__init__()
+        self.norm, self.qkv, self.proj = nn.GroupNorm(_groups(ch), ch), nn.Conv2d(ch, 3 * ch, 1), nn.Conv2d(ch, ch, 1)
+        self.heads = heads
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W).unbind(1)
+        h = nn.functional.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
+
+
+class UNet(nn.Module):
+    """Compact U-Net: residual blocks with group norm and the time embedding, attention at the
+    resolutions listed, average-pool down / nearest up, skip connections per block."""
+
+    def __init__(self, in_ch: int = 1, resolution: int = 8, channels: int = 32, channel_mult=(1, 2),
+                 blocks: int = 2, attention_resolutions=(4,), time_embedding_kind: str = "fourier",
+                 dropout: float = 0.0):
+        super().__init__()
+        tdim = channels * 4
+        self.temb = time_embedding(time_embedding_kind, tdim)
+        self.inp = nn.Conv2d(in_ch, channels, 3, padding=1)
+        self.down, skips, ch, res = nn.ModuleList(), [channels], channels, resolution
+        for li, mult in enumerate(channel_mult):
+            for _ in range(blocks):
+                self.down.append(nn.ModuleList([ResBlock(ch, channels * mult, tdim, dropout),
+                                                Attention(channels * mult) if res in attention_resolutions
+                                                else nn.Identity()]))
+                ch = channels * mult
+                skips.append(ch)
+            if li < len(channel_mult) - 1:
+                self.down.append(nn.AvgPool2d(2))
+                res //= 2
+                skips.append(ch)
+        self.mid = nn.ModuleList([ResBlock(ch, ch, tdim, dropout), Attention(ch), ResBlock(ch, ch, tdim, dropout)])
+        self.up = nn.ModuleList()
+        for li, mult in reversed(list(enumerate(channel_mult))):
+            for _ in range(blocks + 1):
+                self.up.append(nn.ModuleList([ResBlock(ch + skips.pop(), channels * mult, tdim, dropout),
+                                              Attention(channels * mult) if res in attention_resolutions
+                                              else nn.Identity()]))
+                ch = channels * mult
+            if li > 0:
+                self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
+                res *= 2
+        self.out = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, in_ch, 3, padding=1))
+
+    def forward(self, x, t):
+        temb = self.temb(t)
+        h = self.inp(x)
+        hs = [h]
+        for layer in self.down:
+            if isinstance(layer, nn.ModuleList):
+                h = layer[1](layer[0](h, temb))
+            else:
+                h = layer(h)
+            hs.append(h)
+        h = self.mid[2](self.mid[1](self.mid[0](h, temb)), temb)
+        for layer in self.up:
+            if isinstance(layer, nn.ModuleList):
+                h = layer[1](layer[0](torch.cat([h, hs.pop()], 1), temb))
+            else:
+                h = layer(h)
+        return self.out(h)
+
+
+class ScoreModel(nn.Module):
+    """s_θ(x, t) = −ε_θ(x/c, t)/σ(t) with c = √(m²σ_data² + σ²); callable as score_fn(x, t)."""
+
+    def __init__(self, net: nn.Module, sde, sigma_data: float = 1.0):
+        super().__init__()
+        self.net, self.sde, self.sigma_data = net, sde, float(sigma_data)
+
+    def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """ε_θ(x, t): the network's noise prediction on the unit-variance-scaled input."""
+        m, s = torch.exp(self.sde._log_mean_coef(t)), self.sde._std(t)
+        c_in = torch.rsqrt(m ** 2 * self.sigma_data ** 2 + s ** 2)
+        return self.net(bcast(c_in, x) * x, t)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The score −ε_θ/σ(t)."""
+        eps = self.eps(x, t)
+        return -eps / bcast(self.sde._std(t).to(eps.dtype), eps)

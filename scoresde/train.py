@@ -1,0 +1,251 @@
+"""The trainer: AdamW with warm-up, gradient clipping, EMA, bf16 autocast on CUDA, optional
+torch.compile, DDP through torch.distributed, atomic checkpoints and exact resume.
+
+Every random draw of training (batches, t, noise) comes from one torch.Generator per rank whose
+state is saved in the checkpoint, so a resumed CPU run reproduces the uninterrupted loss
+sequence bit for bit.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import Config
+from .data import Dataset, make_dataset
+from .losses import ddpm_loss, dsm_loss
+from .nn import MLP, ScoreModel, UNet
+from .sde import make_sde
+
+CKPT = "checkpoint.pt"
+
+
+def build_model(cfg: Config) -> tuple[ScoreModel, Dataset]:
+    """The ScoreModel (network + SDE) and the data set a config describes (weights seeded)."""
+    data = make_dataset(cfg.data.name, cfg.data.path or None)
+    sde = make_sde(cfg.sde.name, **cfg.sde_kwargs())
+    m = cfg.model
+    torch.manual_seed(cfg.train.seed)
+    if m.arch == "mlp":
+        net = MLP(math.prod(data.shape), m.hidden, m.blocks, m.time_embedding, m.dropout)
+    else:
+        if len(data.shape) != 3 or data.shape[1] != data.shape[2]:
+            raise ValueError(f"model.arch = 'unet' needs square images (C, H, H), the data have shape {data.shape}")
+        if data.shape[1] % (2 ** (len(m.channel_mult) - 1)):
+            raise ValueError(f"image size {data.shape[1]} is not divisible by 2^{len(m.channel_mult) - 1} "
+                             f"(model.channel_mult = {m.channel_mult})")
+        net = UNet(data.shape[0], data.shape[1], m.channels, tuple(m.channel_mult), m.blocks,
+                   tuple(m.attention_resolutions), m.time_embedding, m.dropout)
+    return ScoreModel(net, sde, m.sigma_data), data
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+class Trainer:
+    """Trainer(cfg, out_dir).train() -> the per-step losses of this call.
+
+    Under torch.distributed (torchrun) each rank draws its own shard of every global batch
+    from its own generator; gradients are averaged by DDP; only rank 0 writes files."""
+
+    def __init__(self, cfg: Config, out_dir: str, device: str | None = None, resume: bool = False,
+                 progress: bool = True):
+        self.cfg, self.out = cfg, out_dir
+        self.rank, self.world = _dist()
+        dev = resolve_device(device or cfg.train.device)
+        if dev.type == "cuda" and self.world > 1:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
+        self.device = dev
+        if cfg.data.batch_size % self.world:
+            raise ValueError(f"data.batch_size = {cfg.data.batch_size} is not divisible by {self.world} ranks")
+        self.model, self.data = build_model(cfg)
+        self.model.to(dev)
+        self.ema = [p.detach().clone() for p in self.model.net.parameters()]
+        self.opt = torch.optim.AdamW(self.model.net.parameters(), lr=cfg.train.lr,
+                                     weight_decay=cfg.train.weight_decay)
+        # one generator for t and noise (on the device), one for the data (data sets live on the CPU)
+        self.gen = torch.Generator(device=dev).manual_seed(cfg.train.seed * 1000 + self.rank)
+        self.data_gen = torch.Generator().manual_seed(cfg.train.seed * 1000 + self.rank + 500)
+        self.step = 0
+        self.progress = progress and self.rank == 0
+        self._train_net = self.model.net
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self._train_net = DDP(self.model.net, device_ids=[dev.index] if dev.type == "cuda" else None)
+        if cfg.train.compile:
+            self._train_net = torch.compile(self._train_net)
+        self._loss_model = ScoreModel(self._train_net, self.model.sde, self.model.sigma_data)
+        path = os.path.join(out_dir, CKPT)
+        if resume:
+            self._restore(path)
+        elif os.path.exists(path):
+            raise ValueError(f"{path} already exists; pass --resume to continue it, or choose another --out")
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def state(self) -> dict:
+        import torch.distributed as dist
+
+        rng = [self.gen.get_state().cpu(), self.data_gen.get_state()]
+        rngs = [rng]
+        if self.world > 1:
+            rngs = [None] * self.world
+            dist.all_gather_object(rngs, rng)
+        names = [n for n, _ in self.model.net.named_parameters()]
+        ema = dict(self.model.net.state_dict())
+        ema.update({n: e.detach().cpu() for n, e in zip(names, self.ema)})
+        return dict(config=self.cfg.to_dict(), step=self.step,
+                    model={k: v.detach().cpu() for k, v in self.model.net.state_dict().items()},
+                    ema={k: v.detach().cpu() for k, v in ema.items()}, optimizer=self.opt.state_dict(),
+                    rng=rngs, torch_rng=torch.get_rng_state())
+
+    def save(self) -> None:
+        st = self.state()  # every rank joins the gather
+        if self.rank == 0:
+            save_checkpoint(os.path.join(self.out, CKPT), st)
+
+    def _restore(self, path: str) -> None:
+        ckpt = load_checkpoint(path)
+        if ckpt["config"] != self.cfg.to_dict():
+            diff = [f"{s}.{k}" for s in ckpt["config"] for k in ckpt["config"][s]
+                    if ckpt["config"][s][k] != self.cfg.to_dict().get(s, {}).get(k)]
+            if diff != ["train.steps"]:
+                raise CheckpointError(f"{path} was written with a different config ({', '.join(diff)}); "
+                                      f"resume with the same config (only train.steps may change)")
+        if len(ckpt["rng"]) != self.world:
+            raise CheckpointError(f"{path} was written by {len(ckpt['rng'])} rank(s), this run has {self.world}")
+        self.model.net.load_state_dict(ckpt["model"])
+        names = [n for n, _ in self.model.net.named_parameters()]
+        for e, n in zip(self.ema, names):
+            e.copy_(ckpt["ema"][n])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        loss_state, data_state = ckpt["rng"][self.rank]
+        self.gen.set_state(loss_state.to(self.gen.device) if self.gen.device.type != "cpu" else loss_state)
+        self.data_gen.set_state(data_state)
+        torch.set_rng_state(ckpt["torch_rng"])
+        self.step = int(ckpt["step"])
+
+    # -- one step ------------------------------------------------------------------------------
+    def _lr(self) -> float:
+        w = self.cfg.train.warmup
+        return self.cfg.train.lr * min(1.0, (self.step + 1) / w) if w > 0 else self.cfg.train.lr
+
+    def train_step(self) -> float:
+        c = self.cfg.train
+        x0 = self.data.sample(self.cfg.data.batch_size // self.world, self.data_gen).to(self.device)
+        for group in self.opt.param_groups:
+            group["lr"] = self._lr()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=c.bf16 and self.device.type == "cuda"):
+            if c.loss == "ddpm":
+                loss = ddpm_loss(self._loss_model, x0, self.gen)
+            else:
+                loss = dsm_loss(self._loss_model, x0, self.gen, c.t_eps, c.likelihood_weighting)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if c.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.net.parameters(), c.grad_clip)
+        self.opt.step()
+        decay = min(c.ema_decay, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema, [p.detach() for p in self.model.net.parameters()], 1 - decay)
+        self.step += 1
+        return loss.detach()
+
+    def ema_model(self) -> ScoreModel:
+        """A copy of the ScoreModel carrying the EMA weights (what sampling uses by default)."""
+        import copy
+
+        m = copy.deepcopy(self.model).eval()
+        for p, e in zip(m.net.parameters(), self.ema):
+            p.data.copy_(e)
+        return m
+
+    # -- the loop ------------------------------------------------------------------------------
+    def train(self, steps: int | None = None, stop_after: int | None = None) -> list[float]:
+        """Train up to `steps` (default train.steps) total steps; stop_after=k stops (and
+        checkpoints) after k steps of this call, as an interruption would."""
+        from tqdm.auto import tqdm
+
+        c = self.cfg.train
+        total = steps or c.steps
+        if self.rank == 0:
+            os.makedirs(self.out, exist_ok=True)
+        losses, pending = [], []
+        bar = tqdm(total=total, initial=self.step, desc="train", disable=not self.progress, leave=False)
+        t0, s0 = time.perf_counter(), self.step
+        log = open(os.path.join(self.out, "log.jsonl"), "a") if self.rank == 0 else None
+        try:
+            while self.step < total and (stop_after is None or len(losses) < stop_after):
+                loss = self.train_step()
+                pending.append(loss)
+                if self.step % c.log_every == 0 or self.step == total or len(pending) >= 64:
+                    vals = torch.stack(pending).float().cpu().tolist()  # one host sync per flush
+                    losses.extend(vals)
+                    pending = []
+                    if not all(math.isfinite(v) for v in vals):
+                        raise FloatingPointError(f"the loss became {vals[-1]} at step {self.step}; lower train.lr "
+                                                 f"or raise train.grad_clip")
+                    rate = (self.step - s0) / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix(loss=f"{vals[-1]:.4f}", steps_per_s=f"{rate:.1f}")
+                    if log and self.step % c.log_every == 0:
+                        log.write(json.dumps(dict(step=self.step, loss=vals[-1], lr=self._lr(),
+                                                  steps_per_s=rate)) + "\n")
+                        log.flush()
+                bar.update(1)
+                if c.ckpt_every and self.step % c.ckpt_every == 0:
+                    self.save()
+                if c.preview_every and self.step % c.preview_every == 0:
+                    self.preview()
+        finally:
+            if pending:
+                losses.extend(torch.stack(pending).float().cpu().tolist())
+            bar.close()
+            if log:
+                log.close()
+        self.save()
+        if self.step >= total and not c.preview_every:
+            self.preview()
+        return losses
+
+    def preview(self, n: int = 2000, steps: int = 30) -> str | None:
+        """Sample from the EMA model (Heun, 30 steps) and save previews/step_XXXXXXX.png."""
+        if self.rank != 0:
+            return None
+        import solvers
+
+        from .plots import save_samples_png
+
+        model = self.ema_model()
+        n = n if len(self.data.shape) == 1 else 64
+        res = solvers.sample(model, model.sde, shape=(n, *self.data.shape), solver="heun", steps=steps,
+                             generator=torch.Generator(device=self.device).manual_seed(0), device=self.device)
+        path = os.path.join(self.out, "previews", f"step_{self.step:07d}.png")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        save_samples_png(res.x.float().cpu(), path, title=f"{self.data.name}, step {self.step}, EMA, heun {steps}")
+        return path
+
+
+def init_distributed() -> bool:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on CUDA, else gloo."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return True
+    return False
