@@ -67,3 +67,16 @@ def bcast(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if c.ndim == 0:
         return c
     return c.reshape(c.shape[0], *([1] * (x.ndim - 1)))
+
+
+def resolve_device(name) -> torch.device:
+    """'auto' -> CUDA when present, else CPU; a CUDA device asked for on a machine without one is an error."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available on this machine; use 'cpu' or 'auto'")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None

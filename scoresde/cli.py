@@ -68,11 +68,12 @@ def _parse_list(value: str, name: str, cast=str, allowed=None, minimum=None):
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError(f"--device {name}: CUDA is not available on this machine; use cpu or auto")
-    return torch.device(name)
+    from ._checks import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ValueError as e:
+        raise CLIError(f"--device: {e}") from None
 
 
 def _resolve(model: str, sde_name: str | None, device):
@@ -93,6 +94,14 @@ def _versions() -> dict:
     return {"scoresde": __version__, "torch": torch.__version__, "torchdiffeq": torchdiffeq.__version__,
             "torchsde": torchsde.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
+
+
+def model_options(f):
+    """--model and --sde, shared by the commands that sample."""
+    f = click.option("--sde", "sde_name", type=click.Choice(SDE_CHOICES), default=None,
+                     help="forward SDE for an oracle [default: vp]; a checkpoint brings its own")(f)
+    return click.option("--model", default="oracle:gmm8", metavar="SPEC",
+                        help="oracle:gmm8 | oracle:gaussian | oracle:gaussianD | a checkpoint file")(f)
 
 
 def format_table(rows: list[dict], cols: list[str]) -> str:
@@ -140,10 +149,7 @@ def solvers_cmd():
 
 
 @cli.command()
-@click.option("--model", default="oracle:gmm8", metavar="SPEC",
-              help="oracle:gmm8 | oracle:gaussian | oracle:gaussianD | a checkpoint file")
-@click.option("--sde", "sde_name", type=click.Choice(SDE_CHOICES), default=None,
-              help="forward SDE for an oracle [default: vp]; a checkpoint brings its own")
+@model_options
 @click.option("--solvers", "solver_list", default=DEFAULT_SOLVERS, metavar="A,B,...",
               help="comma-separated solver names (see `scoresde solvers`)")
 @click.option("--steps", default="10,20,50,100,1000", metavar="K,K,...", help="step counts to try")
@@ -178,7 +184,7 @@ def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, flo
     t0 = time.perf_counter()
     rows, samples = run_compare(resolved, names, steps_list, n=n, seed=seed, grid=grid, device=dev,
                                 dtype=torch.float64 if float64 else torch.float32, progress=not quiet)
-    cols = [c for c in ("solver", "grid", "steps", "nfe", "wall_s", "std_ratio", "off_mode", "mode_tv", "sw2")
+    cols = [c for c in ("solver", "grid", "steps", "nfe", "wall_s", "std_ratio", "mode_w2", "off_mode", "mode_tv", "sw2")
             if any(c in r for r in rows)]
     click.echo(f"model {model}  sde {resolved.sde!r}  n={n}  seed={seed}  device={dev}")
     click.echo(format_table(rows, cols))
@@ -187,7 +193,7 @@ def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, flo
     for budget in (10, 20):
         best = best_at_nfe(rows, budget)
         if best:
-            detail = ", ".join(f"{k} {best[k]:.4g}" for k in ("std_ratio", "off_mode", "sw2") if k in best)
+            detail = ", ".join(f"{k} {best[k]:.4g}" for k in ("mode_w2", "std_ratio", "off_mode", "sw2") if k in best)
             click.echo(f"best at <= {budget} nfe: {best['solver']} ({best['nfe']} nfe; {detail})")
     settings = dict(model=model, sde=resolved.sde.config(), solvers=names, steps=steps_list, grid=grid, n=n,
                     seed=seed, device=str(dev), float64=float64)
@@ -206,10 +212,7 @@ def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, flo
 
 
 @cli.command()
-@click.option("--model", default="oracle:gmm8", metavar="SPEC",
-              help="oracle:gmm8 | oracle:gaussian | oracle:gaussianD | a checkpoint file")
-@click.option("--sde", "sde_name", type=click.Choice(SDE_CHOICES), default=None,
-              help="forward SDE for an oracle [default: vp]")
+@model_options
 @click.option("--solver", default="heun", metavar="NAME", help="see `scoresde solvers`")
 @click.option("--steps", type=click.IntRange(min=1), default=50, help="solver steps")
 @click.option("--grid", type=click.Choice(["uniform", "quadratic", "edm", "logsnr"]), default=None,

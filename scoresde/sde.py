@@ -112,7 +112,9 @@ class SDE(abc.ABC):
         shape = tuple(int(s) for s in shape)
         if len(shape) < 2 or any(s < 1 for s in shape):
             raise ValueError(f"shape must be (B, ...) with every size >= 1, got {shape}")
-        return self.prior_std * torch.randn(shape, generator=generator, dtype=dtype, device=device)
+        # draw where the generator lives, so a seed gives the same x_T on every device
+        where = generator.device if generator is not None else device
+        return (self.prior_std * torch.randn(shape, generator=generator, dtype=dtype, device=where)).to(device)
 
     def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
         """log N(z; 0, prior_std² I) summed over all but the batch dimension -> (B,)."""

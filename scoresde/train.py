@@ -15,6 +15,7 @@ import time
 import torch
 from torch import nn
 
+from ._checks import resolve_device
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config
 from .data import Dataset, make_dataset
@@ -48,14 +49,6 @@ def _dist():
     import torch.distributed as dist
 
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available; use 'cpu' or 'auto'")
-    return torch.device(name)
 
 
 class Trainer:

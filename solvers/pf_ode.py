@@ -30,7 +30,11 @@ def pf_ode(prob, x, *, method: str = "dopri5", rtol: float = 1e-5, atol: float =
     ends = grid[[0, -1]]
     try:
         if method in ADAPTIVE:
-            out = odeint(func, x, ends, method=method, rtol=rtol, atol=atol)
+            # By default torchdiffeq probes a first step that can leave [eps, T] and steps past the
+            # end before interpolating back: a network at t < 0 sees σ = 0.  An explicit first step
+            # and step_t keep every evaluation inside the interval.
+            out = odeint(func, x, ends, method=method, rtol=rtol, atol=atol,
+                         options={"step_t": ends, "first_step": 0.01 * (prob.t[0] - prob.t[-1])})
         else:
             out = odeint(func, x, ends, method=method, options={"grid_constructor": lambda f, y0, t: grid})
     except AssertionError as err:  # torchdiffeq signals step-size underflow with an assert

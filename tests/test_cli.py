@@ -86,6 +86,7 @@ BAD = [
     (["compare", "--model", "missing.pt"], "no such checkpoint file"),
     (["compare", "--grid", "cosine"], "'cosine' is not one of"),
     (["compare", "--device", "cuda:7"], "CUDA is not available"),
+    (["compare", "--device", "tpu"], "is not a device"),
     (["compare", "--bogus"], "No such option '--bogus'"),
     (["sample", "--solver", "nope"], "unknown solver 'nope'; choose from"),
     (["sample", "--steps", "-3"], "--steps"),

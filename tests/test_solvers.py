@@ -90,6 +90,34 @@ def test_adaptive_ode_meets_tolerance(sde_name):
     assert errs[0] > errs[1] > errs[2] and nfes[0] < nfes[1] < nfes[2]
 
 
+@pytest.mark.parametrize("solver", solvers.available())
+def test_score_is_never_evaluated_outside_the_grid(solver):
+    """Adaptive ODE steppers overshoot the end time unless told not to; a network at t < 0 sees σ = 0."""
+    sde, data = VPSDE(), GaussianMixture.ring()
+    eps = 1e-3 if solver not in ("ddpm", "ddim") else 0.0
+    seen = []
+
+    def score_fn(x, t):
+        seen.append((t.min().item(), t.max().item()))
+        return data.score(x, t, sde)
+
+    solvers.sample(score_fn, sde, shape=(16, 2), solver=solver, steps=7, eps=eps, generator=gen(0))
+    assert min(lo for lo, _ in seen) >= eps - 1e-12 and max(hi for _, hi in seen) <= sde.T + 1e-12
+
+
+def test_likelihood_never_evaluates_past_T():
+    from scoresde.likelihood import log_likelihood
+    sde, data = VPSDE(), GaussianMixture.ring()
+    seen = []
+
+    def score_fn(x, t):
+        seen.append(t.max().item())
+        return data.score(x, t, sde)
+
+    log_likelihood(score_fn, sde, data.sample(8, generator=gen(1), dtype=torch.float64))
+    assert max(seen) <= sde.T + 1e-12
+
+
 # -- every solver × every SDE on the ring ------------------------------------------------------------
 @pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
 @pytest.mark.parametrize("solver", solvers.available())
