@@ -332,8 +332,8 @@ def _load_array(path: str) -> torch.Tensor:
 @click.option("--sde", "sde_name", type=click.Choice(SDE_CHOICES), default=None,
               help="forward SDE for an oracle [default: vp]")
 @click.option("--data", default=None, metavar="SOURCE",
-              help="'model' (exact draws from the oracle), a dataset name, or a .npy/.npz file "
-                   "[default: the oracle's or checkpoint's own data]")
+              help="'model' (exact draws from the oracle), a data set name (ring, moons, digits-test, …), "
+                   "or a .npy/.npz file [default: the oracle's draws, or the checkpoint's held-out data]")
 @click.option("--method", type=click.Choice(["exact", "hutchinson"]), default="exact", help="divergence")
 @click.option("--probes", type=click.IntRange(min=1), default=1, help="Hutchinson probes per sample")
 @click.option("--probe", type=click.Choice(["rademacher", "gaussian"]), default="rademacher")
@@ -369,20 +369,28 @@ def likelihood(model, checkpoint, sde_name, data, method, probes, probe, n, bits
         raise CLIError("give exactly one of --model oracle:NAME or --checkpoint FILE")
     dev = _device(device)
     resolved = _resolve(model or checkpoint, sde_name, dev)
+    from .data import make_dataset
+
     g = torch.Generator().manual_seed(seed)
+    levels = 2 ** bits if bits else None
     if data in (None, "model") and resolved.oracle is not None:
         x = resolved.oracle.sample(n, generator=g, dtype=torch.float64)
-    elif data is None and resolved.data is not None:
-        x = resolved.data[torch.randperm(resolved.data.shape[0], generator=g)[:n]]
-    elif data is None or data == "model":
-        raise CLIError("this model has no data of its own; pass --data FILE.npy")
+    elif data == "model":
+        raise CLIError("--data model needs an oracle; pass a data set name or a .npy/.npz file")
+    elif data is None or not data.endswith((".npy", ".npz")):
+        # a checkpoint's own data: its held-out split where there is one, else fresh draws
+        name = data or (resolved.info or {}).get("data")
+        if data is None and name == "file":
+            raise CLIError("this checkpoint was trained on a file; pass --data FILE.npy")
+        try:
+            ds = make_dataset(f"{name}-test" if data is None and name == "digits" else name)
+        except ValueError as e:
+            raise CLIError(f"--data: {e}") from None
+        x = ds.reference(n, g) if ds.table is None else ds.table[:n]
+        if levels is None and ds.levels is not None:
+            levels = ds.levels
     else:
-        if not data.endswith((".npy", ".npz")):
-            from .data import load_dataset
-
-            x = load_dataset(data, n=n, generator=g)
-        else:
-            x = _load_array(data)[:n]
+        x = _load_array(data)[:n]
     if tuple(x.shape[1:]) != tuple(resolved.shape):
         raise CLIError(f"--data: samples have shape {tuple(x.shape[1:])}, the model expects {tuple(resolved.shape)}")
     # exact oracles run in float64; a network in the precision it was trained in
@@ -390,8 +398,8 @@ def likelihood(model, checkpoint, sde_name, data, method, probes, probe, n, bits
     D = x[0].numel()
     t0 = time.perf_counter()
     per_rep, nfe, se_probe = [], 0, []
-    for _ in range(dequant_repeats if bits else 1):
-        xin = dequantize(x, bits, generator=g) if bits else x
+    for _ in range(dequant_repeats if levels else 1):
+        xin = dequantize(x, levels=levels, generator=g) if levels else x
         res = log_likelihood(resolved.score_fn, resolved.sde, xin, method=method, rtol=rtol, atol=atol, eps=eps,
                              probes=probes, probe=probe, generator=g, batch_size=batch_size, shape=resolved.shape)
         per_rep.append(res.logp.double().cpu())
@@ -401,22 +409,22 @@ def likelihood(model, checkpoint, sde_name, data, method, probes, probe, n, bits
     logp = torch.stack(per_rep).mean(0)
     wall = time.perf_counter() - t0
     mean, se = logp.mean().item(), (logp.std().item() / math.sqrt(len(logp)) if len(logp) > 1 else float("nan"))
-    bpd = bits_per_dim(logp, D, bits) if bits else -logp / (D * math.log(2))
+    bpd = bits_per_dim(logp, D, levels=levels) if levels else -logp / (D * math.log(2))
     click.echo(f"model {model or checkpoint}  sde {resolved.sde!r}  n={len(logp)}  D={D}  method={method}"
                + (f" ({probes} {probe} probes)" if method == "hutchinson" else ""))
     click.echo(f"log p     {mean:.4f} ± {se:.4f} nats per sample   ({mean / D:.4f} nats/dim)")
     click.echo(f"bits/dim  {bpd.mean().item():.4f} ± {bpd.std().item() / math.sqrt(len(bpd)) if len(bpd) > 1 else 0:.4f}"
-               + (f"   (dequantized {bits}-bit data, offset +{bits - 1}, {dequant_repeats} draw(s))" if bits else
-                  "   (continuous density, no dequantization offset)"))
+               + (f"   (dequantized {levels}-level data, offset log2({levels}) - 1 = {math.log2(levels) - 1:.3f}, "
+                  f"{dequant_repeats} draw(s))" if levels else "   (continuous density, no dequantization offset)"))
     if se_probe:
         click.echo(f"Hutchinson standard error per sample (mean): {torch.cat(se_probe).mean().item():.4f} nats")
-    if resolved.oracle is not None and not bits:
+    if resolved.oracle is not None and not levels:
         exact = resolved.oracle.log_prob(x.double().cpu())
         click.echo(f"exact log p_0 (oracle)  {exact.mean().item():.4f};  mean |ODE − exact| "
                    f"{(logp - exact).abs().mean().item():.2e} nats")
     click.echo(f"nfe {nfe}   time {wall:.2f} s")
     if out:
-        write_json(out, dict(model=model or checkpoint, method=method, n=len(logp), D=D, bits=bits,
+        write_json(out, dict(model=model or checkpoint, method=method, n=len(logp), D=D, levels=levels,
                              mean_logp=mean, stderr=se, nfe=nfe, wall_s=wall, logp=logp.tolist(),
                              bpd=bpd.tolist(), versions=_versions()))
 

@@ -81,7 +81,7 @@ class Config:
 
 
 CHOICES = {
-    ("data", "name"): ("ring", "moons", "swissroll", "checkerboard", "digits", "file"),
+    ("data", "name"): ("ring", "moons", "swissroll", "checkerboard", "digits", "file"),  # digits: train split
     ("sde", "name"): ("vp", "subvp", "ve"),
     ("sde", "schedule"): ("linear", "cosine"),
     ("model", "arch"): ("mlp", "unet"),

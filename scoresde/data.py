@@ -59,14 +59,22 @@ def _checkerboard(n, g):
     return 2 * torch.stack([x1, x2 + torch.floor(x1) % 2], 1)
 
 
-def digits() -> Dataset:
-    """scikit-learn's 1797 handwritten 8×8 digits (values 0…16, L = 17 levels) on [−1, 1]."""
+DIGITS_TEST = 200  # the last 200 of scikit-learn's 1797 digits are held out
+
+
+def digits(split: str = "train") -> Dataset:
+    """scikit-learn's handwritten 8×8 digits (values 0…16, L = 17 levels) on [−1, 1]:
+    'train' = the first 1597, 'test' = the last 200 (held out for likelihoods)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"digits split must be 'train' or 'test', got {split!r}")
     try:
         from sklearn.datasets import load_digits
     except ImportError:  # pragma: no cover - depends on the environment
         raise ValueError("the digits data set needs scikit-learn: pip install 'scoresde[data]'") from None
     k = torch.as_tensor(load_digits().images, dtype=torch.float32)
-    return Dataset("digits", (1, 8, 8), table=(2 * k / 16 - 1)[:, None], levels=17)
+    k = k[:-DIGITS_TEST] if split == "train" else k[-DIGITS_TEST:]
+    return Dataset("digits" if split == "train" else "digits-test", (1, 8, 8), table=(2 * k / 16 - 1)[:, None],
+                   levels=17)
 
 
 def from_array(path: str) -> Dataset:
@@ -97,14 +105,13 @@ def make_dataset(name: str, path: str | None = None) -> Dataset:
     if name in toys:
         return Dataset(name, (2,), sampler=toys[name])
     if name == "digits":
-        return digits()
+        return digits("train")
+    if name == "digits-test":
+        return digits("test")
     if name == "file":
         if not path:
             raise ValueError("data.name = 'file' needs data.path (a .npy or .npz file)")
         return from_array(path)
-    raise ValueError(f"unknown data set {name!r}; choose one of: {', '.join(TOYS)}, digits, file")
+    raise ValueError(f"unknown data set {name!r}; choose one of: {', '.join(TOYS)}, digits, digits-test, file")
 
 
-def load_dataset(name: str, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """n clean reference points of a named data set (for the likelihood CLI)."""
-    return make_dataset(name).reference(n, generator)

@@ -52,7 +52,7 @@ def test_likelihood_prints_nats_and_bits(tmp_path):
     res = json.load(open(tmp_path / "l.json"))
     assert len(res["logp"]) == 8 and res["nfe"] > 0
     r = run("likelihood", "--model", "oracle:gmm8", "--data", str(tmp_path / "pts.npy"), "--bits", "8")
-    assert r.exit_code == 0 and "offset +7" in r.output, r.output
+    assert r.exit_code == 0 and "offset log2(256) - 1 = 7.000" in r.output, r.output
     bad = np.zeros((5, 3), dtype=np.float32)
     np.save(tmp_path / "bad.npy", bad)
     r = run("likelihood", "--model", "oracle:gmm8", "--data", str(tmp_path / "bad.npy"))

@@ -114,3 +114,17 @@ def test_validation(kw, match):
     args.update(kw)
     with pytest.raises(ValueError, match=match):
         log_likelihood(args.pop("score_fn"), sde, args.pop("x"), **args)
+
+
+def test_step_underflow_is_reported_with_t_and_a_hint(monkeypatch):
+    """torchdiffeq signals a collapsing step with `assert t0 + dt > t0, 'underflow in dt …'`."""
+    import scoresde.likelihood as lik
+
+    def failing_odeint(func, y0, t, **kw):
+        func(t[0] + 0.25, y0)  # one evaluation, so the last t seen is known
+        raise AssertionError("underflow in dt 0.0")
+
+    monkeypatch.setattr(lik, "odeint", failing_odeint)
+    sde, data = VPSDE(), GaussianMixture.ring()
+    with pytest.raises(ValueError, match=r"failed at t=0\.25.*underflow in dt.*raise rtol/atol \(now 1e-05/1e-05\) or eps"):
+        log_likelihood(data.score_fn(sde), sde, data.sample(4, generator=gen(0), dtype=torch.float64))

@@ -110,6 +110,18 @@ def test_digits_unet_trains_a_few_steps(tmp_path):
     assert len(losses) == 3 and all(l > 0 for l in losses)
     x = tr.data.sample(4, torch.Generator().manual_seed(0))
     assert x.shape == (4, 1, 8, 8) and x.min() >= -1 and x.max() < 1
+    # the likelihood CLI defaults to the 200 held-out digits and their 17 levels
+    r = CliRunner().invoke(cli, ["likelihood", "--checkpoint", str(tmp_path / "checkpoint.pt"), "--n", "3",
+                                 "--method", "hutchinson", "--rtol", "1e-2", "--atol", "1e-2"])
+    assert r.exit_code == 0 and "17-level data" in r.output and "n=3" in r.output, r.output
+
+
+def test_digits_test_split_is_held_out():
+    from scoresde.data import make_dataset
+    train, test = make_dataset("digits"), make_dataset("digits-test")
+    assert train.table.shape[0] == 1597 and test.table.shape[0] == 200
+    flat = {tuple(v.tolist()) for v in train.table.flatten(1)}
+    assert sum(tuple(v.tolist()) not in flat for v in test.table.flatten(1)) >= 190
 
 
 @pytest.mark.parametrize("raw, match", [
