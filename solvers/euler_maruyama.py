@@ -4,17 +4,20 @@ from __future__ import annotations
 import math
 
 
+def _em_step(prob, x, i: int, noise: bool):
+    """x ← x − [f·x − g²·s]·Δt (+ g·√Δt·z),  Δt = t_i − t_{i+1} > 0."""
+    dt = prob.t[i] - prob.t[i + 1]
+    x = x - (prob.f[i] * x - prob.g2[i] * prob.score(x, prob.t[i])) * dt
+    return x + math.sqrt(prob.g2[i] * dt) * prob.noise(x) if noise else x
+
+
 def euler_maruyama(prob, x, *, noise_last: bool = False):
     """x ← x − [f·x − g²·s]·Δt + g·√Δt·z,  Δt = t_i − t_{i+1} > 0.
 
     The last step adds no noise unless noise_last=True (score_sde's noise removal: the final
     noise at t = eps would only blur the samples)."""
     for i in range(prob.K):
-        dt = prob.t[i] - prob.t[i + 1]
-        s = prob.score(x, prob.t[i])
-        x = x - (prob.f[i] * x - prob.g2[i] * s) * dt
-        if noise_last or not prob.last(i):
-            x = x + math.sqrt(prob.g2[i] * dt) * prob.noise(x)
+        x = _em_step(prob, x, i, noise_last or not prob.last(i))
         prob.done(i, x)
     return x
 
@@ -33,10 +36,6 @@ def predictor_corrector(prob, x, *, snr: float = 0.16, corrector_steps: int = 1)
             ratio = z.flatten(1).norm(dim=1).mean() / s.flatten(1).norm(dim=1).mean()
             step = 2 * alpha * (snr * ratio) ** 2
             x = x + step * s + (2 * step).sqrt() * z
-        dt = prob.t[i] - prob.t[i + 1]
-        s = prob.score(x, prob.t[i])
-        x = x - (prob.f[i] * x - prob.g2[i] * s) * dt
-        if not prob.last(i):
-            x = x + math.sqrt(prob.g2[i] * dt) * prob.noise(x)
+        x = _em_step(prob, x, i, not prob.last(i))
         prob.done(i, x)
     return x
