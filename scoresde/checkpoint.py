@@ -50,7 +50,6 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 def load_score_model(path: str, sde=None, device=None, use_ema: bool = True):
     """A trained checkpoint as a ResolvedModel (EMA weights by default) for sampling/likelihood."""
     from .config import from_dict
-    from .data import make_dataset
     from .models import ResolvedModel
     from .train import build_model
 

@@ -85,7 +85,7 @@ def log_likelihood(score_fn: Callable, sde, x: torch.Tensor, method: str = "exac
     P = probes if method == "hutchinson" else 1
     n = x.shape[0]
     chunk = batch_size or n
-    logps, priors, deltas, nfe = [], [], [], 0
+    priors, deltas, nfe = [], [], 0
     for start in range(0, n, chunk):
         xb = x[start:start + chunk]
         xb = xb.repeat(P, *([1] * (xb.ndim - 1))) if P > 1 else xb

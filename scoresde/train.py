@@ -217,7 +217,7 @@ class Trainer:
         return losses
 
     def preview(self, n: int = 2000, steps: int = 30) -> str | None:
-        """Sample from the EMA model (Heun, 30 steps) and save previews/step_XXXXXXX.png."""
+        """Sample from the EMA model (Heun, 30 steps) and save previews/step_<7-digit step>.png."""
         if self.rank != 0:
             return None
         import solvers

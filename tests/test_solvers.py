@@ -1,5 +1,4 @@
 """Solvers against the DDPM algorithm written out, closed-form flows, measured orders and the ring."""
-import math
 
 import numpy as np
 import pytest
@@ -7,7 +6,7 @@ import torch
 
 import solvers
 from conftest import SDE_FACTORIES, gen
-from scoresde import SubVPSDE, VESDE, VPSDE
+from scoresde import VPSDE
 from scoresde.metrics import mode_metrics, sliced_w2
 from scoresde.oracle import GaussianMixture
 

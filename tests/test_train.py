@@ -1,5 +1,4 @@
 """Training: the loss falls, resume is exact, checkpoints are validated, DDP agrees across ranks."""
-import copy
 import os
 
 import pytest
