@@ -48,6 +48,9 @@ class Problem:
         self.B, self.dtype, self.device = x_like.shape[0], x_like.dtype, x_like.device
         self.generator, self.callback = generator, callback
         self.check_finite = check_finite
+        # On the CPU a check costs nothing; on an accelerator it would sync every step, so the
+        # first bad step is recorded on the device and raised after the solve.
+        self.eager_check = self.device.type == "cpu"
         self.nfe = 0
         self.step = 0
         self._bad = None  # deferred non-finite flag on accelerators (no sync per step)
@@ -63,14 +66,14 @@ class Problem:
                               f"at step {self.step}, t={float(t):.6g}")
         self.nfe += 1
         if self.check_finite:
-            if self.device.type == "cpu":
+            if self.eager_check:
                 if not bool(torch.isfinite(s).all()):
                     self._raise_nonfinite(self.step, float(t))
-            else:
+            else:  # record the first bad step on the device: no host sync, no copy per call
+                if self._bad is None:
+                    self._bad = torch.full((), -1, dtype=torch.long, device=self.device)
                 bad = ~torch.isfinite(s).all()
-                code = torch.tensor(self.step, device=self.device)
-                self._bad = torch.where(bad, code, torch.tensor(-1, device=self.device)) if self._bad is None else \
-                    torch.where((self._bad < 0) & bad, code, self._bad)
+                self._bad = torch.where((self._bad < 0) & bad, self.step, self._bad)
         return s.to(x.dtype)
 
     def _raise_nonfinite(self, step: int, t: float):

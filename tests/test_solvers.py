@@ -240,3 +240,18 @@ def test_ode_step_underflow_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(pf, "odeint", failing_odeint)
     with pytest.raises(solvers.SolverError, match="the ODE solve failed.*underflow in dt.*raise rtol/atol or eps"):
         _sample(solver="pf_ode")
+
+
+def test_deferred_nonfinite_check_reports_the_first_bad_step():
+    """The accelerator path: no sync per step, the first bad step is raised after the solve."""
+    from solvers._common import Problem
+    sde = VPSDE()
+    ts = solvers.time_grid(sde, 6, "uniform", eps=1e-3)
+    x = torch.ones(4, 2)
+    prob = Problem(lambda x, t: x * (float("inf") if prob.step >= 2 else 1.0), sde, ts, x, None, None)
+    prob.eager_check = False
+    for i in range(6):
+        prob.step = i
+        prob.score(x, prob.t[i])  # no exception during the solve
+    with pytest.raises(solvers.SolverError, match=r"NaN or inf at step 2 \(t=0\.66"):
+        prob.check_deferred()
