@@ -1,7 +1,10 @@
 """Sample-quality metrics against a known Gaussian mixture, and sliced Wasserstein-2."""
 from __future__ import annotations
 
+import math
+
 import torch
+from scipy.stats import chi2
 
 from .oracle import GaussianMixture
 
@@ -23,8 +26,10 @@ def _normal_quantiles(n: int) -> torch.Tensor:
 def mode_metrics(x: torch.Tensor, data: GaussianMixture, radius: float = 5.0, n_proj: int = 64) -> dict:
     """Per-mode quality of samples x (n, D) from a mixture with well-separated modes.
 
-    Each sample goes to the mode with the smallest Mahalanobis distance; beyond `radius`
-    (in that mode's std units) it is off every mode.
+    Each sample goes to the mode with the smallest Mahalanobis distance d; it is off every mode
+    when d² exceeds the χ²_D quantile with the tail probability that `radius` stds have in 2-D,
+    P(χ²_D > r²) = e^(−radius²/2): exactly d > radius in 2-D, and the same rarity for exact
+    samples in any D (in 64-D an exact sample sits about √64 = 8 stds from its mode).
       std_ratio: √(mean squared whitened residual / D) over on-mode samples (ideal 1)
       off_mode:  fraction of samples off every mode (ideal ≈ 0)
       mode_tv:   ½ Σ_k |ŵ_k − w_k| with ŵ the on-mode share of mode k (ideal ≈ 0)
@@ -36,7 +41,7 @@ def mode_metrics(x: torch.Tensor, data: GaussianMixture, radius: float = 5.0, n_
     r = _whitened(x, data)
     r2 = r.pow(2).sum(-1)
     d2, k = r2.min(1)
-    on = d2 <= radius ** 2
+    on = d2 <= float(chi2.isf(math.exp(-radius ** 2 / 2), data.D))
     n_on = int(on.sum())
     std_ratio = float((d2[on].sum() / (n_on * data.D)).sqrt()) if n_on else float("nan")
     counts = torch.bincount(k[on], minlength=data.K).to(torch.float64)

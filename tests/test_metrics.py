@@ -1,5 +1,9 @@
 """The quality metrics separate exact samples from distorted ones."""
+import math
+
+import pytest
 import torch
+from scipy.stats import chi2
 
 from conftest import gen
 from scoresde.metrics import mode_metrics, quality, sliced_w2
@@ -36,3 +40,10 @@ def test_sliced_w2_of_a_shift():
     shift = torch.tensor([3.0, 0.0, 0.0], dtype=torch.float64)
     # projected onto unit θ the shift is θ₁·3; E θ₁² = 1/3, so SW2 ≈ √3
     assert abs(sliced_w2(x + shift, x, n_proj=2000, generator=gen(4)) - 3 ** 0.5) < 0.1
+
+
+def test_off_mode_threshold_scales_with_dimension():
+    assert chi2.isf(math.exp(-12.5), 2) == pytest.approx(25.0)  # 2-D keeps "beyond 5 std"
+    data = GaussianMixture.gaussian(64)
+    q = mode_metrics(data.sample(2000, generator=gen(5)), data)
+    assert q["off_mode"] == 0 and abs(q["std_ratio"] - 1) < 0.01 and q["mode_w2"] < 0.06
