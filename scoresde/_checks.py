@@ -52,16 +52,6 @@ def as_time(t, T: float, like: torch.Tensor | None = None, batch: int | None = N
     return t
 
 
-def check_batch(name: str, x: torch.Tensor, event_shape: tuple[int, ...] | None = None) -> None:
-    if not torch.is_tensor(x):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim < 1:
-        raise ValueError(f"{name} must have a batch dimension, got a 0-d tensor")
-    if event_shape is not None and tuple(x.shape[1:]) != tuple(event_shape):
-        raise ValueError(f"{name} must have shape (B, {', '.join(map(str, event_shape))}), "
-                         f"got {tuple(x.shape)}")
-
-
 def bcast(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """View a per-sample coefficient of shape (B,) (or scalar) so it broadcasts against x (B, ...)."""
     if c.ndim == 0:

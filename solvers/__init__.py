@@ -31,19 +31,17 @@ class SolverSpec:
     description: str
     grid: str = "uniform"
     to_zero: bool = False  # default end time 0 (the update handles σ = 0) instead of sde.default_eps
-    stochastic: bool = False
 
 
 SOLVERS = {
     "ddpm": SolverSpec(ddpm, "DDPM ancestral sampling (Ho et al. 2020, Alg. 2); variance=beta_tilde|beta",
-                       to_zero=True, stochastic=True),
+                       to_zero=True),
     "ddim": SolverSpec(ddim, "DDIM (Song et al. 2021a); eta=0 deterministic, eta=1 is DDPM", to_zero=True),
-    "euler_maruyama": SolverSpec(euler_maruyama, "Euler–Maruyama on the reverse SDE (native loop)",
-                                 stochastic=True),
+    "euler_maruyama": SolverSpec(euler_maruyama, "Euler–Maruyama on the reverse SDE (native loop)"),
     "torchsde": SolverSpec(torchsde_sde, "the reverse SDE via torchsde.sdeint; method=euler|milstein|srk|"
-                                         "reversible_heun|…", stochastic=True),
+                                         "euler_heun|heun|midpoint"),
     "pc": SolverSpec(predictor_corrector, "predictor–corrector: Langevin corrector + EM predictor "
-                                          "(Song et al. 2021); snr=0.16", stochastic=True),
+                                          "(Song et al. 2021); snr=0.16"),
     "pf_ode": SolverSpec(pf_ode, "probability-flow ODE via torchdiffeq; method=dopri5 (adaptive, rtol/atol) "
                                  "or a fixed-step method on the grid"),
     "euler": SolverSpec(euler, "Euler's method on the probability-flow ODE (first order)"),

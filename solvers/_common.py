@@ -1,7 +1,6 @@
 """Pieces every sampler shares: the checked, counted score call, grid coefficients, noise."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -128,7 +127,7 @@ def discrete_vp_tables(sde, ts: torch.Tensor):
 
     This is what makes the ancestral sampler with N steps DDPM's Algorithm 2 exactly, and a
     shorter grid a respacing of the same chain (iDDPM)."""
-    if getattr(sde, "config", None) is None or sde.config().get("name") != "vp":
+    if sde.config()["name"] != "vp":
         return None
     k = ts * sde.N
     idx = k.round()
@@ -136,10 +135,3 @@ def discrete_vp_tables(sde, ts: torch.Tensor):
         return None
     abar = torch.cat([torch.ones(1, dtype=torch.float64), sde.alphas_cumprod])[idx.long()]
     return abar.sqrt().tolist(), (1 - abar).clamp_min(0).sqrt().tolist()
-
-
-def finite_positive(name: str, value) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise SolverError(f"{name} must be a finite number > 0, got {value!r}")
-    return value
