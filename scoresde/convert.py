@@ -4,7 +4,8 @@ With x_t = m·x_0 + σ·ε:
     s   = −ε / σ                       (score of the Gaussian perturbation kernel)
     x̂_0 = (x − σ·ε) / m = (x + σ²·s) / m   (Tweedie's formula)
 
-`m` and `σ` are tensors of shape (B,) (or scalars); they broadcast over x's trailing dims.
+`m` and `σ` are tensors of shape (B,), 0-d tensors or Python numbers; they broadcast over
+x's trailing dims.
 """
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ from ._checks import bcast
 
 
 def _as(c, x):
-    return bcast(torch.as_tensor(c, dtype=x.dtype, device=x.device), x)
+    # A Python number broadcasts as it is: no tensor, so no allocation or host-to-device copy
+    # in a sampler's inner loop.
+    if not torch.is_tensor(c):
+        return c
+    return bcast(c.to(dtype=x.dtype, device=x.device), x)
 
 
 def eps_to_score(eps: torch.Tensor, std) -> torch.Tensor:

@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch
 
+from scoresde.convert import x0_from_score
+
 from ._common import Problem, SampleResult, SolverError, discrete_vp_tables
 from .ancestral import ddim, ddpm
 from .dpmpp import dpmpp_2m
@@ -105,8 +107,7 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
         if denoise:
             if prob.sigma[-1] <= 0:
                 raise SolverError("denoise=True needs eps > 0 (the samples already sit at σ = 0)")
-            s = prob.score(x, prob.t[-1])
-            x = (x + prob.sigma[-1] ** 2 * s) / prob.m[-1]
+            x = x0_from_score(x, prob.score(x, prob.t[-1]), prob.m[-1], prob.sigma[-1])
     prob.check_deferred()
     return SampleResult(x=x, nfe=prob.nfe, t_grid=ts, solver=solver, grid=grid)
 

@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from scoresde.convert import score_to_eps
+from scoresde.convert import score_to_eps, x0_from_eps
 
 
 class SolverError(ValueError):
@@ -91,7 +91,7 @@ class Problem:
 
     def x0(self, x: torch.Tensor, eps: torch.Tensor, i: int) -> torch.Tensor:
         """x̂_0 = (x − σ ε̂)/m at grid point i."""
-        return (x - self.sigma[i] * eps) / self.m[i]
+        return x0_from_eps(x, eps, self.m[i], self.sigma[i])
 
     def pf_velocity(self, x: torch.Tensor, i: int, s: torch.Tensor | None = None) -> torch.Tensor:
         """dx/dt of the probability-flow ODE at grid point i: f·x − ½g²·s."""
