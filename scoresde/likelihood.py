@@ -20,6 +20,7 @@ import torch
 from torchdiffeq import odeint
 
 from ._checks import bcast
+from ._ode import ADAPTIVE, inside_interval
 
 
 @dataclass
@@ -129,11 +130,8 @@ def _solve(score_fn, sde, x, eps, v, rtol, atol, ode_method):
     ts = torch.tensor([eps, sde.T], dtype=torch.float64, device=x.device)
     y0 = (x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
     try:
-        # an explicit first step and step_t keep every evaluation inside [eps, T] (torchdiffeq's
-        # initial-step probe and its step past the end would otherwise leave it)
-        opts = {"step_t": ts, "first_step": 0.01 * (sde.T - eps)} if ode_method in (
-            "dopri5", "dopri8", "tsit5", "bosh3", "fehlberg2", "adaptive_heun") else None
-        xs, deltas = odeint(dynamics, y0, ts, rtol=rtol, atol=atol, method=ode_method, options=opts)
+        xs, deltas = odeint(dynamics, y0, ts, rtol=rtol, atol=atol, method=ode_method,
+                            options=inside_interval(ts) if ode_method in ADAPTIVE else None)
     except AssertionError as err:  # torchdiffeq's step-size underflow
         raise ValueError(f"the likelihood ODE solve failed at t={state['t']:.6g} ({err}); raise rtol/atol "
                          f"(now {rtol}/{atol}) or eps (now {eps})") from None

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torchdiffeq import odeint
 
+from scoresde._ode import ADAPTIVE, FIXED, inside_interval
+
 from ._common import SolverError
 
-ADAPTIVE = ("dopri5", "dopri8", "tsit5", "bosh3", "fehlberg2", "adaptive_heun")
-FIXED = ("euler", "midpoint", "rk4", "heun2", "heun3", "explicit_adams")
 
 
 def pf_velocity_t(prob, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -30,11 +30,7 @@ def pf_ode(prob, x, *, method: str = "dopri5", rtol: float = 1e-5, atol: float =
     ends = grid[[0, -1]]
     try:
         if method in ADAPTIVE:
-            # By default torchdiffeq probes a first step that can leave [eps, T] and steps past the
-            # end before interpolating back: a network at t < 0 sees σ = 0.  An explicit first step
-            # and step_t keep every evaluation inside the interval.
-            out = odeint(func, x, ends, method=method, rtol=rtol, atol=atol,
-                         options={"step_t": ends, "first_step": 0.01 * (prob.t[0] - prob.t[-1])})
+            out = odeint(func, x, ends, method=method, rtol=rtol, atol=atol, options=inside_interval(ends))
         else:
             out = odeint(func, x, ends, method=method, options={"grid_constructor": lambda f, y0, t: grid})
     except AssertionError as err:  # torchdiffeq signals step-size underflow with an assert
