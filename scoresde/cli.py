@@ -310,22 +310,6 @@ def train(config_path, out, resume, device, steps, quiet):
                    f"{sum(tail) / len(tail):.4f}; checkpoint {os.path.join(out, 'checkpoint.pt')}")
 
 
-def _load_array(path: str) -> torch.Tensor:
-    import numpy as np
-
-    if not os.path.exists(path):
-        raise CLIError(f"--data {path!r}: no such file")
-    if path.endswith(".npy"):
-        arr = np.load(path, allow_pickle=False)
-    elif path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as z:
-            key = "x" if "x" in z.files else z.files[0]
-            arr = z[key]
-    else:
-        raise CLIError(f"--data {path!r}: expected a .npy or .npz file")
-    return torch.as_tensor(arr, dtype=torch.float32)
-
-
 @cli.command()
 @click.option("--model", default=None, metavar="SPEC", help="oracle:gmm8 | oracle:gaussian | oracle:gaussianD")
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False), help="a trained checkpoint instead")
@@ -369,7 +353,7 @@ def likelihood(model, checkpoint, sde_name, data, method, probes, probe, n, bits
         raise CLIError("give exactly one of --model oracle:NAME or --checkpoint FILE")
     dev = _device(device)
     resolved = _resolve(model or checkpoint, sde_name, dev)
-    from .data import make_dataset
+    from .data import load_array, make_dataset
 
     g = torch.Generator().manual_seed(seed)
     levels = 2 ** bits if bits else None
@@ -390,7 +374,7 @@ def likelihood(model, checkpoint, sde_name, data, method, probes, probe, n, bits
         if levels is None and ds.levels is not None:
             levels = ds.levels
     else:
-        x = _load_array(data)[:n]
+        x = load_array(data)[:n]
     if tuple(x.shape[1:]) != tuple(resolved.shape):
         raise CLIError(f"--data: samples have shape {tuple(x.shape[1:])}, the model expects {tuple(resolved.shape)}")
     # exact oracles run in float64; a network in the precision it was trained in

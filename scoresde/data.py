@@ -77,22 +77,34 @@ def digits(split: str = "train") -> Dataset:
                    levels=17)
 
 
-def from_array(path: str) -> Dataset:
-    """A user's .npy/.npz array of shape (N, ...) (float; .npz: key 'x' or the first array)."""
+def load_array(path: str) -> torch.Tensor:
+    """A finite float array (N, ...) from a .npy or .npz file (.npz: key 'x' or the first array);
+    pickled objects are refused."""
     import numpy as np
 
     if not os.path.exists(path):
-        raise ValueError(f"data file {path!r} does not exist")
-    if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as z:
-            arr = z["x"] if "x" in z.files else z[z.files[0]]
-    elif path.endswith(".npy"):
-        arr = np.load(path, allow_pickle=False)
-    else:
-        raise ValueError(f"data file {path!r}: expected .npy or .npz")
+        raise ValueError(f"data file {path!r}: no such file")
+    if not path.endswith((".npy", ".npz")):
+        raise ValueError(f"data file {path!r}: expected a .npy or .npz file")
+    try:
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as z:
+                arr = z["x"] if "x" in z.files else z[z.files[0]]
+        else:
+            arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"data file {path!r} cannot be read: {e}") from None
     x = torch.as_tensor(arr, dtype=torch.float32)
-    if x.ndim < 2 or x.shape[0] < 2 or not torch.isfinite(x).all():
-        raise ValueError(f"data file {path!r}: need a finite array of shape (N >= 2, ...), got {tuple(x.shape)}")
+    if x.ndim < 2 or not torch.isfinite(x).all():
+        raise ValueError(f"data file {path!r}: need a finite array of shape (N, ...), got {tuple(x.shape)}")
+    return x
+
+
+def from_array(path: str) -> Dataset:
+    """A user's .npy/.npz array of shape (N >= 2, ...) as a training set."""
+    x = load_array(path)
+    if x.shape[0] < 2:
+        raise ValueError(f"data file {path!r}: need at least 2 samples to train on, got {x.shape[0]}")
     return Dataset(os.path.basename(path), tuple(x.shape[1:]), table=x)
 
 
