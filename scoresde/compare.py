@@ -7,7 +7,7 @@ from typing import Iterable
 
 import torch
 
-from .metrics import quality, sliced_w2
+from .metrics import quality, sw2_with_floor
 from .models import ResolvedModel
 
 ADAPTIVE_SOLVERS = ("pf_ode",)  # ignore `steps` (one run, nfe reported)
@@ -25,10 +25,8 @@ def score_samples(x: torch.Tensor, model: ResolvedModel, seed: int = 0) -> dict:
     if model.data is not None and model.data.shape[0] >= 2 * x.shape[0]:
         g = torch.Generator().manual_seed(seed)
         perm = torch.randperm(model.data.shape[0], generator=g)
-        a, b = model.data[perm[: x.shape[0]]], model.data[perm[x.shape[0]: 2 * x.shape[0]]]
-        pg = torch.Generator().manual_seed(seed + 1)
-        return {"sw2": sliced_w2(x, a, generator=pg),
-                "sw2_floor": sliced_w2(b, a, generator=torch.Generator().manual_seed(seed + 1))}
+        n = x.shape[0]
+        return sw2_with_floor(x, model.data[perm[:n]], model.data[perm[n:2 * n]], seed)
     return {}
 
 

@@ -48,6 +48,11 @@ def quality_vs_nfe(rows: list[dict], path: str, title: str = "") -> None:
     _save(fig, path)
 
 
+def _limit(x) -> float:
+    """Half-width of a square scatter that shows 99.5 % of the first two coordinates."""
+    return float(x[:, :2].abs().quantile(0.995)) * 1.2 + 1e-6
+
+
 def _scatter(ax, x, lim):
     ax.scatter(x[:, 0], x[:, 1] if x.shape[1] > 1 else torch.zeros_like(x[:, 0]), s=1, alpha=0.4)
     ax.set_xlim(-lim, lim)
@@ -79,7 +84,7 @@ def samples_panel(samples: dict, path: str, reference: torch.Tensor | None = Non
     fig, axes = plt.subplots(len(solvers), ncol, figsize=(2.2 * ncol, 2.2 * len(solvers)), squeeze=False)
     first = next(iter(samples.values()))
     is_2d = first.ndim == 2  # vectors: scatter the first two coordinates
-    lim = float(first[:, :2].abs().quantile(0.995)) * 1.2 + 1e-6 if is_2d else None
+    lim = _limit(first) if is_2d else None
 
     def show(ax, x):
         if is_2d:
@@ -110,7 +115,7 @@ def save_samples_png(x: torch.Tensor, path: str, title: str = "") -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 5))
     if x.ndim == 2:  # vectors: the first two coordinates
-        _scatter(ax, x[:5000], float(x[:, :2].abs().quantile(0.995)) * 1.2 + 1e-6)
+        _scatter(ax, x[:5000], _limit(x))
     elif x.ndim == 4:
         ax.imshow(image_grid(x[:64]), cmap="gray")
         ax.axis("off")
