@@ -1,5 +1,6 @@
 """Atomic file writes: a temp file in the target's folder, fsync, then os.replace, so an
-interrupted run (Ctrl-C, a crash, a full disk) never leaves a half-written file behind."""
+interrupted run (Ctrl-C, a crash, a full disk) never leaves a half-written file behind.
+The result gets the mode a plain open() would give (0o666 & ~umask), not mkstemp's private 0600."""
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +9,13 @@ import io
 import json
 import os
 import tempfile
+
+
+def _umask() -> int:
+    # the only portable way to read the umask is to set it; put it straight back
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -21,6 +29,7 @@ def atomic_path(path: str):
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
