@@ -30,6 +30,14 @@ def save_checkpoint(path: str, state: dict) -> None:
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (legacy files: a pickle, first byte 0x80); anything else was
+    # never a torch file, and torch's own message for it would only confuse
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
+        what = f"it starts with {head!r}, not torch.save's zip header" if head else "it is empty"
+        raise CheckpointError(f"{path!r} is not a torch file ({what}); pass the checkpoint.pt that "
+                              f"`scoresde train` writes in its --out folder")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:

@@ -78,10 +78,14 @@ def digits(split: str = "train") -> Dataset:
 
 
 def load_array(path: str) -> torch.Tensor:
-    """A finite float array (N, ...) from a .npy or .npz file (.npz: key 'x' or the first array);
-    pickled objects are refused."""
+    """A finite float array (N, ...) from a .npy or .npz file; pickled objects are refused.
+
+    From a .npz: the array named by 'file.npz:name', else 'x', else its only array; several
+    arrays and none named x is an error that lists them."""
     import numpy as np
 
+    path, sep, key = path.partition(".npz:")
+    path += ".npz" if sep else ""
     if not os.path.exists(path):
         raise ValueError(f"data file {path!r}: no such file")
     if not path.endswith((".npy", ".npz")):
@@ -89,11 +93,16 @@ def load_array(path: str) -> torch.Tensor:
     try:
         if path.endswith(".npz"):
             with np.load(path, allow_pickle=False) as z:
-                arr = z["x"] if "x" in z.files else z[z.files[0]]
+                names = z.files
+                key = key or ("x" if "x" in names or len(names) != 1 else names[0])
+                arr = z[key] if key in names else None
         else:
             arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise ValueError(f"data file {path!r} cannot be read: {e}") from None
+    if arr is None:
+        raise ValueError(f"data file {path!r} has no array {key!r}; it holds {', '.join(names) or 'none'}: "
+                         f"choose one as {path}:NAME" + (f", e.g. {path}:{names[0]}" if names else ""))
     x = torch.as_tensor(arr, dtype=torch.float32)
     if x.ndim < 2 or not torch.isfinite(x).all():
         raise ValueError(f"data file {path!r}: need a finite array of shape (N, ...), got {tuple(x.shape)}")
@@ -103,6 +112,7 @@ def load_array(path: str) -> torch.Tensor:
 def from_array(path: str) -> Dataset:
     """A user's .npy/.npz array of shape (N >= 2, ...) as a training set."""
     x = load_array(path)
+    path = path.partition(".npz:")[0]
     if x.shape[0] < 2:
         raise ValueError(f"data file {path!r}: need at least 2 samples to train on, got {x.shape[0]}")
     return Dataset(os.path.basename(path), tuple(x.shape[1:]), table=x)

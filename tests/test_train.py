@@ -58,7 +58,7 @@ def test_truncated_foreign_and_mismatched_checkpoints_are_rejected(tmp_path):
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_checkpoint(str(tmp_path / "trunc.pt"))
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+    with pytest.raises(CheckpointError, match="is not a torch file"):
         load_checkpoint(str(tmp_path / "garbage.pt"))
     torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="not a scoresde checkpoint"):
