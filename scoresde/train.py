@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 
 import torch
@@ -24,6 +25,7 @@ from .nn import MLP, ScoreModel, UNet
 from .sde import make_sde
 
 CKPT = "checkpoint.pt"
+PREVIEW_N, PREVIEW_STEPS = 2000, 30  # points (2-D data; images: 64) and Heun steps of a preview
 
 
 def build_model(cfg: Config) -> tuple[ScoreModel, Dataset]:
@@ -58,8 +60,9 @@ class Trainer:
     from its own generator; gradients are averaged by DDP; only rank 0 writes files."""
 
     def __init__(self, cfg: Config, out_dir: str, device: str | None = None, resume: bool = False,
-                 progress: bool = True):
+                 progress: bool = True, previews: bool = True):
         self.cfg, self.out = cfg, out_dir
+        self.previews, self.last_preview = previews, None  # previews=False: no preview PNGs at all
         self.rank, self.world = _dist()
         dev = resolve_device(device or cfg.train.device)
         if dev.type == "cuda" and self.world > 1:
@@ -203,7 +206,7 @@ class Trainer:
                 bar.update(1)
                 if c.ckpt_every and self.step % c.ckpt_every == 0:
                     self.save()
-                if c.preview_every and self.step % c.preview_every == 0:
+                if self.previews and c.preview_every and self.step % c.preview_every == 0:
                     self.preview()
         finally:
             if pending:
@@ -212,12 +215,16 @@ class Trainer:
             if log:
                 log.close()
         self.save()
-        if self.step >= total and not c.preview_every:
+        if self.previews and self.step >= total and not c.preview_every:
+            if self.progress:  # it takes seconds: say what is happening and how to skip it
+                tqdm.write(f"end of training: sampling a preview (EMA weights, heun {PREVIEW_STEPS} steps) into "
+                           f"{os.path.join(self.out, 'previews')} (previews=False / --no-preview skips it)",
+                           file=sys.stderr)
             self.preview()
         return losses
 
-    def preview(self, n: int = 2000, steps: int = 30) -> str | None:
-        """Sample from the EMA model (Heun, 30 steps) and save previews/step_<7-digit step>.png."""
+    def preview(self, n: int = PREVIEW_N, steps: int = PREVIEW_STEPS) -> str | None:
+        """Sample from the EMA model (Heun) and save previews/step_<7-digit step>.png."""
         if self.rank != 0:
             return None
         import solvers
@@ -231,6 +238,7 @@ class Trainer:
         path = os.path.join(self.out, "previews", f"step_{self.step:07d}.png")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         save_samples_png(res.x.float().cpu(), path, title=f"{self.data.name}, step {self.step}, EMA, heun {steps}")
+        self.last_preview = path
         return path
 
 
