@@ -2,15 +2,22 @@
 samples: the engine behind `scoresde compare` and experiments/solver_benchmark.py."""
 from __future__ import annotations
 
+import statistics
 import time
-from typing import Iterable
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 import torch
 
-from .metrics import quality, sw2_with_floor
+from .metrics import mode_metrics, quality, sliced_w2, sw2_with_floor
 from .models import ResolvedModel
 
-ADAPTIVE_SOLVERS = ("pf_ode",)  # ignore `steps` (one run, nfe reported)
+ADAPTIVE_SOLVERS = ("pf_ode",)  # with an adaptive method they ignore `steps` (one run, nfe reported)
+# Below this many samples the metrics' own sampling noise (eight mode weights from a dozen samples
+# each, a sliced-W2 floor ~ n^-1/2) is as large as the differences between solvers.
+MIN_METRIC_SAMPLES = 100
+ADAPTIVE_PROBE = 128  # samples used to measure an adaptive solver's nfe before the full run
+FLOOR_DRAWS = 8  # independent exact samples that give the perfect-sampler band
 
 
 def _sync(device):
@@ -18,53 +25,197 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def _reference_split(model: ResolvedModel, n: int, seed: int):
+    """Disjoint size-n slices of the model's reference data (a fixed permutation per seed)."""
+    perm = torch.randperm(model.data.shape[0], generator=torch.Generator().manual_seed(seed))
+    return [model.data[perm[j * n:(j + 1) * n]] for j in range(model.data.shape[0] // n)]
+
+
 def score_samples(x: torch.Tensor, model: ResolvedModel, seed: int = 0) -> dict:
-    """Quality of samples against the model's ground truth (oracle metrics, or sliced W2 to data)."""
+    """Quality of samples against the model's ground truth (oracle metrics, or sliced W2 to data);
+    {} when there is none, or fewer than MIN_METRIC_SAMPLES samples."""
+    if x.shape[0] < MIN_METRIC_SAMPLES:
+        return {}
     if model.oracle is not None:
         return quality(x, model.oracle, seed=seed)
     if model.data is not None and model.data.shape[0] >= 2 * x.shape[0]:
-        g = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(model.data.shape[0], generator=g)
-        n = x.shape[0]
-        return sw2_with_floor(x, model.data[perm[:n]], model.data[perm[n:2 * n]], seed)
+        ref, ref2 = _reference_split(model, x.shape[0], seed)[:2]
+        return sw2_with_floor(x, ref, ref2, seed)
     return {}
+
+
+def perfect_sampler_band(model: ResolvedModel, n: int, seed: int = 0, draws: int = FLOOR_DRAWS) -> dict | None:
+    """What an exact sampler scores on the ranking metric at this n: the metric of `draws`
+    independent exact samples (oracle: mode_w2 of fresh mixture draws; data-only: sliced W2 of
+    other data slices to the same reference, with the same projections as score_samples).
+    Returns {metric, mean, lo, hi, draws} with lo/hi the smallest and largest draw, or None."""
+    vals, metric = [], None
+    if n < MIN_METRIC_SAMPLES:
+        return None
+    if model.oracle is not None:
+        metric = "mode_w2"
+        g = torch.Generator().manual_seed(seed + 7919)
+        vals = [mode_metrics(model.oracle.sample(n, generator=g, dtype=torch.float64), model.oracle)["mode_w2"]
+                for _ in range(draws)]
+    elif model.data is not None and model.data.shape[0] >= 3 * n:
+        metric = "sw2"
+        ref, *others = _reference_split(model, n, seed)
+        vals = [sliced_w2(y, ref, generator=torch.Generator().manual_seed(seed + 1)) for y in others[:draws]]
+    if not vals:
+        return None
+    return {"metric": metric, "mean": statistics.fmean(vals), "lo": min(vals), "hi": max(vals), "draws": len(vals)}
+
+
+def is_adaptive(solver: str, options: dict | None = None) -> bool:
+    """True when the solver picks its own steps (pf_ode with an adaptive torchdiffeq method)."""
+    from ._ode import ADAPTIVE
+    import solvers
+
+    if solver not in ADAPTIVE_SOLVERS:
+        return False
+    return (options or {}).get("method", solvers.solver_options(solver)["method"]) in ADAPTIVE
+
+
+@dataclass
+class Run:
+    """One planned run: steps None for an adaptive solver; nfe is the predicted count (exact for
+    fixed-step solvers, measured on ADAPTIVE_PROBE samples for adaptive ones)."""
+    solver: str
+    steps: int | None
+    nfe: int
+    measured: bool = False  # nfe from a probe run (approximate) rather than an exact replay
+
+
+@dataclass
+class Plan:
+    runs: list[Run]
+    skipped: list[Run] = field(default_factory=list)
+    sec_per_eval: float = float("nan")  # one score evaluation on the full batch
+    n: int = 0
+
+    @property
+    def total_nfe(self) -> int:
+        return sum(r.nfe for r in self.runs)
+
+    @property
+    def estimate_s(self) -> float:
+        """Score-evaluation time of the whole plan: Σ nfe × seconds per evaluation."""
+        return self.total_nfe * self.sec_per_eval
+
+
+def plan_runs(model: ResolvedModel, solver_names: Iterable[str], steps_list: Iterable[int], x_T: torch.Tensor,
+              grid: str | None = None, options: dict | None = None) -> list[Run]:
+    """Every (solver, steps) pair in order, with the score evaluations it will use.
+
+    A fixed-step solver's nfe depends only on its grid, so it is replayed on one sample with a
+    stand-in score (−x, the score of N(0, I)): exact, and no network call.  An adaptive solve
+    is run with the model itself on the first ADAPTIVE_PROBE samples of x_T.  Both also warm up
+    the solver code, so first-call costs do not land in a run's wall time."""
+    import solvers
+
+    options = options or {}
+    runs = []
+    for name in solver_names:
+        opts = options.get(name, {})
+        g = torch.Generator(device=x_T.device).manual_seed(0)
+        if is_adaptive(name, opts):
+            res = solvers.sample(model.score_fn, model.sde, x_T=x_T[:ADAPTIVE_PROBE], solver=name, steps=1,
+                                 grid=grid, generator=g, **opts)
+            runs.append(Run(name, None, res.nfe, measured=True))
+            continue
+        for k in steps_list:
+            res = solvers.sample(lambda x, t: -x, model.sde, x_T=x_T[:1], solver=name, steps=k, grid=grid,
+                                 generator=g, **opts)
+            runs.append(Run(name, k, res.nfe))
+    return runs
+
+
+def seconds_per_eval(score_fn: Callable, x: torch.Tensor, t: float = 0.5, repeats: int = 3) -> float:
+    """Median wall time of one score evaluation on the batch x at time t, after an untimed call."""
+    tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 1):
+            _sync(x.device)
+            t0 = time.perf_counter()
+            score_fn(x, tt)
+            _sync(x.device)
+            if i:
+                times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def fastest_thread_count(score_fn: Callable, x: torch.Tensor) -> tuple[int, float]:
+    """Set torch's CPU thread count to whichever of its current value and 1 evaluates the score
+    faster on x; returns (threads, seconds per evaluation).  On a shared, oversubscribed CPU the
+    intra-op threads wait for each other and a small network can run 10–40× slower on 2 threads
+    than on 1; on an idle machine the default usually wins and is kept."""
+    default = torch.get_num_threads()
+    t_default = seconds_per_eval(score_fn, x, repeats=1)  # when it matters the gap is 10x: one call shows it
+    if default == 1:
+        return 1, t_default
+    torch.set_num_threads(1)
+    t_one = seconds_per_eval(score_fn, x, repeats=1)
+    if t_one < t_default:
+        return 1, t_one
+    torch.set_num_threads(default)
+    return default, t_default
 
 
 def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: Iterable[int], n: int = 4000,
                 seed: int = 0, grid: str | None = None, device="cpu", dtype=torch.float32,
-                progress: bool = True, options: dict | None = None):
+                progress: bool = True, options: dict | None = None, max_nfe: int | None = None,
+                on_plan: Callable[[Plan], None] | None = None):
     """Returns (rows, samples): one dict per run and {(solver, steps): x on CPU}.
 
     Every run starts from the same x_T (drawn once from the prior with `seed`) and uses a
-    generator seeded with `seed` for its noise, so differences are the solvers' own."""
-    import solvers
+    generator seeded with `seed` for its noise, so differences are the solvers' own.
+    options: {solver: {key: value}}.  Runs predicted to use more than `max_nfe` score
+    evaluations are skipped.  Before the first run, on_plan(Plan) receives the runs, the skipped
+    ones and the measured seconds per evaluation (for an up-front estimate).  The progress bar
+    counts score evaluations, so its ETA weighs every run by its nfe."""
     from tqdm.auto import tqdm
+
+    import solvers
 
     solver_names, steps_list = list(solver_names), sorted(set(int(s) for s in steps_list))
     options = options or {}
     g = torch.Generator(device=device).manual_seed(seed)
     x_T = model.sde.prior_sample((n, *model.shape), generator=g, dtype=dtype, device=device)
-    plan = [(s, None if s in ADAPTIVE_SOLVERS else k) for s in solver_names
-            for k in ([None] if s in ADAPTIVE_SOLVERS else steps_list)]
-    for s in solver_names:  # warm-up: first-call costs are not the solver's
-        solvers.sample(model.score_fn, model.sde, x_T=x_T[:8], solver=s, steps=2, grid=grid,
-                       generator=torch.Generator(device=device).manual_seed(0), **options.get(s, {}))
+    planned = plan_runs(model, solver_names, steps_list, x_T, grid, options)
+    over = [r for r in planned if max_nfe is not None and r.nfe > max_nfe]
+    # also the network's warm-up on the full batch, so no run pays first-call costs
+    plan = Plan([r for r in planned if r not in over], over, seconds_per_eval(model.score_fn, x_T, 0.5 * model.sde.T), n)
+    if on_plan is not None:
+        on_plan(plan)
     rows, samples = [], {}
-    bar = tqdm(plan, desc="compare", disable=not progress, leave=False)
-    for name, steps in bar:
+    bar = tqdm(total=plan.total_nfe, unit="nfe", desc="compare", disable=not progress, leave=False, smoothing=0)
+    for run in plan.runs:
+        name, steps = run.solver, run.steps
         bar.set_postfix_str(f"{name} {steps or 'adaptive'}")
+        counted = [0]
+
+        def tick(info):
+            bar.update(info["nfe"] - counted[0])
+            counted[0] = info["nfe"]
+
         _sync(device)
         t0 = time.perf_counter()
         res = solvers.sample(model.score_fn, model.sde, x_T=x_T, solver=name, steps=steps or 1, grid=grid,
-                             generator=torch.Generator(device=device).manual_seed(seed), **options.get(name, {}))
+                             generator=torch.Generator(device=device).manual_seed(seed), callback=tick,
+                             **options.get(name, {}))
         _sync(device)
         wall = time.perf_counter() - t0
+        if res.nfe != run.nfe:  # an adaptive run: correct the bar's total to what it really used
+            bar.total += res.nfe - run.nfe
+        bar.update(res.nfe - counted[0])
         x = res.x.detach().float().cpu()
         samples[(name, steps)] = x
         row = {"solver": name, "grid": "adaptive" if steps is None else res.grid,
                "steps": steps if steps is not None else "", "nfe": res.nfe, "wall_s": wall}
         row.update(score_samples(x, model, seed=seed))
         rows.append(row)
+    bar.close()
     return rows, samples
 
 
@@ -82,3 +233,30 @@ def best_at_nfe(rows: list[dict], budget: int) -> dict | None:
     """The best row (by ranking_key) among runs using at most `budget` score evaluations."""
     cands = [r for r in rows if r["nfe"] <= budget]
     return min(cands, key=ranking_key) if cands else None
+
+
+# When even the best run is this far off, no solver setting in the grid is close to the data.
+# off_mode: exact samples fall > 5 mode stds from every mode with probability e^(-12.5) ≈ 4e-6
+#   (2-D); a 10 000-step ring model has 1–3 % off-mode at 10–20 nfe and 0.04 % converged, so
+#   5 % is beyond what a usable model and solver produce.
+# mode_w2: for Gaussians W2(N(0, 1), N(0, s²)) = |s − 1|, so 0.25 is a 25 % error in the spread
+#   of the modes (or a shape error as large); converged solvers on that model score ≈ 0.09.
+# sw2 (data-only models): sw2² ≈ floor² + bias², so sw2 > 2 × floor means a bias of √3 ≈ 1.7
+#   times the sampling noise of the data itself.
+FAR = {"off_mode": 0.05, "mode_w2": 0.25, "sw2_over_floor": 2.0}
+
+
+def far_from_data(row: dict | None, band: dict | None = None) -> str | None:
+    """Why this row's samples are far from the data (thresholds in FAR), or None."""
+    if not row:
+        return None
+    why = []
+    if row.get("off_mode", 0) > FAR["off_mode"]:
+        why.append(f"{100 * row['off_mode']:.1f} % of samples off every mode (> {100 * FAR['off_mode']:g} %)")
+    if row.get("mode_w2", 0) > FAR["mode_w2"]:
+        why.append(f"mode_w2 {row['mode_w2']:.3g} (> {FAR['mode_w2']:g}, a {100 * FAR['mode_w2']:g} % spread error)")
+    if "mode_w2" not in row and "sw2" in row:
+        floor = band["mean"] if band and band["metric"] == "sw2" else row.get("sw2_floor")
+        if floor and row["sw2"] > FAR["sw2_over_floor"] * floor:
+            why.append(f"sliced W2 {row['sw2']:.3g} (> {FAR['sw2_over_floor']:g} x the data-vs-data floor {floor:.3g})")
+    return "; ".join(why) or None

@@ -21,29 +21,63 @@ def _save(fig, path):
     _plt().close(fig)
 
 
-def quality_vs_nfe(rows: list[dict], path: str, title: str = "") -> None:
-    """One line per solver: sliced W2 (and per-mode std ratio when known) against nfe."""
+def sde_label(cfg: dict) -> str:
+    """'VP SDE (linear β 0.1→20)' from an SDE's config() dict, for titles and headers."""
+    name = cfg.get("name", "?")
+    if name == "ve":
+        return f"VE SDE (σ {cfg['sigma_min']:g}→{cfg['sigma_max']:g})"
+    label = {"vp": "VP", "subvp": "sub-VP"}.get(name, name)
+    if cfg.get("schedule") == "cosine":
+        return f"{label} SDE (cosine schedule)"
+    return f"{label} SDE (β {cfg['beta_min']:g}→{cfg['beta_max']:g})"
+
+
+def run_title(model: str, sde_cfg: dict, n: int, seed: int, step: int | None = None) -> str:
+    """One readable line naming what a figure shows: model (and training step), SDE, n, seed."""
+    trained = f", step {step}" if step is not None else ""
+    return f"{model}{trained} · {sde_label(sde_cfg)} · n = {n} · seed {seed}"
+
+
+METRIC_AXES = {"mode_w2": "within-mode W2 (mode stds; ranks solvers)",
+               "sw2": "sliced W2 to data (data units)",
+               "off_mode": "off every mode (% of samples)"}
+
+
+def quality_vs_nfe(rows: list[dict], path: str, title: str = "", band: dict | None = None) -> None:
+    """One line per solver against nfe: the ranking metric (mode_w2 when an oracle is known,
+    else sliced W2 to data) and, with an oracle, the off-mode percentage.
+
+    band (see compare.perfect_sampler_band): the range the ranking metric of exact samples of
+    the same size falls in, drawn as a shaded strip; a perfect sampler's points scatter inside
+    it, so a point at or just below it is sampling noise, not a sampler beating the data."""
     plt = _plt()
-    keys = [k for k in ("sw2", "std_ratio") if any(k in r for r in rows)]
-    if not keys:
-        keys = ["wall_s"]
-    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.2), squeeze=False)
+    keys = [k for k in ("mode_w2", "off_mode") if any(k in r for r in rows)] or \
+           [k for k in ("sw2",) if any(k in r for r in rows)] or ["wall_s"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.4), squeeze=False)
     for ax, key in zip(axes[0], keys):
+        scale = 100.0 if key == "off_mode" else 1.0
         for name in dict.fromkeys(r["solver"] for r in rows):
-            pts = sorted((r["nfe"], r[key]) for r in rows if r["solver"] == name and key in r)
-            ax.plot(*zip(*pts), marker="o", label=name)
-        if key == "sw2" and "sw2_floor" in rows[0]:
-            ax.axhline(rows[0]["sw2_floor"], color="k", ls="--", lw=1, label="floor (data vs data)")
-        if key == "std_ratio":
-            ax.axhline(1.0, color="k", ls="--", lw=1)
+            pts = sorted((r["nfe"], scale * r[key]) for r in rows if r["solver"] == name and key in r)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=4, label=name)
+        if band is not None and band["metric"] == key:
+            ax.axhspan(band["lo"], band["hi"], color="0.6", alpha=0.35, lw=0,
+                       label=f"exact samples of this size\n(range of {band['draws']} draws)")
         ax.set_xscale("log")
-        if key == "sw2":
+        ticks = sorted({r["nfe"] for r in rows})
+        if len(ticks) <= 12:  # label the nfe actually used, as plain numbers
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.xaxis.set_minor_locator(plt.NullLocator())
+        if key == "off_mode":
+            ax.set_yscale("symlog", linthresh=0.1, linscale=0.5)  # linear below 0.1 %, where 0 must show
+            ax.set_ylim(bottom=0)
+        elif key != "wall_s":
             ax.set_yscale("log")
         ax.set_xlabel("score evaluations (nfe)")
-        ax.set_ylabel({"sw2": "sliced W2 to data", "std_ratio": "per-mode std / true std"}.get(key, key))
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(title)
+        ax.set_ylabel(METRIC_AXES.get(key, key))
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     _save(fig, path)
 
@@ -53,12 +87,11 @@ def _limit(x) -> float:
     return float(x[:, :2].abs().quantile(0.995)) * 1.2 + 1e-6
 
 
-def _scatter(ax, x, lim):
+def _scatter(ax, x, lim, fontsize=6):
     ax.scatter(x[:, 0], x[:, 1] if x.shape[1] > 1 else torch.zeros_like(x[:, 0]), s=1, alpha=0.4)
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.tick_params(labelsize=fontsize, length=2, pad=1)
     ax.set_aspect("equal")
 
 
@@ -75,16 +108,18 @@ def image_grid(x: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
     return out.permute(1, 2, 0).squeeze(-1)
 
 
-def samples_panel(samples: dict, path: str, reference: torch.Tensor | None = None, max_points: int = 2000) -> None:
-    """Scatter panels (2-D data) or image grids, one per (solver, steps), rows = solvers."""
+def samples_panel(samples: dict, path: str, reference: torch.Tensor | None = None, max_points: int = 2000,
+                  nfe: dict | None = None, title: str = "") -> None:
+    """Scatter panels (2-D data, shared axis scale) or image grids, one per (solver, steps), rows =
+    solvers; each panel names its steps and, given nfe = {(solver, steps): nfe}, its score evaluations."""
     plt = _plt()
     solvers = list(dict.fromkeys(k[0] for k in samples))
     steps = list(dict.fromkeys(k[1] for k in samples))
     ncol = len(steps) + (reference is not None)
-    fig, axes = plt.subplots(len(solvers), ncol, figsize=(2.2 * ncol, 2.2 * len(solvers)), squeeze=False)
+    fig, axes = plt.subplots(len(solvers), ncol, figsize=(2.3 * ncol, 2.3 * len(solvers) + 0.4), squeeze=False)
     first = next(iter(samples.values()))
     is_2d = first.ndim == 2  # vectors: scatter the first two coordinates
-    lim = _limit(first) if is_2d else None
+    lim = _limit(reference if reference is not None and is_2d else first) if is_2d else None
 
     def show(ax, x):
         if is_2d:
@@ -100,12 +135,17 @@ def samples_panel(samples: dict, path: str, reference: torch.Tensor | None = Non
             ax = axes[i][j]
             if (s, k) in samples:
                 show(ax, samples[(s, k)])
-                ax.set_title(f"{s} {k if k is not None else 'adaptive'}", fontsize=8)
+                label = f"{s}, {k} steps" if k is not None else f"{s}, adaptive"
+                if nfe and (s, k) in nfe:
+                    label += f", {nfe[(s, k)]} nfe"
+                ax.set_title(label, fontsize=7)
             else:
                 ax.axis("off")
         if reference is not None:
             show(axes[i][-1], reference)
-            axes[i][-1].set_title("data", fontsize=8)
+            axes[i][-1].set_title("data", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     _save(fig, path)
 
@@ -115,7 +155,7 @@ def save_samples_png(x: torch.Tensor, path: str, title: str = "") -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 5))
     if x.ndim == 2:  # vectors: the first two coordinates
-        _scatter(ax, x[:5000], _limit(x))
+        _scatter(ax, x[:5000], _limit(x), fontsize=8)
     elif x.ndim == 4:
         ax.imshow(image_grid(x[:64]), cmap="gray")
         ax.axis("off")
