@@ -313,7 +313,7 @@ def compare(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
     steps_list = _parse_list(steps or (ORACLE_STEPS if is_oracle else NETWORK_STEPS), "steps", cast=int, minimum=1)
     n = n or (ORACLE_N if is_oracle else NETWORK_N)
     dtype = torch.float64 if float64 else torch.float32
-    thread_note = dev.type
+    thread_note, threads_before = dev.type, torch.get_num_threads()
     if dev.type == "cpu":
         if threads == "auto":
             probe = resolved.sde.prior_sample((n, *resolved.shape), generator=torch.Generator().manual_seed(seed),
@@ -325,25 +325,28 @@ def compare(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
         thread_note = f"cpu, {k} thread{'s' * (k > 1)}"
     step = (resolved.info or {}).get("step")
     title = run_title(model, resolved.sde.config(), n, seed, step)
-    click.echo(title)
     seen = {}
 
     def on_plan(plan):
         seen["plan"] = plan
-        if plan.skipped:
-            click.echo(f"skipping {len(plan.skipped)} run(s) over --max-nfe {max_nfe}: "
-                       + ", ".join(f"{_run_label(r)} ({'~' * r.measured}{r.nfe} nfe)" for r in plan.skipped),
-                       err=True)
         if not plan.runs:
             cheapest = min(plan.skipped, key=lambda r: r.nfe)
             raise CLIError(f"--max-nfe {max_nfe}: every run needs more; the cheapest is {_run_label(cheapest)} "
                            f"({cheapest.nfe} nfe)")
+        click.echo(title)
+        if plan.skipped:
+            click.echo(f"skipping {len(plan.skipped)} run(s) over --max-nfe {max_nfe}: "
+                       + ", ".join(f"{_run_label(r)} ({'~' * r.measured}{r.nfe} nfe)" for r in plan.skipped),
+                       err=True)
         if not quiet:
             click.echo(_estimate_line(plan, thread_note), err=True)
 
     t0 = time.perf_counter()
-    rows, samples = run_compare(resolved, names, steps_list, n=n, seed=seed, grid=grid, device=dev, dtype=dtype,
-                                progress=not quiet, options=options, max_nfe=max_nfe, on_plan=on_plan)
+    try:
+        rows, samples = run_compare(resolved, names, steps_list, n=n, seed=seed, grid=grid, device=dev, dtype=dtype,
+                                    progress=not quiet, options=options, max_nfe=max_nfe, on_plan=on_plan)
+    finally:  # the thread count is process-wide: leave it as found (the CLI may run in-process)
+        torch.set_num_threads(threads_before)
     wall = time.perf_counter() - t0
     plan = seen["plan"]
     cols = [c for c in ("solver", "grid", "steps", "nfe", "wall_s", "std_ratio", "mode_w2", "off_mode", "mode_tv", "sw2")

@@ -209,6 +209,7 @@ def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: I
         if res.nfe != run.nfe:  # an adaptive run: correct the bar's total to what it really used
             bar.total += res.nfe - run.nfe
         bar.update(res.nfe - counted[0])
+        bar.refresh()  # show the finished run (and a corrected total) even between tqdm's update intervals
         x = res.x.detach().float().cpu()
         samples[(name, steps)] = x
         row = {"solver": name, "grid": "adaptive" if steps is None else res.grid,
