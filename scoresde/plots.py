@@ -53,7 +53,7 @@ def quality_vs_nfe(rows: list[dict], path: str, title: str = "", band: dict | No
     plt = _plt()
     keys = [k for k in ("mode_w2", "off_mode") if any(k in r for r in rows)] or \
            [k for k in ("sw2",) if any(k in r for r in rows)] or ["wall_s"]
-    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.4), squeeze=False, layout="constrained")
     for ax, key in zip(axes[0], keys):
         scale = 100.0 if key == "off_mode" else 1.0
         for name in dict.fromkeys(r["solver"] for r in rows):
@@ -70,7 +70,8 @@ def quality_vs_nfe(rows: list[dict], path: str, title: str = "", band: dict | No
             ax.xaxis.set_minor_locator(plt.NullLocator())
         if key == "off_mode":
             ax.set_yscale("symlog", linthresh=0.1, linscale=0.5)  # linear below 0.1 %, where 0 must show
-            ax.set_ylim(bottom=0)
+            top = max([100 * r["off_mode"] for r in rows if "off_mode" in r], default=1)
+            ax.set_ylim(0, min(100, max(1, 3 * top)))
         elif key != "wall_s":
             ax.set_yscale("log")
         ax.set_xlabel("score evaluations (nfe)")
@@ -78,7 +79,6 @@ def quality_vs_nfe(rows: list[dict], path: str, title: str = "", band: dict | No
         ax.grid(alpha=0.3, which="both")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     _save(fig, path)
 
 
@@ -110,13 +110,16 @@ def image_grid(x: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
 
 def samples_panel(samples: dict, path: str, reference: torch.Tensor | None = None, max_points: int = 2000,
                   nfe: dict | None = None, title: str = "") -> None:
-    """Scatter panels (2-D data, shared axis scale) or image grids, one per (solver, steps), rows =
-    solvers; each panel names its steps and, given nfe = {(solver, steps): nfe}, its score evaluations."""
+    """Scatter panels (2-D data, shared axis scale) or image grids: one row per solver, its runs
+    left to right, then the data; each panel names its steps and, given nfe = {(solver, steps):
+    nfe}, its score evaluations."""
     plt = _plt()
-    solvers = list(dict.fromkeys(k[0] for k in samples))
-    steps = list(dict.fromkeys(k[1] for k in samples))
-    ncol = len(steps) + (reference is not None)
-    fig, axes = plt.subplots(len(solvers), ncol, figsize=(2.3 * ncol, 2.3 * len(solvers) + 0.4), squeeze=False)
+    rows = {}
+    for key in samples:
+        rows.setdefault(key[0], []).append(key)
+    ncol = max(map(len, rows.values())) + (reference is not None)
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(2.3 * ncol, 2.3 * len(rows) + 0.3), squeeze=False,
+                             layout="constrained")
     first = next(iter(samples.values()))
     is_2d = first.ndim == 2  # vectors: scatter the first two coordinates
     lim = _limit(reference if reference is not None and is_2d else first) if is_2d else None
@@ -130,30 +133,30 @@ def samples_panel(samples: dict, path: str, reference: torch.Tensor | None = Non
                 ax.imshow(image_grid(x), cmap="gray")
             ax.axis("off")
 
-    for i, s in enumerate(solvers):
-        for j, k in enumerate(steps):
+    for i, keys in enumerate(rows.values()):
+        for j in range(ncol - (reference is not None)):
             ax = axes[i][j]
-            if (s, k) in samples:
-                show(ax, samples[(s, k)])
-                label = f"{s}, {k} steps" if k is not None else f"{s}, adaptive"
-                if nfe and (s, k) in nfe:
-                    label += f", {nfe[(s, k)]} nfe"
-                ax.set_title(label, fontsize=7)
-            else:
+            if j >= len(keys):
                 ax.axis("off")
+                continue
+            s, k = keys[j]
+            show(ax, samples[keys[j]])
+            label = f"{s}, {k} steps" if k is not None else f"{s}, adaptive"
+            if nfe and keys[j] in nfe:
+                label += f", {nfe[keys[j]]} nfe"
+            ax.set_title(label, fontsize=7)
         if reference is not None:
             show(axes[i][-1], reference)
             axes[i][-1].set_title("data", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     _save(fig, path)
 
 
 def save_samples_png(x: torch.Tensor, path: str, title: str = "") -> None:
     """A single scatter (2-D) or image grid of samples."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = plt.subplots(figsize=(5, 5), layout="constrained")
     if x.ndim == 2:  # vectors: the first two coordinates
         _scatter(ax, x[:5000], _limit(x), fontsize=8)
     elif x.ndim == 4:
@@ -162,5 +165,4 @@ def save_samples_png(x: torch.Tensor, path: str, title: str = "") -> None:
     else:
         ax.hist(x.flatten().numpy(), bins=100)
     ax.set_title(title)
-    fig.tight_layout()
     _save(fig, path)
