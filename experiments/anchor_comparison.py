@@ -307,7 +307,7 @@ def main():
                     eps = solvers.default_eps(name, sde)
                     for b in BUDGETS:
                         try:
-                            K, _ = steps_for_nfe(score, sde, name, b, probe, grid, eps, den, {})
+                            K, _ = steps_for_nfe(solvers.sample, score, sde, name, b, probe, grid, eps, den, {})
                         except solvers.SolverError:
                             continue
                         for k in sorted({K, max(K - 1, 1)}, reverse=True):

@@ -109,7 +109,20 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
     return SampleResult(x=x, nfe=prob.nfe, t_grid=ts, solver=solver, grid=grid)
 
 
-from .optimize import GridFit, optimize_grid  # noqa: E402  (uses sample, defined above)
+from . import optimize as _optimize  # noqa: E402
+from .optimize import GridFit  # noqa: E402
+
+
+def optimize_grid(score_fn: Callable, sde, **kwargs) -> GridFit:
+    """Fit `solver`'s time grid to a budget of `nfe` score evaluations: the grid minimizing its RMS
+    distance to a tight solution of the probability-flow ODE (see solvers.optimize.optimize_grid
+    for the method and every keyword), scored on fresh draws.
+
+        fit = solvers.optimize_grid(score_fn, sde, solver="dpmpp_2m", nfe=10, shape=(2,))
+        solvers.sample(score_fn, sde, shape=(n, 2), solver="dpmpp_2m", grid=fit.t_grid)
+    """
+    return _optimize.optimize_grid(score_fn, sde, sample=sample, **kwargs)
+
 
 __all__ = ["sample", "available", "SampleResult", "SolverError", "SOLVERS", "GRIDS", "time_grid", "explicit_grid",
            "load_grid", "optimize_grid", "GridFit"]

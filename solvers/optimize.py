@@ -98,11 +98,10 @@ def _is_stochastic(run: Callable) -> bool:
     return not torch.equal(run(1), run(2))
 
 
-def steps_for_nfe(score_fn, sde, solver: str, nfe: int, x_probe: torch.Tensor, grid: str, eps: float,
-                  denoise: bool, options: dict) -> tuple[int, int]:
-    """The largest step count K whose solve uses at most `nfe` evaluations, and its nfe."""
-    from . import sample
-
+def steps_for_nfe(sample: Callable, score_fn, sde, solver: str, nfe: int, x_probe: torch.Tensor, grid: str,
+                  eps: float, denoise: bool, options: dict) -> tuple[int, int]:
+    """The largest step count K whose solve (by `sample`, i.e. solvers.sample) uses at most `nfe`
+    evaluations, and its nfe."""
     for K in range(nfe, 0, -1):
         used = sample(score_fn, sde, x_T=x_probe, solver=solver, steps=K, grid=grid, eps=eps, denoise=denoise,
                       generator=torch.Generator(device=x_probe.device).manual_seed(0), **options).nfe
@@ -112,12 +111,12 @@ def steps_for_nfe(score_fn, sde, solver: str, nfe: int, x_probe: torch.Tensor, g
                       f"{' plus the denoising one' if denoise else ''}; raise nfe")
 
 
-def reference_solution(score_fn, sde, x_T: torch.Tensor, eps: float, denoise: bool, rtol: float = 1e-7):
-    """Φ(x_T): the probability-flow ODE from T to eps by adaptive dopri5 (rtol = atol).  Where the
-    grid ends at σ = 0 (eps = 0), or the solver denoises, the ODE runs to max(eps, 1e-5) and ends
-    with Tweedie's x̂_0 = (x + σ²s)/m, the limit the solvers' last step approximates."""
-    from . import sample
-
+def reference_solution(sample: Callable, score_fn, sde, x_T: torch.Tensor, eps: float, denoise: bool,
+                       rtol: float = 1e-7):
+    """Φ(x_T): the probability-flow ODE from T to eps by adaptive dopri5 (rtol = atol) through
+    `sample` (solvers.sample).  Where the grid ends at σ = 0 (eps = 0), or the solver denoises, the
+    ODE runs to max(eps, 1e-5) and ends with Tweedie's x̂_0 = (x + σ²s)/m, the limit the solvers'
+    last step approximates."""
     end = max(eps, sde.likelihood_eps)
     res = sample(score_fn, sde, x_T=x_T, solver="pf_ode", steps=1, grid="uniform", eps=end, rtol=rtol, atol=rtol)
     x = res.x
@@ -128,7 +127,7 @@ def reference_solution(score_fn, sde, x_T: torch.Tensor, eps: float, denoise: bo
     return x
 
 
-def optimize_grid(score_fn: Callable, sde, *, solver: str = "dpmpp_2m", nfe: int = 10, shape=None,
+def optimize_grid(score_fn: Callable, sde, *, sample: Callable, solver: str = "dpmpp_2m", nfe: int = 10, shape=None,
                   denoise: bool = False, eps: float | None = None, init: str | None = None, n_fit: int = 256,
                   n_eval: int = 1024, seed: int = 0, max_evals: int | None = None, rtol: float = 1e-7,
                   dtype: torch.dtype = torch.float64, device=None, options: dict | None = None,
@@ -139,14 +138,12 @@ def optimize_grid(score_fn: Callable, sde, *, solver: str = "dpmpp_2m", nfe: int
     the nfe); eps: end time (default: the solver's); init: named grid to start from (default:
     the best named grid on the fitting batch); n_fit / n_eval: fitting batch and fresh evaluation
     batch sizes; max_evals: Nelder–Mead evaluations (default 150·(K−1)); options: the solver's.
+    sample: the package's solvers.sample (handed in by solvers.optimize_grid, which is what users
+    call; this module cannot import the package that re-exports it).
     Returns a GridFit; `solvers.sample(..., grid=fit.t_grid)` uses the grid.
     """
     from scipy.optimize import minimize
 
-    from . import SOLVERS, default_eps, sample
-
-    if solver not in SOLVERS:
-        raise SolverError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise SolverError(f"nfe must be an integer >= 1, got {nfe!r}")
     if shape is None:
@@ -159,12 +156,15 @@ def optimize_grid(score_fn: Callable, sde, *, solver: str = "dpmpp_2m", nfe: int
         raise SolverError("pf_ode with an adaptive method chooses its own steps; pass options="
                           "{'method': 'rk4'} (or another fixed-step method) to fit its grid")
     t0 = time.perf_counter()
-    eps = default_eps(solver, sde) if eps is None else float(eps)
     g = torch.Generator(device=device or "cpu").manual_seed(seed)
     x_fit = sde.prior_sample((n_fit, *shape), generator=g, dtype=dtype, device=device)
     x_eval = sde.prior_sample((n_eval, *shape), generator=g, dtype=dtype, device=device)  # fresh draws
+    if eps is None:  # the solver's own end time, as sample() chooses it
+        eps = float(sample(score_fn, sde, x_T=x_fit[:1], solver=solver, steps=1, grid="uniform",
+                           generator=torch.Generator(device=x_fit.device).manual_seed(0), **options).t_grid[-1])
+    eps = float(eps)
     named = [k for k in GRIDS if not (eps == 0 and k in ("edm", "logsnr"))]
-    K, used = steps_for_nfe(score_fn, sde, solver, nfe, x_fit[:2], init or named[0], eps, denoise, options)
+    K, used = steps_for_nfe(sample, score_fn, sde, solver, nfe, x_fit[:2], init or named[0], eps, denoise, options)
 
     def run(x_T, ts, noise_seed=0):
         return sample(score_fn, sde, x_T=x_T, solver=solver, grid=ts, denoise=denoise,
@@ -174,8 +174,8 @@ def optimize_grid(score_fn: Callable, sde, *, solver: str = "dpmpp_2m", nfe: int
     if _is_stochastic(lambda s: run(x_fit[:4], probe_ts, s)):
         raise SolverError(f"solver {solver!r} draws noise with these options; optimize_grid fits the pathwise "
                           f"error of a deterministic solver (e.g. ddim, euler, heun, dpmpp_2m)")
-    ref_fit = reference_solution(score_fn, sde, x_fit, eps, denoise, rtol)
-    ref_eval = reference_solution(score_fn, sde, x_eval, eps, denoise, rtol)
+    ref_fit = reference_solution(sample, score_fn, sde, x_fit, eps, denoise, rtol)
+    ref_eval = reference_solution(sample, score_fn, sde, x_eval, eps, denoise, rtol)
 
     def error(x, ref):
         e = (x - ref).flatten(1).pow(2).sum(1).mean().sqrt()

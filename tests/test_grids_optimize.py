@@ -126,7 +126,7 @@ def test_optimizer_is_seeded_reports_fresh_draws_and_beats_named_grids(tmp_path)
     # held-out: the fitting error is not the reported error, and a fresh batch confirms it
     assert a.fit_error != a.error
     x_T = sde.prior_sample((256, 2), generator=gen(123), dtype=torch.float64)
-    ref = solvers.optimize.reference_solution(score, sde, x_T, sde.default_eps, False)
+    ref = solvers.optimize.reference_solution(solvers.sample, score, sde, x_T, sde.default_eps, False)
     err = lambda g: float((solvers.sample(score, sde, x_T=x_T, solver="dpmpp_2m", grid=g).x - ref)  # noqa: E731
                           .pow(2).sum(1).mean().sqrt())
     assert err(a.t_grid) < 0.7 * min(err(solvers.time_grid(sde, 5, k, sde.default_eps)) for k in solvers.GRIDS)
