@@ -66,6 +66,13 @@ def perfect_sampler_band(model: ResolvedModel, n: int, seed: int = 0, draws: int
     return {"metric": metric, "mean": statistics.fmean(vals), "lo": min(vals), "hi": max(vals), "draws": len(vals)}
 
 
+def is_explicit(grid) -> bool:
+    """A grid file or sequence of times, which brings its own steps (not a named grid)."""
+    import solvers
+
+    return grid is not None and not (isinstance(grid, str) and grid in solvers.GRIDS)
+
+
 def is_adaptive(solver: str, options: dict | None = None) -> bool:
     """True when the solver picks its own steps (pf_ode with an adaptive torchdiffeq method)."""
     from ._ode import ADAPTIVE
@@ -107,26 +114,27 @@ def plan_runs(model: ResolvedModel, solver_names: Iterable[str], steps_list: Ite
               grid: str | None = None, options: dict | None = None) -> list[Run]:
     """Every (solver, steps) pair in order, with the score evaluations it will use.
 
-    A fixed-step solver's nfe depends only on its grid, so it is replayed on one sample with a
-    stand-in score (−x, the score of N(0, I)): exact, and no network call.  An adaptive solve
+    An explicit grid (file or sequence) replaces steps_list.  A fixed-step solver's nfe depends
+    only on its grid, so it is replayed on one sample with a stand-in score (−x, the score of N(0, I)): exact, and no network call.  An adaptive solve
     is run with the model itself on the first ADAPTIVE_PROBE samples of x_T.  Both also warm up
     the solver code, so first-call costs do not land in a run's wall time."""
     import solvers
 
     options = options or {}
+    explicit = is_explicit(grid)
     runs = []
     for name in solver_names:
         opts = options.get(name, {})
         g = torch.Generator(device=x_T.device).manual_seed(0)
         if is_adaptive(name, opts):
-            res = solvers.sample(model.score_fn, model.sde, x_T=x_T[:ADAPTIVE_PROBE], solver=name, steps=1,
-                                 grid=grid, generator=g, **opts)
+            res = solvers.sample(model.score_fn, model.sde, x_T=x_T[:ADAPTIVE_PROBE], solver=name,
+                                 steps=None if explicit else 1, grid=grid, generator=g, **opts)
             runs.append(Run(name, None, res.nfe, measured=True))
             continue
-        for k in steps_list:
+        for k in [None] if explicit else steps_list:
             res = solvers.sample(lambda x, t: -x, model.sde, x_T=x_T[:1], solver=name, steps=k, grid=grid,
                                  generator=g, **opts)
-            runs.append(Run(name, k, res.nfe))
+            runs.append(Run(name, res.t_grid.numel() - 1, res.nfe))
     return runs
 
 
@@ -180,6 +188,7 @@ def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: I
 
     solver_names, steps_list = list(solver_names), sorted(set(int(s) for s in steps_list))
     options = options or {}
+    explicit = is_explicit(grid)
     g = torch.Generator(device=device).manual_seed(seed)
     x_T = model.sde.prior_sample((n, *model.shape), generator=g, dtype=dtype, device=device)
     planned = plan_runs(model, solver_names, steps_list, x_T, grid, options)
@@ -201,8 +210,8 @@ def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: I
 
         _sync(device)
         t0 = time.perf_counter()
-        res = solvers.sample(model.score_fn, model.sde, x_T=x_T, solver=name, steps=steps or 1, grid=grid,
-                             generator=torch.Generator(device=device).manual_seed(seed), callback=tick,
+        res = solvers.sample(model.score_fn, model.sde, x_T=x_T, solver=name, steps=None if explicit else steps or 1,
+                             grid=grid, generator=torch.Generator(device=device).manual_seed(seed), callback=tick,
                              **options.get(name, {}))
         _sync(device)
         wall = time.perf_counter() - t0
@@ -213,7 +222,7 @@ def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: I
         x = res.x.detach().float().cpu()
         samples[(name, steps)] = x
         row = {"solver": name, "grid": "adaptive" if steps is None else res.grid,
-               "steps": steps if steps is not None else "", "nfe": res.nfe, "wall_s": wall}
+               "steps": "" if steps is None else steps, "nfe": res.nfe, "wall_s": wall}
         row.update(score_samples(x, model, seed=seed))
         rows.append(row)
     bar.close()

@@ -303,7 +303,8 @@ def test_end_of_training_preview_is_announced_or_skipped(tmp_path):
     assert not (tmp_path / "b" / "previews").exists()
 
 
-@pytest.mark.parametrize("args", [["--help"], ["compare", "--help"], ["sample", "--help"], ["train", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["compare", "--help"], ["sample", "--help"], ["schedule", "--help"],
+                                  ["train", "--help"]])
 def test_help_does_not_import_torch(args):
     code = ("import sys\nfrom scoresde.cli import cli\ntry:\n    cli(%r)\nexcept SystemExit:\n    pass\n"
             "print('torch loaded:', 'torch' in sys.modules)" % args)
