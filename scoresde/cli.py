@@ -267,11 +267,13 @@ def _estimate_line(plan, threads: str) -> str:
     return (f"plan: {len(plan.runs)} runs, {plan.total_nfe} score evaluations"
             + (f" (adaptive {probe}, measured on a subset)" if adaptive else "")
             + f"; one evaluation of n = {plan.n} takes {1e3 * plan.sec_per_eval:.3g} ms ({threads})"
-            + f" -> about {_duration(plan.estimate_s)} of score evaluations")
+            + f" -> about {_duration(plan.estimate_s)} ({_duration(plan.eval_s)} of score evaluations, "
+              f"{_duration(plan.overhead_s)} of solver overhead, {_duration(plan.metric_s * len(plan.runs))} "
+              f"of metrics)")
 
 
 def _duration(s: float) -> str:
-    return f"{s:.2g} s" if s < 10 else f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+    return "<0.1 s" if s < 0.1 else f"{s:.2g} s" if s < 10 else f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
 def _run_label(run) -> str:
@@ -413,7 +415,7 @@ def compare(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
             click.echo(f"WARNING: even the best run ({best['solver']}, {best['nfe']} nfe) is far from the data: {why}. "
                        f"If the runs with the most steps are no better, the model, not the solver, is at fault "
                        f"(train longer, or check the loss).")
-    click.echo(f"total {wall:.1f} s (estimated {_duration(plan.estimate_s)} of score evaluations)")
+    click.echo(f"total {wall:.1f} s (estimated {_duration(plan.estimate_s)})")
     settings = dict(model=model, sde=resolved.sde.config(), solvers=names, steps=steps_list, grid=grid, n=n,
                     seed=seed, device=str(dev), threads=thread_note, float64=float64, max_nfe=max_nfe,
                     options={k: v for k, v in options.items() if v})

@@ -91,6 +91,7 @@ class Run:
     steps: int | None
     nfe: int
     measured: bool = False  # nfe from a probe run (approximate) rather than an exact replay
+    overhead_s: float = 0.0  # the replay's wall time: the solver's own per-step cost, without the model
 
 
 @dataclass
@@ -99,15 +100,25 @@ class Plan:
     skipped: list[Run] = field(default_factory=list)
     sec_per_eval: float = float("nan")  # one score evaluation on the full batch
     n: int = 0
+    metric_s: float = 0.0  # scoring one run's samples
 
     @property
     def total_nfe(self) -> int:
         return sum(r.nfe for r in self.runs)
 
     @property
-    def estimate_s(self) -> float:
+    def eval_s(self) -> float:
         """Score-evaluation time of the whole plan: Σ nfe × seconds per evaluation."""
         return self.total_nfe * self.sec_per_eval
+
+    @property
+    def overhead_s(self) -> float:
+        """The solvers' own time (loops, noise, arithmetic), from the replays."""
+        return sum(r.overhead_s for r in self.runs)
+
+    @property
+    def estimate_s(self) -> float:
+        return self.eval_s + self.overhead_s + self.metric_s * len(self.runs)
 
 
 def plan_runs(model: ResolvedModel, solver_names: Iterable[str], steps_list: Iterable[int], x_T: torch.Tensor,
@@ -115,9 +126,11 @@ def plan_runs(model: ResolvedModel, solver_names: Iterable[str], steps_list: Ite
     """Every (solver, steps) pair in order, with the score evaluations it will use.
 
     An explicit grid (file or sequence) replaces steps_list.  A fixed-step solver's nfe depends
-    only on its grid, so it is replayed on one sample with a stand-in score (−x, the score of N(0, I)): exact, and no network call.  An adaptive solve
-    is run with the model itself on the first ADAPTIVE_PROBE samples of x_T.  Both also warm up
-    the solver code, so first-call costs do not land in a run's wall time."""
+    only on its grid, so it is replayed on one sample with a stand-in score (−x, the score of
+    N(0, I)): the count is exact, no network is called, and the replay's wall time is the
+    solver's own overhead.  An adaptive solve is run with the model itself on the first
+    ADAPTIVE_PROBE samples of x_T.  Both also warm up the solver code, so first-call costs do
+    not land in a run's wall time."""
     import solvers
 
     options = options or {}
@@ -126,15 +139,17 @@ def plan_runs(model: ResolvedModel, solver_names: Iterable[str], steps_list: Ite
     for name in solver_names:
         opts = options.get(name, {})
         g = torch.Generator(device=x_T.device).manual_seed(0)
-        if is_adaptive(name, opts):
+        if is_adaptive(name, opts):  # the probe's time, with its cheaper small-batch calls, stands for the overhead
+            t0 = time.perf_counter()
             res = solvers.sample(model.score_fn, model.sde, x_T=x_T[:ADAPTIVE_PROBE], solver=name,
                                  steps=None if explicit else 1, grid=grid, generator=g, **opts)
-            runs.append(Run(name, None, res.nfe, measured=True))
+            runs.append(Run(name, None, res.nfe, measured=True, overhead_s=time.perf_counter() - t0))
             continue
         for k in [None] if explicit else steps_list:
+            t0 = time.perf_counter()
             res = solvers.sample(lambda x, t: -x, model.sde, x_T=x_T[:1], solver=name, steps=k, grid=grid,
                                  generator=g, **opts)
-            runs.append(Run(name, res.t_grid.numel() - 1, res.nfe))
+            runs.append(Run(name, res.t_grid.numel() - 1, res.nfe, overhead_s=time.perf_counter() - t0))
     return runs
 
 
@@ -195,6 +210,9 @@ def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: I
     over = [r for r in planned if max_nfe is not None and r.nfe > max_nfe]
     # also the network's warm-up on the full batch, so no run pays first-call costs
     plan = Plan([r for r in planned if r not in over], over, seconds_per_eval(model.score_fn, x_T, 0.5 * model.sde.T), n)
+    t0 = time.perf_counter()
+    score_samples(x_T.detach().float().cpu(), model, seed=seed)  # what scoring each run will cost
+    plan.metric_s = time.perf_counter() - t0
     if on_plan is not None:
         on_plan(plan)
     rows, samples = [], {}
@@ -202,9 +220,12 @@ def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: I
     for run in plan.runs:
         name, steps = run.solver, run.steps
         bar.set_postfix_str(f"{name} {steps or 'adaptive'}")
-        counted = [0]
+        counted, expected = [0], [run.nfe]
 
         def tick(info):
+            if info["nfe"] > expected[0]:  # an adaptive run needs more than its probe: grow the total first
+                bar.total += info["nfe"] - expected[0]
+                expected[0] = info["nfe"]
             bar.update(info["nfe"] - counted[0])
             counted[0] = info["nfe"]
 
@@ -215,8 +236,7 @@ def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: I
                              **options.get(name, {}))
         _sync(device)
         wall = time.perf_counter() - t0
-        if res.nfe != run.nfe:  # an adaptive run: correct the bar's total to what it really used
-            bar.total += res.nfe - run.nfe
+        bar.total += res.nfe - expected[0]  # an adaptive run that needed fewer than its probe
         bar.update(res.nfe - counted[0])
         bar.refresh()  # show the finished run (and a corrected total) even between tqdm's update intervals
         x = res.x.detach().float().cpu()
