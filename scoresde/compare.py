@@ -50,21 +50,27 @@ def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: I
         solvers.sample(model.score_fn, model.sde, x_T=x_T[:8], solver=s, steps=2, grid=grid,
                        generator=torch.Generator(device=device).manual_seed(0), **options.get(s, {}))
     rows, samples = [], {}
-    bar = tqdm(plan, desc="compare", disable=not progress, leave=False)
-    for name, steps in bar:
+    # one bar over every solver step of every run, so it moves within a long run too
+    bar = tqdm(total=sum(k or 1 for _, k in plan), desc="compare", unit="step", disable=not progress, leave=False)
+    for name, steps in plan:
         bar.set_postfix_str(f"{name} {steps or 'adaptive'}")
+        done = bar.n + (steps or 1)
+        tick = (lambda info: bar.update(1) if bar.n < done else None) if progress else None
         _sync(device)
         t0 = time.perf_counter()
         res = solvers.sample(model.score_fn, model.sde, x_T=x_T, solver=name, steps=steps or 1, grid=grid,
-                             generator=torch.Generator(device=device).manual_seed(seed), **options.get(name, {}))
+                             generator=torch.Generator(device=device).manual_seed(seed), callback=tick,
+                             **options.get(name, {}))
         _sync(device)
         wall = time.perf_counter() - t0
+        bar.update(done - bar.n)
         x = res.x.detach().float().cpu()
         samples[(name, steps)] = x
         row = {"solver": name, "grid": "adaptive" if steps is None else res.grid,
                "steps": steps if steps is not None else "", "nfe": res.nfe, "wall_s": wall}
         row.update(score_samples(x, model, seed=seed))
         rows.append(row)
+    bar.close()
     return rows, samples
 
 

@@ -89,14 +89,18 @@ def load_array(path: str) -> torch.Tensor:
     try:
         if path.endswith(".npz"):
             with np.load(path, allow_pickle=False) as z:
-                arr = z["x"] if "x" in z.files else z[z.files[0]]
+                arr = (z["x"] if "x" in z.files else z[z.files[0]]) if z.files else None
         else:
             arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise ValueError(f"data file {path!r} cannot be read: {e}") from None
-    x = torch.as_tensor(arr, dtype=torch.float32)
-    if x.ndim < 2 or not torch.isfinite(x).all():
-        raise ValueError(f"data file {path!r}: need a finite array of shape (N, ...), got {tuple(x.shape)}")
+    if arr is None:
+        raise ValueError(f"data file {path!r} holds no arrays")
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+        raise ValueError(f"data file {path!r}: need a numeric array, got dtype {getattr(arr, 'dtype', type(arr))}")
+    x = torch.as_tensor(arr.astype(np.float32, copy=False))
+    if x.ndim < 2 or x.shape[0] == 0 or x[0].numel() == 0 or not torch.isfinite(x).all():
+        raise ValueError(f"data file {path!r}: need a finite array of shape (N >= 1, ...), got {tuple(x.shape)}")
     return x
 
 
