@@ -46,7 +46,8 @@ class Trainer:
     """Trainer(cfg, out_dir).train() -> the per-step losses of this call.
 
     Under torch.distributed (torchrun) each rank draws its own shard of every global batch
-    from its own generator; gradients are averaged by DDP; only rank 0 writes files."""
+    from its own generator; gradients are averaged by DDP; only rank 0 writes files.  Rank 0
+    holds the folder's lock (OUT/.lock) from construction until train() returns or close()."""
 
     def __init__(self, cfg: Config, out_dir: str, device: str | None = None, resume: bool = False,
                  progress: bool = True):
@@ -199,12 +200,12 @@ class Trainer:
             e.copy_(ckpt["ema"][n])
         self.opt.load_state_dict(ckpt["optimizer"])
         loss_state, data_state = ckpt["rng"][self.rank]
-        try:
-            self.gen.set_state(loss_state.to(self.gen.device) if self.gen.device.type != "cpu" else loss_state)
+        try:  # generator states are CPU byte tensors for CUDA generators too
+            self.gen.set_state(loss_state)
             self.data_gen.set_state(data_state)
         except RuntimeError:
-            raise CheckpointError(f"{path} holds generator states for another device than {self.device}; "
-                                  f"resume on the device it was written on") from None
+            raise CheckpointError(f"{path} holds generator states of another device type than {self.device.type}; "
+                                  f"resume on the kind of device it was written on") from None
         torch.set_rng_state(ckpt["torch_rng"])
         self.step = int(ckpt["step"])
 
