@@ -94,6 +94,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self._train_net = DDP(self.model.net, device_ids=[dev.index] if dev.type == "cuda" else None)
+        self._eager_net = self._train_net
         if c.compile:
             self._train_net = compile_net(self._train_net, c.compile_mode, dev)
         self._loss_model = ScoreModel(self._train_net, self.model.sde, self.model.sigma_data)
@@ -186,9 +187,8 @@ class Trainer:
 
     def _uncompile(self) -> None:
         """The compile fallback: train the eager network (DDP-wrapped where it was)."""
-        net = self._train_net._orig_mod if hasattr(self._train_net, "_orig_mod") else self._train_net
-        self._train_net = net
-        self._loss_model = ScoreModel(net, self.model.sde, self.model.sigma_data)
+        self._train_net = self._eager_net
+        self._loss_model = ScoreModel(self._eager_net, self.model.sde, self.model.sigma_data)
 
     def train_step(self) -> torch.Tensor:
         c = self.cfg.train
