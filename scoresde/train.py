@@ -18,7 +18,7 @@ from torch import nn
 from ._checks import resolve_device
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config
-from .data import Dataset, make_dataset
+from .data import Dataset, data_from_config
 from .losses import ddpm_loss, dsm_loss
 from .nn import MLP, ScoreModel, UNet
 from .sde import make_sde
@@ -28,7 +28,7 @@ CKPT = "checkpoint.pt"
 
 def build_model(cfg: Config) -> tuple[ScoreModel, Dataset]:
     """The ScoreModel (network + SDE) and the data set a config describes (weights seeded)."""
-    data = make_dataset(cfg.data.name, cfg.data.path or None)
+    data = data_from_config(cfg.data)
     sde = make_sde(cfg.sde.name, **cfg.sde_kwargs())
     m = cfg.model
     torch.manual_seed(cfg.train.seed)
