@@ -27,9 +27,22 @@ class Dataset:
         self.name, self.shape, self.oracle, self.levels = name, tuple(shape), oracle, levels
         self._sampler, self.table = sampler, table
 
+    @property
+    def device(self) -> torch.device:
+        """Where draws are made: the table's device; samplers draw on the host."""
+        return self.table.device if self.table is not None else torch.device("cpu")
+
+    def to(self, device, max_bytes: float = float("inf")) -> "Dataset":
+        """Move the table to `device` once when it takes at most max_bytes, so that a training step
+        indexes it there (with a generator on that device) and copies nothing from the host.
+        Sampler-based sets and larger tables stay where they are.  Returns self."""
+        if self.table is not None and self.table.numel() * self.table.element_size() <= max_bytes:
+            self.table = self.table.to(device)
+        return self
+
     def reference(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.table is not None:
-            idx = torch.randint(0, self.table.shape[0], (n,), generator=generator)
+            idx = torch.randint(0, self.table.shape[0], (n,), generator=generator, device=self.table.device)
             return self.table[idx]
         return self._sampler(n, generator)
 
@@ -92,28 +105,80 @@ class ImageDataset(Dataset):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"ImageDataset needs uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         super().__init__(name, tuple(images.shape[1:]), levels=levels)
-        self.images, self.flip = images, flip
+        self.images, self.flip, self._loader = images, flip, None
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def to(self, device, max_bytes: float = float("inf")) -> "ImageDataset":
+        """The uint8 images move to `device` once when they take at most max_bytes (a quarter of
+        float rows): a step then draws, dequantizes and flips there, copying nothing from the host.
+        A larger set stays on the host and its training batches reach a CUDA device as uint8
+        through pinned buffers (PinnedLoader).  Returns self."""
+        device = torch.device(device)
+        if self.images.numel() <= max_bytes:
+            self.images, self._loader = self.images.to(device), None
+        elif device.type == "cuda":
+            self._loader = PinnedLoader(self.images, device)
+        return self
+
     def _scaled(self, k: torch.Tensor) -> torch.Tensor:
         return k.to(torch.float32) * (2 / (self.levels - 1)) - 1
 
-    def reference(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def _indices(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
         idx = torch.randint(0, len(self), (n,), generator=generator,
                             device=generator.device if generator is not None else "cpu")
-        return self._scaled(self.images[idx.to(self.images.device)])
+        return idx.to(self.images.device)
+
+    def reference(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self._scaled(self.images[self._indices(n, generator)])
 
     def head(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return self._scaled(self.images[:n])
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        x = super().sample(n, generator)
+        from .likelihood import dequantize
+
+        if self._loader is None:
+            k = self.images[self._indices(n, generator)]
+        else:  # host indices, uint8 copy; the noise is drawn on the device from a host-seeded generator
+            k = self._loader(self._indices(n, generator))
+            generator = self._loader.generator.manual_seed(int(torch.randint(0, 2 ** 62, (1,), generator=generator)))
+        x = dequantize(self._scaled(k), levels=self.levels, generator=generator)
         if self.flip:
             mirror = torch.rand(n, generator=generator, device=generator.device if generator is not None else "cpu")
             x = torch.where((mirror < 0.5).to(x.device)[:, None, None, None], x.flip(-1), x)
         return x
+
+
+class PinnedLoader:
+    """loader(idx) -> images[idx] on a CUDA device, for image sets too large to keep there.
+
+    Rows are gathered on the host into one of two page-locked buffers and copied asynchronously,
+    so the host never waits for the copy; a buffer is refilled only after its previous copy has
+    finished (a CUDA event per buffer), which makes alternating two of them safe."""
+
+    def __init__(self, images: torch.Tensor, device: torch.device):
+        self.images, self.device = images, device
+        self.generator = torch.Generator(device=device)
+        self._bufs, self._done, self._i = [None, None], [None, None], 0
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        self._i = i = 1 - self._i
+        shape = (idx.shape[0], *self.images.shape[1:])
+        if self._done[i] is not None:
+            self._done[i].synchronize()
+        if self._bufs[i] is None or self._bufs[i].shape != shape:
+            self._bufs[i] = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+        torch.index_select(self.images, 0, idx.cpu(), out=self._bufs[i])
+        out = self._bufs[i].to(self.device, non_blocking=True)
+        self._done[i] = torch.cuda.Event()
+        self._done[i].record()
+        return out
 
 
 # -- reading files --------------------------------------------------------------------------------

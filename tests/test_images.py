@@ -325,3 +325,27 @@ def test_image_reference_fd_is_the_frechet_distance_of_the_scripted_features(tmp
     assert got["fd"] == pytest.approx(want, rel=1e-6)
     assert torch.equal(features(net, x, batch_size=7), torch.from_numpy(fx))
     assert got["fd"] > got["fd_floor"] >= 0 and set(got) >= {"sw2", "precision", "recall", "sw2_floor"}
+
+
+# -- on a GPU: uint8 images live on the device, or come through pinned buffers ------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("max_bytes", [float("inf"), 0])
+def test_images_on_the_device_or_through_pinned_buffers(tmp_path, max_bytes):
+    arr = pixels(10, 4, 4, 3, seed=6)
+    np.save(tmp_path / "x.npy", arr)
+    ds = make_dataset("file", str(tmp_path / "x.npy"), flip=True).to("cuda", max_bytes=max_bytes)
+    on_device = max_bytes > 0
+    assert ds.images.dtype == torch.uint8 and (ds.device.type == "cuda") == on_device
+    g = torch.Generator(device=ds.device).manual_seed(0)
+    k = torch.from_numpy(arr).permute(0, 3, 1, 2).long().cuda()
+    for _ in range(3):  # more draws than buffers: a refilled pinned buffer must not corrupt a batch
+        x = ds.sample(64, g)
+        assert x.device.type == "cuda" and x.dtype == torch.float32
+        got = torch.floor((x.double() + 1) * 128).long()
+        match = ((got[:, None] == k[None]) | (got[:, None] == k[None].flip(-1))).flatten(2).all(2).any(1)
+        assert bool(match.all())
+    cfg = tiny_cfg({"name": "file", "path": str(tmp_path / "x.npy")}, steps=3)
+    cfg.train.device, cfg.train.data_on_device_gb = "cuda", 1.0 if on_device else 0.0
+    tr = Trainer(cfg, str(tmp_path / "run"), progress=False)
+    assert tr.data.device.type == ("cuda" if on_device else "cpu")
+    assert all(np.isfinite(tr.train(stop_after=2)))
