@@ -361,6 +361,27 @@ def _split_last(x: torch.Tensor, holdout: int, split: str, where: str) -> torch.
     return x[:x.shape[0] - holdout]
 
 
+def _builtin(name: str, split: str) -> Dataset:
+    """The data sets that need no path: toys draw afresh for every split; digits hold out 200."""
+    if name == "ring":
+        oracle = GaussianMixture.ring()
+        return Dataset("ring", (2,), sampler=lambda n, g: oracle.sample(n, generator=g), oracle=oracle)
+    toys = {"moons": _moons, "swissroll": _swissroll, "checkerboard": _checkerboard}
+    if name in toys:
+        return Dataset(name, (2,), sampler=toys[name])
+    if name == "digits":
+        return digits("test" if split == "test" else "train")
+    raise ValueError(f"unknown data set {name!r}; choose one of: {', '.join(TOYS)}, digits, digits-test, "
+                     f"file, images, cifar10")
+
+
+def _continuous_file(path: str, split: str, holdout: int, where: str) -> Dataset:
+    x = _split_last(load_array(path), holdout, split, where)
+    if split == "train" and x.shape[0] < 2:
+        raise ValueError(f"{where}: need at least 2 samples to train on, got {x.shape[0]}")
+    return Dataset(os.path.basename(path) + ("-test" if split == "test" else ""), tuple(x.shape[1:]), table=x)
+
+
 def make_dataset(name: str, path: str | None = None, split: str = "train", *, holdout: int = 0,
                  layout: str = "auto", levels: int = 0, image_size: int = 0, fit: str = "crop",
                  flip: bool = False) -> Dataset:
@@ -371,28 +392,19 @@ def make_dataset(name: str, path: str | None = None, split: str = "train", *, ho
     `holdout` samples of a file or folder) or 'all'; toys draw fresh samples for every split.
     Image options: layout of a file's array (auto | nhwc | nchw), levels L (0: 256 for integer
     arrays, continuous for float ones), image_size with fit (crop | resize), flip (training only).
+    An option that cannot apply to the data is an error, never silently ignored.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if name.endswith("-test") and name != "-test":  # 'digits-test' and friends name the held-out split
         name, split = name[:-5], "test"
-    image_opts = dict(layout=layout != "auto", levels=bool(levels), image_size=bool(image_size),
-                      fit=fit != "crop", flip=flip)
+    used = [k for k, v in dict(path=bool(path), holdout=bool(holdout), layout=layout != "auto", levels=bool(levels),
+                               image_size=bool(image_size), fit=fit != "crop", flip=flip).items() if v]
     if name not in IMAGE_SOURCES + ("file",):
-        if path or holdout or any(image_opts.values()):
-            used = [k for k, v in dict(path=bool(path), holdout=bool(holdout), **image_opts).items() if v]
+        if used:
             raise ValueError(f"data.{used[0]} does not apply to data.name = {name!r}; it is for file, images "
                              f"and cifar10" + (" (digits hold out their last 200 themselves)" if name == "digits" else ""))
-        if name == "ring":
-            oracle = GaussianMixture.ring()
-            return Dataset("ring", (2,), sampler=lambda n, g: oracle.sample(n, generator=g), oracle=oracle)
-        toys = {"moons": _moons, "swissroll": _swissroll, "checkerboard": _checkerboard}
-        if name in toys:
-            return Dataset(name, (2,), sampler=toys[name])
-        if name == "digits":
-            return digits("test" if split == "test" else "train")
-        raise ValueError(f"unknown data set {name!r}; choose one of: {', '.join(TOYS)}, digits, digits-test, "
-                         f"file, images, cifar10")
+        return _builtin(name, split)
     if not path:
         what = {"file": "a .npy or .npz file", "images": "a folder of PNG/JPEG images",
                 "cifar10": "the folder cifar-10-batches-bin"}[name]
@@ -400,32 +412,33 @@ def make_dataset(name: str, path: str | None = None, split: str = "train", *, ho
     if levels and not 2 <= levels <= 256:
         raise ValueError(f"data.levels must be 0 (automatic) or between 2 and 256, got {levels}")
     where = f"data file {path!r}" if name == "file" else f"data.path {path!r}"
-    if name == "cifar10":
-        if holdout:
-            raise ValueError("data.holdout does not apply to cifar10: its held-out split is test_batch.bin")
-        images, levels = read_cifar10(path, "test" if split == "test" else "train"), 256
-        if split == "all":
-            images = torch.cat([images, read_cifar10(path, "test")])
-        label = "cifar10"
-    elif name == "images":
-        images = _split_last(read_image_folder(path), holdout, split, where)
-        levels, label = 256, f"images:{os.path.basename(os.path.normpath(path))}"
-    else:
+    if name == "file":
         import numpy as np
 
         arr = _read_npy(path)
-        label = os.path.basename(path)
         if not levels and not np.issubdtype(arr.dtype, np.integer):  # continuous data, used as given
-            if any(image_opts.values()):
-                used = [k for k, v in image_opts.items() if v][0]
-                raise ValueError(f"data.{used} applies to images, but {where} is a float array taken as continuous "
-                                 f"data on [-1, 1]; store integer levels (uint8) or set data.levels")
-            x = _split_last(load_array(path), holdout, split, where)
-            if split == "train" and x.shape[0] < 2:
-                raise ValueError(f"{where}: need at least 2 samples to train on, got {x.shape[0]}")
-            return Dataset(label + ("-test" if split == "test" else ""), tuple(x.shape[1:]), table=x)
-        levels = levels or 256
+            image_only = [k for k in used if k not in ("path", "holdout")]
+            if image_only:
+                raise ValueError(f"data.{image_only[0]} applies to images, but {where} is a float array taken as "
+                                 f"continuous data on [-1, 1]; store integer levels (uint8) or set data.levels")
+            return _continuous_file(path, split, holdout, where)
+        levels, label = levels or 256, os.path.basename(path)
         images = _split_last(array_to_images(arr, where, layout, levels), holdout, split, where)
+    else:
+        for key in ("layout", "levels") + (("holdout",) if name == "cifar10" else ()):
+            if key in used:
+                raise ValueError(f"data.{key} does not apply to data.name = {name!r}" +
+                                 (": its held-out split is test_batch.bin" if key == "holdout" else
+                                  ": its pixels are 8-bit, 256 levels, in a known layout"))
+        levels = 256
+        if name == "images":
+            label = f"images:{os.path.basename(os.path.normpath(path))}"
+            images = _split_last(read_image_folder(path), holdout, split, where)
+        else:
+            label = "cifar10"
+            images = read_cifar10(path, "test" if split == "test" else "train")
+            if split == "all":
+                images = torch.cat([images, read_cifar10(path, "test")])
     images = fit_images(images, image_size, fit)
     return ImageDataset(label + ("-test" if split == "test" else ""), images, levels, flip=flip and split == "train")
 

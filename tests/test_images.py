@@ -349,3 +349,30 @@ def test_images_on_the_device_or_through_pinned_buffers(tmp_path, max_bytes):
     tr = Trainer(cfg, str(tmp_path / "run"), progress=False)
     assert tr.data.device.type == ("cuda" if on_device else "cpu")
     assert all(np.isfinite(tr.train(stop_after=2)))
+
+
+def test_cifar10_config_builds_ddpms_network_on_cifar_files(tmp_path):
+    from scoresde.config import load_config
+    from scoresde.train import build_model
+
+    cfg = load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "cifar10_vp.toml"))
+    assert (cfg.data.name, cfg.data.batch_size, cfg.data.flip) == ("cifar10", 128, True)
+    assert (cfg.train.lr, cfg.train.warmup, cfg.train.ema_decay, cfg.sde.name) == (2e-4, 5000, 0.9999, "vp")
+    rng = np.random.default_rng(7)
+    write_cifar(tmp_path / "data_batch_1.bin", rng.integers(0, 256, (3, 3, 32, 32)), [0, 1, 2])
+    cfg.data.path = str(tmp_path)
+    model, data = build_model(cfg)
+    assert data.shape == (3, 32, 32) and data.flip
+    n_params = sum(p.numel() for p in model.net.parameters())
+    assert 33.3e6 < n_params < 33.4e6  # DDPM's 35.7 M less its learned resampling convolutions (see the config)
+
+
+def test_options_that_cannot_apply_are_errors(tmp_path):
+    write_pngs(tmp_path / "imgs", pixels(3, 4, 4, 3))
+    with pytest.raises(ValueError, match="data.levels does not apply to data.name = 'images'"):
+        make_dataset("images", str(tmp_path / "imgs"), levels=16)
+    with pytest.raises(ValueError, match="data.holdout does not apply to data.name = 'cifar10'"):
+        make_dataset("cifar10", str(tmp_path), holdout=3)
+    np.save(tmp_path / "f.npy", np.zeros((4, 2), np.float32))
+    with pytest.raises(ValueError, match="data.flip applies to images, but data file .* is a float array"):
+        make_dataset("file", str(tmp_path / "f.npy"), flip=True)
