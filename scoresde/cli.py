@@ -229,6 +229,8 @@ def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, flo
 
         quality_vs_nfe(rows, os.path.join(out, "quality_vs_nfe.png"), title=f"{model} / {resolved.sde!r}")
         ref = resolved.oracle.sample(n, generator=torch.Generator().manual_seed(seed)) if resolved.oracle else None
+        if ref is None and resolved.data is not None and len(resolved.shape) == 3:  # images: show real ones beside
+            ref = resolved.data[:16]
         samples_panel(samples, os.path.join(out, "samples.png"), reference=ref)
         written += ["quality_vs_nfe.png", "samples.png"]
     click.echo(f"wrote {', '.join(os.path.join(out, w) for w in written)}")
