@@ -212,16 +212,16 @@ def load_checkpoint(path: str, map_location="cpu", net: torch.nn.Module | None =
 def load_score_model(path: str, sde=None, device=None, use_ema: bool = True) -> ResolvedModel:
     """A trained checkpoint as a ResolvedModel (EMA weights by default) for sampling/likelihood:
     .score_fn(x, t) = −ε_θ(x, t)/σ(t), .sde, .shape, and the data to score samples against."""
-    from .data import make_dataset
+    from .data import data_from_config, evaluation_reference
 
     ck, cfg, model = _load(path)
     if sde is not None and sde.config() != model.sde.config():
         raise CheckpointError(f"checkpoint {path!r} was trained with {model.sde!r}, not {sde!r}; drop --sde")
     model.net.load_state_dict(ck["ema" if use_ema else "model"])
     model.to(device or "cpu").eval()
-    data = make_dataset(cfg.data.name, cfg.data.path or None)
-    ref = None
-    if data.oracle is None:
-        ref = data.reference(20000, torch.Generator().manual_seed(12345))  # for sliced W2
+    data = data_from_config(cfg.data)
+    ref, ref_name = None, None
+    if data.oracle is None:  # for sample-quality metrics
+        ref, ref_name = evaluation_reference(cfg.data, data)
     return ResolvedModel(path, model, model.sde, tuple(ck["shape"]), oracle=data.oracle, data=ref,
-                         info=dict(step=ck["step"], data=cfg.data.name))
+                         info=dict(step=ck["step"], data=cfg.data.name, data_config=cfg.data, reference=ref_name))

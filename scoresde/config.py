@@ -14,9 +14,16 @@ else:  # pragma: no cover
 
 @dataclass
 class DataConfig:
-    name: str = "ring"              # ring | moons | swissroll | checkerboard | digits | file
-    path: str = ""                  # for name = "file": a .npy/.npz array (N, ...)
+    name: str = "ring"              # ring | moons | swissroll | checkerboard | digits | file | images | cifar10
+    path: str = ""                  # file: a .npy/.npz array (N, ...); images: a folder of PNG/JPEG;
+                                    # cifar10: the folder cifar-10-batches-bin (data_batch_*.bin, test_batch.bin)
     batch_size: int = 512           # global batch (split across DDP ranks)
+    holdout: int = 0                # file/images: hold out the last k samples (cifar10: test_batch.bin)
+    layout: str = "auto"            # an image array's axes: auto | nhwc | nchw
+    levels: int = 0                 # 0: 256 for integer arrays, float arrays continuous; L: integer levels 0…L−1
+    image_size: int = 0             # 0: as stored; else the model's resolution, reached by `fit`
+    fit: str = "crop"               # crop (central square) | resize (central square, antialiased)
+    flip: bool = False              # random horizontal flip of training draws
 
 
 @dataclass
@@ -59,8 +66,14 @@ class TrainConfig:
     ckpt_every: int = 1000
     preview_every: int = 0          # 0: a preview only at the end
     bf16: bool = True               # autocast on CUDA only
-    compile: bool = False
+    compile: bool = False           # torch.compile the network; falls back to eager, with a warning, if it fails
     device: str = "auto"
+    # the fast path (README "Training on a GPU"); each is right on CUDA and harmless on CPU
+    compile_mode: str = "default"   # default | reduce-overhead (CUDA graphs; CUDA only) | max-autotune
+    channels_last: bool = True      # U-Nets: weights and inputs in NHWC, cuDNN's and Inductor's fast layout
+    fused_optimizer: bool = True    # one fused AdamW kernel (CUDA and CPU) instead of a loop over tensors
+    cuda_graph: bool = False        # replay data draw + forward + backward from one CUDA graph (CUDA only)
+    data_on_device_gb: float = 4.0  # move a data table up to this size to the training device once; 0: never
 
 
 @dataclass
@@ -82,12 +95,15 @@ class Config:
 
 
 CHOICES = {
-    ("data", "name"): ("ring", "moons", "swissroll", "checkerboard", "digits", "file"),  # digits: train split
+    ("data", "name"): ("ring", "moons", "swissroll", "checkerboard", "digits", "file", "images", "cifar10"),
+    ("data", "layout"): ("auto", "nhwc", "nchw"),
+    ("data", "fit"): ("crop", "resize"),
     ("sde", "name"): ("vp", "subvp", "ve"),
     ("sde", "schedule"): ("linear", "cosine"),
     ("model", "arch"): ("mlp", "unet"),
     ("model", "time_embedding"): ("fourier", "sinusoidal"),
     ("train", "loss"): ("dsm", "ddpm"),
+    ("train", "compile_mode"): ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 
 
@@ -96,6 +112,9 @@ CHOICES = {
 SEED_MAX = 2 ** 64 - 1
 RANGES = {
     ("data", "batch_size"): (1, None, False, False),
+    ("data", "holdout"): (0, None, False, False),
+    ("data", "levels"): (0, 256, False, False),                  # 0: automatic; else 2 … 256 (below)
+    ("data", "image_size"): (0, None, False, False),             # 0: as stored
     ("sde", "beta_min"): (0, None, True, False),
     ("sde", "beta_max"): (0, None, True, False),
     ("sde", "sigma_min"): (0, None, True, False),
@@ -119,6 +138,7 @@ RANGES = {
     ("train", "log_every"): (1, None, False, False),
     ("train", "ckpt_every"): (0, None, False, False),            # 0: only at the end
     ("train", "preview_every"): (0, None, False, False),         # 0: only at the end
+    ("train", "data_on_device_gb"): (0, None, False, False),
 }
 
 
@@ -185,6 +205,11 @@ def from_dict(raw: dict) -> Config:
             raise ConfigError(f"sde.{lo} must be < sde.{hi}, got {getattr(cfg.sde, lo)} >= {getattr(cfg.sde, hi)}")
     if not cfg.model.channel_mult:
         raise ConfigError("model.channel_mult must list at least one multiplier")
+    if cfg.data.levels and not 2 <= cfg.data.levels <= 256:
+        raise ConfigError(f"data.levels must be 0 (automatic) or between 2 and 256, got {cfg.data.levels}")
+    if cfg.train.cuda_graph and cfg.train.compile and cfg.train.compile_mode in ("reduce-overhead", "max-autotune"):
+        raise ConfigError(f"train.cuda_graph and train.compile_mode = {cfg.train.compile_mode!r} both capture CUDA "
+                          f"graphs; keep one (compile_mode 'default' or 'max-autotune-no-cudagraphs' combine)")
     if cfg.train.loss == "ddpm" and cfg.sde.name != "vp":
         raise ConfigError("train.loss = 'ddpm' (discrete timesteps) needs sde.name = 'vp'")
     return cfg
