@@ -60,7 +60,7 @@ def _read(path: str, map_location) -> dict:
     if os.path.isdir(path):
         raise _fail(path, "is a folder, not a checkpoint file")
     if not os.path.isfile(path):
-        raise _fail(path, "does not exist")
+        raise _fail(path, "is not a regular file" if os.path.exists(path) else "does not exist")
     try:
         with open(path, "rb") as f:
             head = f.readline(200)
@@ -196,8 +196,9 @@ def _load(path: str, map_location="cpu", net: torch.nn.Module | None = None):
     if net is None:
         try:
             model = build_score_model(cfg, tuple(ck["shape"]))
-        except ValueError as e:
-            raise _fail(path, f"has a config that builds no network for shape {tuple(ck['shape'])}: {e}") from None
+        except Exception as e:  # a forged config may ask for anything; say so in one line
+            raise _fail(path, f"has a config that builds no network for shape {tuple(ck['shape'])} "
+                              f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]})") from None
         net = model.net
     _check_weights(path, ck, net)
     return ck, cfg, model

@@ -107,13 +107,13 @@ CHOICES = {
 }
 
 
-# The allowed range of every numeric key: (low, high, low_open, high_open); None = unbounded.
-# Floats must also be finite.  T = 1 for every SDE, hence t_eps in (0, 1).
+# The allowed range of every numeric key: (low, high, low_open, high_open[, how to say it]);
+# None = unbounded.  Floats must also be finite.  T = 1 for every SDE, hence t_eps in (0, 1).
 SEED_MAX = 2 ** 64 - 1
 RANGES = {
     ("data", "batch_size"): (1, None, False, False),
     ("data", "holdout"): (0, None, False, False),
-    ("data", "levels"): (0, 256, False, False),                  # 0: automatic; else 2 … 256 (below)
+    ("data", "levels"): (0, 256, False, False, "0 (automatic) or between 2 and 256"),  # 1: refused below
     ("data", "image_size"): (0, None, False, False),             # 0: as stored
     ("sde", "beta_min"): (0, None, True, False),
     ("sde", "beta_max"): (0, None, True, False),
@@ -147,14 +147,16 @@ class ConfigError(ValueError):
 
 
 def _describe(rng) -> str:
-    lo, hi, lo_open, hi_open = rng
+    lo, hi, lo_open, hi_open = rng[:4]
+    if len(rng) > 4:
+        return rng[4]
     if hi is None:
         return f"{'>' if lo_open else '>='} {lo}"
     return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
 
 
 def _in_range(value, rng) -> bool:
-    lo, hi, lo_open, hi_open = rng
+    lo, hi, lo_open, hi_open = rng[:4]
     if isinstance(value, float) and not math.isfinite(value):
         return False
     return (value > lo if lo_open else value >= lo) and (hi is None or (value < hi if hi_open else value <= hi))

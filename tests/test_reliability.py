@@ -352,7 +352,7 @@ def test_every_numeric_config_key_has_a_range():
 
 
 def _outside(rng):
-    lo, hi, lo_open, hi_open = rng
+    lo, hi, lo_open, hi_open = rng[:4]
     return [lo if lo_open else lo - 1] + ([hi if hi_open else hi + 1] if hi is not None else [])
 
 
