@@ -96,6 +96,15 @@ def _versions() -> dict:
             "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
 
 
+def batch_options(f):
+    """--batch-size and --cuda-graph, shared by the commands that sample."""
+    f = click.option("--cuda-graph", is_flag=True,
+                     help="replay the network from CUDA graphs (no per-step launch overhead; same samples)")(f)
+    return click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                        help="evaluate the network on at most this many samples at a time (same samples as "
+                             "one batch) [default: all n at once]")(f)
+
+
 def model_options(f):
     """--model and --sde, shared by the commands that sample."""
     f = click.option("--sde", "sde_name", type=click.Choice(SDE_CHOICES), default=None,
@@ -160,9 +169,11 @@ def solvers_cmd():
 @click.option("--out", type=click.Path(file_okay=False), default="results/compare", help="output folder")
 @click.option("--device", default="cpu", metavar="auto|cpu|cuda", help="where to run")
 @click.option("--float64", is_flag=True, help="solve in float64")
+@batch_options
 @click.option("--no-plots", is_flag=True, help="skip the PNG figures")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, float64, no_plots, quiet):
+def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, float64, batch_size, cuda_graph,
+            no_plots, quiet):
     """Run every (solver, steps) pair from the same noise and score the samples.
 
     Prints an aligned table and writes OUT/results.csv, OUT/results.json (settings, versions,
@@ -183,7 +194,8 @@ def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, flo
     resolved = _resolve(model, sde_name, dev)
     t0 = time.perf_counter()
     rows, samples = run_compare(resolved, names, steps_list, n=n, seed=seed, grid=grid, device=dev,
-                                dtype=torch.float64 if float64 else torch.float32, progress=not quiet)
+                                dtype=torch.float64 if float64 else torch.float32, progress=not quiet,
+                                batch_size=batch_size, cuda_graph=cuda_graph)
     cols = [c for c in ("solver", "grid", "steps", "nfe", "wall_s", "std_ratio", "mode_w2", "off_mode", "mode_tv", "sw2")
             if any(c in r for r in rows)]
     click.echo(f"model {model}  sde {resolved.sde!r}  n={n}  seed={seed}  device={dev}")
@@ -196,7 +208,7 @@ def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, flo
             detail = ", ".join(f"{k} {best[k]:.4g}" for k in ("mode_w2", "std_ratio", "off_mode", "sw2") if k in best)
             click.echo(f"best at <= {budget} nfe: {best['solver']} ({best['nfe']} nfe; {detail})")
     settings = dict(model=model, sde=resolved.sde.config(), solvers=names, steps=steps_list, grid=grid, n=n,
-                    seed=seed, device=str(dev), float64=float64)
+                    seed=seed, device=str(dev), float64=float64, batch_size=batch_size, cuda_graph=cuda_graph)
     write_csv(os.path.join(out, "results.csv"), rows)
     write_json(os.path.join(out, "results.json"),
                dict(settings=settings, versions=_versions(), wall_total_s=time.perf_counter() - t0, rows=rows))
@@ -223,8 +235,9 @@ def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, flo
 @click.option("--out", type=click.Path(dir_okay=False), default="samples.npz", help="output .npz file")
 @click.option("--png", type=click.Path(dir_okay=False), default=None, help="also save a picture")
 @click.option("--device", default="cpu", metavar="auto|cpu|cuda", help="where to run")
+@batch_options
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, device, quiet):
+def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, device, batch_size, cuda_graph, quiet):
     """Draw samples with one solver and save them as .npz (x, nfe, t_grid, settings).
 
     \b
@@ -247,8 +260,8 @@ def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, dev
     bar = tqdm(total=steps, desc=solver, disable=quiet, leave=False)
     t0 = time.perf_counter()
     res = solvers.sample(resolved.score_fn, resolved.sde, shape=(n, *resolved.shape), solver=solver, steps=steps,
-                         grid=grid, generator=g, device=dev, denoise=denoise,
-                         callback=lambda info: bar.update(1))
+                         grid=grid, generator=g, device=dev, denoise=denoise, batch_size=batch_size,
+                         cuda_graph=cuda_graph, callback=lambda info: bar.update(1))
     bar.close()
     wall = time.perf_counter() - t0
     x = res.x.detach().float().cpu()

@@ -48,6 +48,11 @@ def quality_vs_nfe(rows: list[dict], path: str, title: str = "") -> None:
     _save(fig, path)
 
 
+def _host(x: torch.Tensor) -> torch.Tensor:
+    """float32 on the CPU, where matplotlib and numpy can read it (from any device or dtype)."""
+    return x.detach().to(device="cpu", dtype=torch.float32)
+
+
 def _limit(x) -> float:
     """Half-width of a square scatter that shows 99.5 % of the first two coordinates."""
     return float(x[:, :2].abs().quantile(0.995)) * 1.2 + 1e-6
@@ -64,7 +69,7 @@ def _scatter(ax, x, lim):
 
 def image_grid(x: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
     """(B, C, H, W) in [−1, 1] -> one (H', W', C) array in [0, 1] tiled row-major."""
-    x = ((x.clamp(-1, 1) + 1) / 2).cpu()
+    x = (_host(x).clamp(-1, 1) + 1) / 2
     B, C, H, W = x.shape
     nrow = nrow or math.ceil(math.sqrt(B))
     ncol = math.ceil(B / nrow)
@@ -82,6 +87,8 @@ def samples_panel(samples: dict, path: str, reference: torch.Tensor | None = Non
     steps = list(dict.fromkeys(k[1] for k in samples))
     ncol = len(steps) + (reference is not None)
     fig, axes = plt.subplots(len(solvers), ncol, figsize=(2.2 * ncol, 2.2 * len(solvers)), squeeze=False)
+    samples = {k: _host(v) for k, v in samples.items()}
+    reference = _host(reference) if reference is not None else None
     first = next(iter(samples.values()))
     is_2d = first.ndim == 2  # vectors: scatter the first two coordinates
     lim = _limit(first) if is_2d else None
@@ -113,6 +120,7 @@ def samples_panel(samples: dict, path: str, reference: torch.Tensor | None = Non
 def save_samples_png(x: torch.Tensor, path: str, title: str = "") -> None:
     """A single scatter (2-D) or image grid of samples."""
     plt = _plt()
+    x = _host(x)
     fig, ax = plt.subplots(figsize=(5, 5))
     if x.ndim == 2:  # vectors: the first two coordinates
         _scatter(ax, x[:5000], _limit(x))
