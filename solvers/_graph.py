@@ -50,21 +50,27 @@ class GraphedScore:
     def _capture(self, x, t):
         sx = torch.empty_like(x).copy_(x)
         st = t.clone(memory_format=torch.contiguous_format)
-        try:
-            with torch.no_grad():
+        with torch.no_grad():
+            self._warm_up(sx, st)  # the function's own errors surface here, as in an eager call
+            try:
                 replay, out = self._record(sx, st)
-            if not torch.is_tensor(out):
-                raise TypeError(f"score_fn returned {type(out).__name__}, not a tensor")
-        except Exception as err:  # noqa: BLE001 - any capture failure means: run eagerly
-            self.eager = True
-            warnings.warn(f"cuda_graph: the score function could not be captured ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0][:200] if str(err) else ''}); it runs eagerly from "
-                          f"here on (same samples, without the speed-up)", RuntimeWarning, stacklevel=4)
-            return None
+                if not torch.is_tensor(out):
+                    raise TypeError(f"score_fn returned {type(out).__name__}, not a tensor")
+            except Exception as err:  # noqa: BLE001 - any capture failure means: run eagerly
+                self._give_up(err)
+                return None
         return replay, sx, st, out
 
-    def _record(self, sx, st):
-        """Warm up on a side stream, then capture fn(sx, st); returns (replay, static output)."""
+    def _give_up(self, err: Exception):
+        self.eager = True
+        warnings.warn(f"cuda_graph: the score function could not be captured ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0][:200] if str(err) else ''}); it runs eagerly from "
+                      f"here on (same samples, without the speed-up)", RuntimeWarning, stacklevel=5)
+
+    def _warm_up(self, sx, st):
+        """Eager calls on a side stream before capture: lazy initialisation, cuBLAS/cuDNN autotuning."""
+        if sx.device.type != "cuda":
+            return
         with torch.cuda.device(sx.device):
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -72,9 +78,17 @@ class GraphedScore:
                 for _ in range(self.warmup):
                     self.fn(sx, st)
             torch.cuda.current_stream().wait_stream(side)
+
+    def _record(self, sx, st):
+        """Capture fn(sx, st) on a fresh stream; returns (replay, static output)."""
+        with torch.cuda.device(sx.device):
+            before, stream = torch.cuda.current_stream(), torch.cuda.Stream()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = self.fn(sx, st)
+            try:
+                with torch.cuda.graph(graph, stream=stream):
+                    out = self.fn(sx, st)
+            finally:  # a failed capture_end leaves the capture stream current; a fresh one is never reused
+                torch.cuda.set_stream(before)
         return graph.replay, out
 
 

@@ -158,7 +158,7 @@ def test_data_draws_with_a_generator_on_any_device(device, name):
     assert x.shape == (16, *ds.shape) and torch.isfinite(x).all()
 
 
-def test_cli_sample_and_compare_on_any_device(device, tmp_path):
+def test_cli_sample_compare_likelihood_on_any_device(device, tmp_path):
     dev = {"cpu": "cpu", "cuda": "cuda"}.get(device.type, str(device))
     out = tmp_path / "x.npz"
     r = CliRunner().invoke(cli, ["sample", "--solver", "ddim", "--steps", "5", "--n", "64", "--device", dev,
@@ -168,6 +168,9 @@ def test_cli_sample_and_compare_on_any_device(device, tmp_path):
     r = CliRunner().invoke(cli, ["compare", "--solvers", "euler,ddpm", "--steps", "4", "--n", "64", "--device", dev,
                                  "--out", str(tmp_path / "cmp"), "--quiet", "--no-plots", "--batch-size", "30"])
     assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["likelihood", "--model", "oracle:gmm8", "--n", "4", "--rtol", "1e-3", "--atol", "1e-3",
+                                 "--method", "hutchinson", "--device", dev])
+    assert r.exit_code == 0 and "exact log p_0 (oracle)" in r.output, r.output
 
 
 # -- large n in chunks --------------------------------------------------------------------------------
