@@ -12,6 +12,9 @@ import zipfile
 import torch
 
 from ._io import atomic_path
+from ._resolved import ResolvedModel
+from .build import build_model
+from .config import from_dict
 
 FORMAT, VERSION = "scoresde-checkpoint", 1
 REQUIRED = ("config", "step", "model", "ema", "optimizer", "rng")
@@ -49,10 +52,6 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 
 def load_score_model(path: str, sde=None, device=None, use_ema: bool = True):
     """A trained checkpoint as a ResolvedModel (EMA weights by default) for sampling/likelihood."""
-    from .config import from_dict
-    from .models import ResolvedModel
-    from .train import build_model
-
     ckpt = load_checkpoint(path)
     cfg = from_dict(ckpt["config"])
     model, data = build_model(cfg)

@@ -1,4 +1,4 @@
-"""The `scoresde` command line: solvers | compare | sample | likelihood | train.
+"""The `scoresde` command line: solvers | compare | sample | schedule | likelihood | train.
 
 Bad input (an unknown solver, model, SDE or key, bad numbers, a missing or corrupt file)
 prints one line naming the value and what is allowed, and exits with code 2; every output
@@ -105,6 +105,35 @@ def batch_options(f):
                              "one batch) [default: all n at once]")(f)
 
 
+class GridParam(click.ParamType):
+    """A named time grid, or a .json file of explicit times (as `scoresde schedule` writes)."""
+
+    name = "uniform|quadratic|edm|logsnr|FILE.json"
+
+    def convert(self, value, param, ctx):
+        import solvers
+
+        if value in solvers.GRIDS:
+            return value
+        if str(value).endswith(".json"):
+            if not os.path.isfile(value):
+                self.fail(f"grid file {value!r} does not exist", param, ctx)
+            try:
+                solvers.load_grid(value)
+            except ValueError as e:
+                self.fail(str(e), param, ctx)
+            return value
+        self.fail(f"{value!r} is not one of {', '.join(map(repr, solvers.GRIDS))} or a .json grid file "
+                  f"(see `scoresde schedule`)", param, ctx)
+
+
+def _grid_steps(grid: str | None) -> int | None:
+    """Steps implied by a grid file, else None."""
+    import solvers
+
+    return None if grid is None or grid in solvers.GRIDS else len(solvers.load_grid(grid)) - 1
+
+
 def model_options(f):
     """--model and --sde, shared by the commands that sample."""
     f = click.option("--sde", "sde_name", type=click.Choice(SDE_CHOICES), default=None,
@@ -161,9 +190,10 @@ def solvers_cmd():
 @model_options
 @click.option("--solvers", "solver_list", default=DEFAULT_SOLVERS, metavar="A,B,...",
               help="comma-separated solver names (see `scoresde solvers`)")
-@click.option("--steps", default="10,20,50,100,1000", metavar="K,K,...", help="step counts to try")
-@click.option("--grid", type=click.Choice(["uniform", "quadratic", "edm", "logsnr"]), default=None,
-              help="time grid for every solver [default: each solver's own]")
+@click.option("--steps", default=None, metavar="K,K,...",
+              help="step counts to try [default: 10,20,50,100,1000; a grid file implies its own]")
+@click.option("--grid", type=GridParam(), default=None,
+              help="time grid for every solver, or a .json file of times [default: each solver's own]")
 @click.option("--n", type=click.IntRange(min=2), default=4000, help="samples per run")
 @click.option("--seed", type=int, default=0, help="seed for x_T and the noise (shared by all runs)")
 @click.option("--out", type=click.Path(file_okay=False), default="results/compare", help="output folder")
@@ -189,7 +219,10 @@ def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, flo
     from ._io import write_csv, write_json
 
     names = _parse_list(solver_list, "solvers", allowed=solvers.available())
-    steps_list = _parse_list(steps, "steps", cast=int, minimum=1)
+    implied = _grid_steps(grid)
+    steps_list = _parse_list(steps or str(implied or "10,20,50,100,1000"), "steps", cast=int, minimum=1)
+    if implied is not None and steps_list != [implied]:
+        raise CLIError(f"--steps {steps} disagrees with --grid {grid}, which has {implied} steps; leave --steps out")
     dev = _device(device)
     resolved = _resolve(model, sde_name, dev)
     t0 = time.perf_counter()
@@ -202,11 +235,14 @@ def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, flo
     click.echo(format_table(rows, cols))
     if "sw2_floor" in rows[0]:
         click.echo(f"sw2 floor (two exact data samples of size {n}): {rows[0]['sw2_floor']:.4g}")
-    for budget in (10, 20):
+    for budget in (5, 10, 20):
         best = best_at_nfe(rows, budget)
         if best:
             detail = ", ".join(f"{k} {best[k]:.4g}" for k in ("mode_w2", "std_ratio", "off_mode", "sw2") if k in best)
-            click.echo(f"best at <= {budget} nfe: {best['solver']} ({best['nfe']} nfe; {detail})")
+            click.echo(f"best at <= {budget} nfe: {best['solver']} ({best['grid']} grid, {best['steps']} steps, "
+                       f"{best['nfe']} nfe; {detail})")
+        else:
+            click.echo(f"best at <= {budget} nfe: no run fits (use --steps with fewer steps)")
     settings = dict(model=model, sde=resolved.sde.config(), solvers=names, steps=steps_list, grid=grid, n=n,
                     seed=seed, device=str(dev), float64=float64, batch_size=batch_size, cuda_graph=cuda_graph)
     write_csv(os.path.join(out, "results.csv"), rows)
@@ -226,9 +262,10 @@ def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, flo
 @cli.command()
 @model_options
 @click.option("--solver", default="heun", metavar="NAME", help="see `scoresde solvers`")
-@click.option("--steps", type=click.IntRange(min=1), default=50, help="solver steps")
-@click.option("--grid", type=click.Choice(["uniform", "quadratic", "edm", "logsnr"]), default=None,
-              help="time grid [default: the solver's own]")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="solver steps [default: 50; a grid file implies its own]")
+@click.option("--grid", type=GridParam(), default=None,
+              help="time grid, or a .json file of times [default: the solver's own]")
 @click.option("--n", type=click.IntRange(min=1), default=1000, help="number of samples")
 @click.option("--seed", type=int, default=0, help="random seed")
 @click.option("--denoise", is_flag=True, help="finish with Tweedie's x̂_0 at eps (one more evaluation)")
@@ -254,14 +291,18 @@ def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, dev
         raise CLIError(f"--solver: unknown solver {solver!r}; choose from: {', '.join(solvers.available())}")
     if not out.endswith(".npz"):
         raise CLIError(f"--out {out!r}: the output must be a .npz file")
+    implied = _grid_steps(grid)
+    if implied is not None and steps not in (None, implied):
+        raise CLIError(f"--steps {steps} disagrees with --grid {grid}, which has {implied} steps; leave --steps out")
+    steps = steps or implied or 50
     dev = _device(device)
     resolved = _resolve(model, sde_name, dev)
     g = torch.Generator(device=dev).manual_seed(seed)
     bar = tqdm(total=steps, desc=solver, disable=quiet, leave=False)
     t0 = time.perf_counter()
-    res = solvers.sample(resolved.score_fn, resolved.sde, shape=(n, *resolved.shape), solver=solver, steps=steps,
-                         grid=grid, generator=g, device=dev, denoise=denoise, batch_size=batch_size,
-                         cuda_graph=cuda_graph, callback=lambda info: bar.update(1))
+    res = solvers.sample(resolved.score_fn, resolved.sde, shape=(n, *resolved.shape), solver=solver,
+                         steps=None if implied else steps, grid=grid, generator=g, device=dev, denoise=denoise,
+                         batch_size=batch_size, cuda_graph=cuda_graph, callback=lambda info: bar.update(1))
     bar.close()
     wall = time.perf_counter() - t0
     x = res.x.detach().float().cpu()
@@ -281,6 +322,51 @@ def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, dev
         save_samples_png(x, png, title=f"{solver}, {steps} steps, {res.nfe} nfe")
         msg += f", {png}"
     click.echo(msg)
+
+
+@cli.command()
+@model_options
+@click.option("--solver", default="dpmpp_2m", metavar="NAME", help="a deterministic solver (see `scoresde solvers`)")
+@click.option("--nfe", type=click.IntRange(min=1), default=10, help="score evaluations the grid is fitted for")
+@click.option("--denoise", is_flag=True, help="the solver ends with Tweedie's x̂_0 (one of the nfe)")
+@click.option("--out", type=click.Path(dir_okay=False), default="grid.json", help="output .json file")
+@click.option("--n-fit", type=click.IntRange(min=2), default=256, help="fitting batch (starting points)")
+@click.option("--n-eval", type=click.IntRange(min=2), default=1024, help="fresh batch the result is scored on")
+@click.option("--max-evals", type=click.IntRange(min=1), default=None,
+              help="optimizer evaluations [default: 150 per free time]")
+@click.option("--seed", type=int, default=0, help="seed for the fitting and evaluation batches")
+@click.option("--device", default="cpu", metavar="auto|cpu|cuda", help="where to run")
+def schedule(model, sde_name, solver, nfe, denoise, out, n_fit, n_eval, max_evals, seed, device):
+    """Fit a solver's time grid to a budget of NFE score evaluations and write it as JSON.
+
+    Minimizes the solver's RMS distance to a tight dopri5 solution of the probability-flow ODE
+    from the same starting points; reports that error on fresh starting points for the fitted
+    grid and every named grid.  Use the file with `--grid FILE.json` on sample or compare.
+
+    \b
+    Example:
+      scoresde schedule --model oracle:gmm8 --sde ve --solver dpmpp_2m --nfe 10 --out ve10.json
+      scoresde compare --sde ve --solvers dpmpp_2m --grid ve10.json
+    """
+    import solvers
+
+    from ._io import write_json
+
+    if solver not in solvers.available():
+        raise CLIError(f"--solver: unknown solver {solver!r}; choose from: {', '.join(solvers.available())}")
+    if not out.endswith(".json"):
+        raise CLIError(f"--out {out!r}: the output must be a .json file")
+    dev = _device(device)
+    resolved = _resolve(model, sde_name, dev)
+    dtype = torch.float32 if isinstance(resolved.score_fn, torch.nn.Module) else torch.float64
+    fit = solvers.optimize_grid(resolved.score_fn, resolved.sde, solver=solver, nfe=nfe, shape=resolved.shape,
+                                denoise=denoise, n_fit=n_fit, n_eval=n_eval, seed=seed, max_evals=max_evals,
+                                dtype=dtype, device=dev)
+    write_json(out, dict(fit.to_json(), model=model, sde=resolved.sde.config(), versions=_versions()))
+    named = ", ".join(f"{k} {v:.4g}" for k, v in fit.named_errors.items())
+    click.echo(f"{solver}: {fit.steps} steps, {fit.nfe} nfe{' (with denoise)' if denoise else ''}; RMS error to the "
+               f"ODE on {n_eval} fresh points: fitted {fit.error:.4g} (named grids: {named}); "
+               f"{fit.evaluations} evaluations, {fit.wall_s:.1f} s -> {out}")
 
 
 @cli.command()

@@ -45,31 +45,37 @@ def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: I
 
     solver_names, steps_list = list(solver_names), sorted(set(int(s) for s in steps_list))
     options = options or {}
+    explicit = grid is not None and grid not in solvers.GRIDS  # a grid file or sequence brings its steps
+    if explicit:
+        steps_list = [None]
     g = torch.Generator(device=device).manual_seed(seed)
     x_T = model.sde.prior_sample((n, *model.shape), generator=g, dtype=dtype, device=device)
     plan = [(s, None if s in ADAPTIVE_SOLVERS else k) for s in solver_names
             for k in ([None] if s in ADAPTIVE_SOLVERS else steps_list)]
     score_fn = solvers.graphed(model.score_fn, device) if cuda_graph else model.score_fn
     for s in solver_names:  # warm-up: first-call costs are not the solver's
-        solvers.sample(score_fn, model.sde, x_T=x_T[:8], solver=s, steps=2, grid=grid,
+        solvers.sample(score_fn, model.sde, x_T=x_T[:8], solver=s, steps=None if explicit else 2, grid=grid,
                        generator=torch.Generator(device=device).manual_seed(0), **options.get(s, {}))
     if cuda_graph:  # one evaluation at the runs' batch shapes captures their graphs
         solvers.sample(score_fn, model.sde, x_T=x_T, solver="euler", steps=1, batch_size=batch_size)
     rows, samples = [], {}
     bar = tqdm(plan, desc="compare", disable=not progress, leave=False)
     for name, steps in bar:
-        bar.set_postfix_str(f"{name} {steps or 'adaptive'}")
+        bar.set_postfix_str(f"{name} {steps or ('grid' if explicit else 'adaptive')}")
         _sync(device)
         t0 = time.perf_counter()
-        res = solvers.sample(score_fn, model.sde, x_T=x_T, solver=name, steps=steps or 1, grid=grid,
+        res = solvers.sample(score_fn, model.sde, x_T=x_T, solver=name,
+                             steps=None if explicit else steps or 1, grid=grid,
                              generator=torch.Generator(device=device).manual_seed(seed), batch_size=batch_size,
                              **options.get(name, {}))
         _sync(device)
         wall = time.perf_counter() - t0
         x = res.x.detach().float().cpu()
+        adaptive = name in ADAPTIVE_SOLVERS
+        steps = None if adaptive else res.t_grid.numel() - 1
         samples[(name, steps)] = x
-        row = {"solver": name, "grid": "adaptive" if steps is None else res.grid,
-               "steps": steps if steps is not None else "", "nfe": res.nfe, "wall_s": wall}
+        row = {"solver": name, "grid": "adaptive" if adaptive else res.grid,
+               "steps": "" if adaptive else steps, "nfe": res.nfe, "wall_s": wall}
         row.update(score_samples(x, model, seed=seed))
         rows.append(row)
     return rows, samples

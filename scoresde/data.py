@@ -26,8 +26,23 @@ class Dataset:
         self.name, self.shape, self.oracle, self.levels = name, tuple(shape), oracle, levels
         self._sampler, self.table = sampler, table
 
+    @property
+    def device(self) -> torch.device:
+        """Where draws are made: the table's device; samplers draw on the host."""
+        return self.table.device if self.table is not None else torch.device("cpu")
+
+    def to(self, device, max_bytes: float = float("inf")) -> "Dataset":
+        """Move the table to `device` once when it takes at most max_bytes, so that a training step
+        indexes it there (with a generator on that device) and copies nothing from the host.
+        Sampler-based sets and larger tables stay where they are.  Returns self."""
+        if self.table is not None and self.table.numel() * self.table.element_size() <= max_bytes:
+            self.table = self.table.to(device)
+        return self
+
     def reference(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.table is not None:
+            # indices are drawn where the generator lives (a device-resident table with a generator on
+            # its device copies nothing; a CPU generator still works)
             idx = torch.randint(0, self.table.shape[0], (n,), **_on(generator))
             return self.table[idx.to(self.table.device)]
         return self._sampler(n, generator)

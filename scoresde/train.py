@@ -16,33 +16,18 @@ import torch
 from torch import nn
 
 from ._checks import resolve_device
+from .build import build_model
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config
-from .data import Dataset, make_dataset
+from .fastpath import StepRunner, batch_to, compile_net
 from .losses import ddpm_loss, dsm_loss
-from .nn import MLP, ScoreModel, UNet
-from .sde import make_sde
+from .nn import ScoreModel
 
 CKPT = "checkpoint.pt"
-
-
-def build_model(cfg: Config) -> tuple[ScoreModel, Dataset]:
-    """The ScoreModel (network + SDE) and the data set a config describes (weights seeded)."""
-    data = make_dataset(cfg.data.name, cfg.data.path or None)
-    sde = make_sde(cfg.sde.name, **cfg.sde_kwargs())
-    m = cfg.model
-    torch.manual_seed(cfg.train.seed)
-    if m.arch == "mlp":
-        net = MLP(math.prod(data.shape), m.hidden, m.blocks, m.time_embedding, m.dropout)
-    else:
-        if len(data.shape) != 3 or data.shape[1] != data.shape[2]:
-            raise ValueError(f"model.arch = 'unet' needs square images (C, H, H), the data have shape {data.shape}")
-        if data.shape[1] % (2 ** (len(m.channel_mult) - 1)):
-            raise ValueError(f"image size {data.shape[1]} is not divisible by 2^{len(m.channel_mult) - 1} "
-                             f"(model.channel_mult = {m.channel_mult})")
-        net = UNet(data.shape[0], data.shape[1], m.channels, tuple(m.channel_mult), m.blocks,
-                   tuple(m.attention_resolutions), m.time_embedding, m.dropout)
-    return ScoreModel(net, sde, m.sigma_data), data
+# keys a resumed run may change: the length, and the switches that change speed, not the model
+# (not where the data are drawn: a CPU generator's state does not continue on a CUDA one)
+RESUMABLE = ("train.steps", "train.bf16", "train.compile", "train.compile_mode", "train.channels_last",
+             "train.fused_optimizer", "train.cuda_graph")
 
 
 def _dist():
@@ -67,14 +52,21 @@ class Trainer:
         self.device = dev
         if cfg.data.batch_size % self.world:
             raise ValueError(f"data.batch_size = {cfg.data.batch_size} is not divisible by {self.world} ranks")
+        c = cfg.train
         self.model, self.data = build_model(cfg)
         self.model.to(dev)
+        # layout before the optimizer and the EMA are made, so their buffers share it
+        self.channels_last = c.channels_last and len(self.data.shape) == 3
+        if self.channels_last:
+            self.model.net.to(memory_format=torch.channels_last)
+        self.bf16 = c.bf16 and dev.type == "cuda"
+        self.data.to(dev, max_bytes=c.data_on_device_gb * 2 ** 30)
         self.ema = [p.detach().clone() for p in self.model.net.parameters()]
-        self.opt = torch.optim.AdamW(self.model.net.parameters(), lr=cfg.train.lr,
-                                     weight_decay=cfg.train.weight_decay)
-        # one generator for t and noise (on the device), one for the data (data sets live on the CPU)
-        self.gen = torch.Generator(device=dev).manual_seed(cfg.train.seed * 1000 + self.rank)
-        self.data_gen = torch.Generator().manual_seed(cfg.train.seed * 1000 + self.rank + 500)
+        self.opt = torch.optim.AdamW(self.model.net.parameters(), lr=c.lr, weight_decay=c.weight_decay,
+                                     fused=c.fused_optimizer or None)
+        # one generator for t and noise (on the device), one for the data (where the data set draws)
+        self.gen = torch.Generator(device=dev).manual_seed(c.seed * 1000 + self.rank)
+        self.data_gen = torch.Generator(device=self.data.device).manual_seed(c.seed * 1000 + self.rank + 500)
         self.step = 0
         self.progress = progress and self.rank == 0
         self._train_net = self.model.net
@@ -82,9 +74,23 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self._train_net = DDP(self.model.net, device_ids=[dev.index] if dev.type == "cuda" else None)
-        if cfg.train.compile:
-            self._train_net = torch.compile(self._train_net)
+        self._eager_net = self._train_net
+        if c.compile:
+            self._train_net = compile_net(self._train_net, c.compile_mode, dev)
         self._loss_model = ScoreModel(self._train_net, self.model.sde, self.model.sigma_data)
+        gens = [self.gen, self.data_gen, torch.default_generator]
+        if dev.type == "cuda":
+            gens.append(torch.cuda.default_generators[dev.index if dev.index is not None else torch.cuda.current_device()])
+        # a whole-step graph needs one rank (NCCL collectives stay eager) and batches drawn on the device
+        graph = c.cuda_graph and dev.type == "cuda" and self.world == 1 and self.data.device == dev
+        if c.cuda_graph and dev.type == "cuda" and not graph:
+            import warnings
+
+            warnings.warn("train.cuda_graph needs one process and a data table on the device "
+                          f"(data set {self.data.name!r} draws on {self.data.device}); training without the graph",
+                          RuntimeWarning, stacklevel=2)
+        self._runner = StepRunner(self._loss_and_grad, lambda: self.opt.zero_grad(set_to_none=True), gens,
+                                  compiled=c.compile, on_compile_failure=self._uncompile, graph=graph)
         path = os.path.join(out_dir, CKPT)
         if resume:
             self._restore(path)
@@ -118,9 +124,9 @@ class Trainer:
         if ckpt["config"] != self.cfg.to_dict():
             diff = [f"{s}.{k}" for s in ckpt["config"] for k in ckpt["config"][s]
                     if ckpt["config"][s][k] != self.cfg.to_dict().get(s, {}).get(k)]
-            if diff != ["train.steps"]:
+            if any(k not in RESUMABLE for k in diff):
                 raise CheckpointError(f"{path} was written with a different config ({', '.join(diff)}); "
-                                      f"resume with the same config (only train.steps may change)")
+                                      f"resume with the same config (only {', '.join(RESUMABLE)} may change)")
         if len(ckpt["rng"]) != self.world:
             raise CheckpointError(f"{path} was written by {len(ckpt['rng'])} rank(s), this run has {self.world}")
         self.model.net.load_state_dict(ckpt["model"])
@@ -128,8 +134,12 @@ class Trainer:
         for e, n in zip(self.ema, names):
             e.copy_(ckpt["ema"][n])
         self.opt.load_state_dict(ckpt["optimizer"])
+        for p, st in self.opt.state.items():  # moments in the parameter's layout (the fused kernel needs it)
+            for k, v in st.items():
+                if torch.is_tensor(v) and v.shape == p.shape:
+                    st[k] = torch.empty_like(p).copy_(v)
         loss_state, data_state = ckpt["rng"][self.rank]
-        self.gen.set_state(loss_state.to(self.gen.device) if self.gen.device.type != "cpu" else loss_state)
+        self.gen.set_state(loss_state)  # a CUDA generator's state is a CPU byte tensor too
         self.data_gen.set_state(data_state)
         torch.set_rng_state(ckpt["torch_rng"])
         self.step = int(ckpt["step"])
@@ -139,26 +149,41 @@ class Trainer:
         w = self.cfg.train.warmup
         return self.cfg.train.lr * min(1.0, (self.step + 1) / w) if w > 0 else self.cfg.train.lr
 
-    def train_step(self) -> float:
+    def _loss_and_grad(self) -> torch.Tensor:
+        """Draw a batch, t and noise; the loss; its clipped gradient in .grad.  No host sync, so a
+        CUDA graph can hold it (StepRunner)."""
         c = self.cfg.train
-        x0 = self.data.sample(self.cfg.data.batch_size // self.world, self.data_gen).to(self.device)
-        for group in self.opt.param_groups:
-            group["lr"] = self._lr()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=c.bf16 and self.device.type == "cuda"):
+        x0 = batch_to(self.data.sample(self.cfg.data.batch_size // self.world, self.data_gen), self.device,
+                      self.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             if c.loss == "ddpm":
                 loss = ddpm_loss(self._loss_model, x0, self.gen)
             else:
                 loss = dsm_loss(self._loss_model, x0, self.gen, c.t_eps, c.likelihood_weighting)
-        self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if c.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.net.parameters(), c.grad_clip)
+        return loss.detach()
+
+    def _uncompile(self) -> None:
+        """The compile fallback: train the eager network (DDP-wrapped where it was)."""
+        self._train_net = self._eager_net
+        self._loss_model = ScoreModel(self._eager_net, self.model.sde, self.model.sigma_data)
+
+    def train_step(self) -> torch.Tensor:
+        c = self.cfg.train
+        for group in self.opt.param_groups:
+            group["lr"] = self._lr()
+        if c.compile and c.compile_mode == "reduce-overhead" and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        loss = self._runner()
         self.opt.step()
+        # Python-float weight: one multi-tensor kernel and no host sync (a tensor would need none either)
         decay = min(c.ema_decay, (1 + self.step) / (10 + self.step))
         with torch.no_grad():
             torch._foreach_lerp_(self.ema, [p.detach() for p in self.model.net.parameters()], 1 - decay)
         self.step += 1
-        return loss.detach()
+        return loss
 
     def ema_model(self) -> ScoreModel:
         """A copy of the ScoreModel carrying the EMA weights (what sampling uses by default)."""
@@ -222,7 +247,7 @@ class Trainer:
             return None
         import solvers
 
-        from .plots import save_samples_png
+        from ._figures import save_samples_png
 
         model = self.ema_model()
         n = n if len(self.data.shape) == 1 else 64
