@@ -8,8 +8,11 @@ an ordinary CPU tensor of ndim > 0 raises "Expected all tensors to be on the sam
 A library function that works here keeps to its inputs' device; one that allocates on the CPU
 by default and then mixes fails here as it would on CUDA.
 
-Limits: torch.Generator(device="meta") is a CPU generator (draws are moved, as for any CPU
-generator); libraries that query the device's RNG (torchsde's Brownian motion) cannot run here.
+Limits: torch.Generator(device="meta") is a CPU generator (its draws are moved, as for any CPU
+generator), so code that draws with a generator on the device is not told apart from code that
+draws on the CPU and moves; CUDA-only calls (streams, graphs, synchronize) are not emulated.
+Python numbers in torch.where and list indices, which C++ would place on the device with no
+data, are made CPU tensors first.
 """
 from __future__ import annotations
 
