@@ -59,8 +59,10 @@ def load_score_model(path: str, sde=None, device=None, use_ema: bool = True):
         raise CheckpointError(f"checkpoint {path!r} was trained with {model.sde!r}, not {sde!r}; drop --sde")
     model.net.load_state_dict(ckpt["ema" if use_ema else "model"])
     model.to(device or "cpu").eval()
-    ref = None
-    if data.oracle is None:
-        ref = data.reference(20000, torch.Generator().manual_seed(12345))  # for sliced W2
+    ref, ref_name = None, None
+    if data.oracle is None:  # for sample-quality metrics
+        from .data import evaluation_reference
+
+        ref, ref_name = evaluation_reference(cfg.data, data)
     return ResolvedModel(path, model, model.sde, data.shape, oracle=data.oracle, data=ref,
-                         info=dict(step=ckpt["step"], data=cfg.data.name))
+                         info=dict(step=ckpt["step"], data=cfg.data.name, data_config=cfg.data, reference=ref_name))

@@ -202,16 +202,26 @@ def solvers_cmd():
 @batch_options
 @click.option("--no-plots", is_flag=True, help="skip the PNG figures")
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--features", "features_path", default=None, type=click.Path(dir_okay=False), metavar="PATH",
+              help="image models: also a Fréchet distance in the features of this TorchScript module "
+                   "(images (B, C, H, W) on [-1, 1] -> (B, F))")
 def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, float64, batch_size, cuda_graph,
-            no_plots, quiet):
+            no_plots, quiet, features_path):
     """Run every (solver, steps) pair from the same noise and score the samples.
 
     Prints an aligned table and writes OUT/results.csv, OUT/results.json (settings, versions,
     seed), OUT/quality_vs_nfe.png and OUT/samples.png.
 
     \b
+    An image model is scored in pixel space against held-out data (or its training images):
+    sliced W2 and k-NN precision/recall (k = 3), each with its floor, the value for two disjoint
+    data samples; --features adds a Fréchet distance in a network's feature space.
+
+    \b
     Example:
       scoresde compare --sde ve --solvers heun,dpmpp_2m,pc --steps 10,20,50 --n 2000 --out results/ve
+      scoresde compare --model runs/cifar10/checkpoint.pt --solvers heun,dpmpp_2m --steps 10,20 --n 1000 \\
+          --features my_features.pt
     """
     import solvers
 
@@ -225,15 +235,26 @@ def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, flo
         raise CLIError(f"--steps {steps} disagrees with --grid {grid}, which has {implied} steps; leave --steps out")
     dev = _device(device)
     resolved = _resolve(model, sde_name, dev)
+    feature_net = None
+    if features_path:
+        from .metrics import load_feature_net
+
+        if len(resolved.shape) != 3:
+            raise CLIError(f"--features scores images; model {model} makes samples of shape {resolved.shape}")
+        feature_net = load_feature_net(features_path)
     t0 = time.perf_counter()
     rows, samples = run_compare(resolved, names, steps_list, n=n, seed=seed, grid=grid, device=dev,
                                 dtype=torch.float64 if float64 else torch.float32, progress=not quiet,
-                                batch_size=batch_size, cuda_graph=cuda_graph)
-    cols = [c for c in ("solver", "grid", "steps", "nfe", "wall_s", "std_ratio", "mode_w2", "off_mode", "mode_tv", "sw2")
-            if any(c in r for r in rows)]
+                                feature_net=feature_net, batch_size=batch_size, cuda_graph=cuda_graph)
+    cols = [c for c in ("solver", "grid", "steps", "nfe", "wall_s", "std_ratio", "mode_w2", "off_mode", "mode_tv", "sw2",
+                        "precision", "recall", "fd") if any(c in r for r in rows)]
     click.echo(f"model {model}  sde {resolved.sde!r}  n={n}  seed={seed}  device={dev}")
     click.echo(format_table(rows, cols))
-    if "sw2_floor" in rows[0]:
+    if "precision_floor" in rows[0]:
+        floors = ", ".join(f"{k} {rows[0][k + '_floor']:.4g}" for k in ("sw2", "precision", "recall", "fd")
+                           if k + "_floor" in rows[0])
+        click.echo(f"floors (two disjoint samples of size {n} of {(resolved.info or {}).get('reference')}): {floors}")
+    elif "sw2_floor" in rows[0]:
         click.echo(f"sw2 floor (two exact data samples of size {n}): {rows[0]['sw2_floor']:.4g}")
     for budget in (5, 10, 20):
         best = best_at_nfe(rows, budget)
@@ -244,7 +265,8 @@ def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, flo
         else:
             click.echo(f"best at <= {budget} nfe: no run fits (use --steps with fewer steps)")
     settings = dict(model=model, sde=resolved.sde.config(), solvers=names, steps=steps_list, grid=grid, n=n,
-                    seed=seed, device=str(dev), float64=float64, batch_size=batch_size, cuda_graph=cuda_graph)
+                    seed=seed, device=str(dev), float64=float64, features=features_path, batch_size=batch_size,
+                    cuda_graph=cuda_graph)
     write_csv(os.path.join(out, "results.csv"), rows)
     write_json(os.path.join(out, "results.json"),
                dict(settings=settings, versions=_versions(), wall_total_s=time.perf_counter() - t0, rows=rows))
@@ -254,6 +276,8 @@ def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, flo
 
         quality_vs_nfe(rows, os.path.join(out, "quality_vs_nfe.png"), title=f"{model} / {resolved.sde!r}")
         ref = resolved.oracle.sample(n, generator=torch.Generator().manual_seed(seed)) if resolved.oracle else None
+        if ref is None and resolved.data is not None and len(resolved.shape) == 3:  # images: show real ones beside
+            ref = resolved.data[:16]
         samples_panel(samples, os.path.join(out, "samples.png"), reference=ref)
         written += ["quality_vs_nfe.png", "samples.png"]
     click.echo(f"wrote {', '.join(os.path.join(out, w) for w in written)}")
@@ -417,7 +441,8 @@ def train(config_path, out, resume, device, steps, quiet):
 @click.option("--data", default=None, metavar="SOURCE",
               help="'model' (exact draws from the oracle), a data set name (ring, moons, digits-test, …), "
                    "or a .npy/.npz file [default: the oracle's draws, or the checkpoint's held-out data]")
-@click.option("--method", type=click.Choice(["exact", "hutchinson"]), default="exact", help="divergence")
+@click.option("--method", type=click.Choice(["exact", "hutchinson"]), default=None,
+              help="divergence [default: exact up to 64 dimensions, hutchinson above (images)]")
 @click.option("--probes", type=click.IntRange(min=1), default=1, help="Hutchinson probes per sample")
 @click.option("--probe", type=click.Choice(["rademacher", "gaussian"]), default="rademacher")
 @click.option("--n", type=click.IntRange(min=1), default=256, help="number of data points")
@@ -452,7 +477,7 @@ def likelihood(model, checkpoint, sde_name, data, method, probes, probe, n, bits
         raise CLIError("give exactly one of --model oracle:NAME or --checkpoint FILE")
     dev = _device(device)
     resolved = _resolve(model or checkpoint, sde_name, dev)
-    from .data import load_array, make_dataset
+    from .data import data_from_config, make_dataset
 
     g = torch.Generator().manual_seed(seed)
     levels = 2 ** bits if bits else None
@@ -460,25 +485,23 @@ def likelihood(model, checkpoint, sde_name, data, method, probes, probe, n, bits
         x = resolved.oracle.sample(n, generator=g, dtype=torch.float64)
     elif data == "model":
         raise CLIError("--data model needs an oracle; pass a data set name or a .npy/.npz file")
-    elif data is None or not data.endswith((".npy", ".npz")):
-        # a checkpoint's own data: its held-out split where there is one, else fresh draws
-        name = data or (resolved.info or {}).get("data")
-        if data is None and name == "file":
-            raise CLIError("this checkpoint was trained on a file; pass --data FILE.npy")
-        try:
-            ds = make_dataset(f"{name}-test" if data is None and name == "digits" else name)
-        except ValueError as e:
-            raise CLIError(f"--data: {e}") from None
-        x = ds.reference(n, g) if ds.table is None else ds.table[:n]
-        if levels is None and ds.levels is not None:
-            levels = ds.levels
     else:
-        x = load_array(data)[:n]
+        try:
+            if data is None:  # a checkpoint's own held-out split (digits, cifar10, data.holdout); toys draw afresh
+                ds = data_from_config(resolved.info["data_config"], "test")
+            else:
+                ds = make_dataset("file", data, "all") if data.endswith((".npy", ".npz")) else make_dataset(data)
+        except ValueError as e:
+            raise CLIError(f"--data: {e}" + ("; or pass --data FILE.npy" if data is None else "")) from None
+        x = ds.head(n, g)
+        if levels is None and ds.levels is not None:  # integer data bring their levels: 8-bit images get + 7
+            levels = ds.levels
     if tuple(x.shape[1:]) != tuple(resolved.shape):
         raise CLIError(f"--data: samples have shape {tuple(x.shape[1:])}, the model expects {tuple(resolved.shape)}")
     # exact oracles run in float64; a network in the precision it was trained in
     x = x.to(dev, torch.float32 if isinstance(resolved.score_fn, torch.nn.Module) else torch.float64)
     D = x[0].numel()
+    method = method or ("exact" if D <= 64 else "hutchinson")
     t0 = time.perf_counter()
     per_rep, nfe, se_probe = [], 0, []
     for _ in range(dequant_repeats if levels else 1):

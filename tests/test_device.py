@@ -111,6 +111,15 @@ def test_metrics_on_any_device(device):
     assert sliced_w2(x.to(device), y, generator=gen(17)) == pytest.approx(sliced_w2(x, y, generator=gen(17)))
 
 
+def test_image_metrics_take_inputs_from_any_device(device):
+    from scoresde.metrics import features, precision_recall
+
+    real, fake = torch.rand(40, 1, 4, 4, generator=gen(30)), torch.rand(40, 1, 4, 4, generator=gen(31))
+    assert precision_recall(real, fake.to(device)) == precision_recall(real, fake)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))  # stays on the CPU
+    assert torch.allclose(features(net, fake.to(device)), features(net, fake))
+
+
 def test_sliced_w2_in_blocks_is_the_plain_formula():
     x, y = torch.randn(300, 3, generator=gen(18)), torch.randn(300, 3, generator=gen(19)) + 0.3
     theta = torch.randn(3, 100, generator=gen(20), dtype=torch.float64)
@@ -277,8 +286,9 @@ CPU_BY_DESIGN = {
     # ^ float64 grids on the CPU (fitted with numpy): solvers read them as Python floats
     "scoresde/metrics.py": {"_directions"},  # drawn on the CPU (same on every device), then moved
     "scoresde/nn.py": {"GaussianFourierEmbedding.__init__"},  # a buffer: Module.to() moves it
-    "scoresde/data.py": {"digits", "load_array"},  # data sets are loaded into host memory
-    "scoresde/compare.py": {"score_samples"},  # the reference data of a checkpoint live on the CPU
+    "scoresde/data.py": {"digits", "load_array", "fit_images", "PinnedLoader.__call__", "ImageDataset.sample"},
+    # ^ data sets are loaded and resized in host memory; pinned host buffers; a seed drawn on the host
+    "scoresde/compare.py": {"score_samples", "image_reference"},  # a checkpoint's reference data live on the CPU
     "scoresde/_figures.py": {"image_grid"},  # figures are drawn on the CPU
 }
 
