@@ -7,9 +7,12 @@ file is written atomically, so Ctrl-C never leaves a half-written one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 
 import click
@@ -30,23 +33,62 @@ class _Group(click.Group):
     """Turns every expected failure into one line on stderr and exit code 2."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        old_term = _sigterm_interrupts()
         try:
             rv = super().main(args, prog_name or "scoresde", complete_var, standalone_mode=False, **extra)
         except click.exceptions.Abort:
             click.echo("Aborted.", err=True)
             sys.exit(130)
-        except KeyboardInterrupt:
-            click.echo("Interrupted; no partial output was written.", err=True)
+        except (KeyboardInterrupt, _Interrupted) as e:  # the trainer's carries the step it checkpointed
+            click.echo(f"Interrupted: {e}" if str(e) else "Interrupted; no partial output was written.", err=True)
             sys.exit(130)
         except click.ClickException as e:
             ctx_hint = f" (see 'scoresde {e.ctx.info_name} --help')" if getattr(e, "ctx", None) and \
                 e.ctx.info_name != "scoresde" else ""
             click.echo(f"Error: {e.format_message()}{ctx_hint}".replace("\n", " "), err=True)
             sys.exit(2)
-        except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
+                FloatingPointError) as e:
             click.echo(f"Error: {e}".replace("\n", " "), err=True)
             sys.exit(2)
+        finally:
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as e:  # past click's own handler, which would print a bare "Aborted!"
+            raise _Interrupted(str(e)) from None
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _sigterm_interrupts():
+    """SIGTERM raises KeyboardInterrupt, so temp files are removed as on Ctrl-C; returns the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+SEED = click.IntRange(0, 2 ** 64 - 1)
+
+
+class FiniteRange(click.FloatRange):
+    """A FloatRange that also refuses nan and inf, naming the option."""
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{v} is not a finite number", param, ctx)
+        return v
 
 
 def _parse_list(value: str, name: str, cast=str, allowed=None, minimum=None):
@@ -76,12 +118,14 @@ def _device(name: str) -> torch.device:
         raise CLIError(f"--device: {e}") from None
 
 
-def _resolve(model: str, sde_name: str | None, device):
+def _resolve(model: str, sde_name: str | None, device, option: str = "--model"):
     from .models import resolve_model
 
+    hint = "; or use oracle:gmm8, oracle:gaussian, oracle:gaussianD" if option == "--model" else ""
+    if not model.startswith("oracle:") and os.path.isdir(model):
+        raise CLIError(f"{option} {model!r} is a folder, not a checkpoint file{hint}")
     if not model.startswith("oracle:") and not os.path.exists(model):
-        raise CLIError(f"--model {model!r}: no such checkpoint file; or use oracle:gmm8, oracle:gaussian, "
-                       f"oracle:gaussianD")
+        raise CLIError(f"{option} {model!r}: no such checkpoint file{hint}")
     sde = make_sde(sde_name) if sde_name else None
     return resolve_model(model, sde=sde, device=device)
 
@@ -195,7 +239,7 @@ def solvers_cmd():
 @click.option("--grid", type=GridParam(), default=None,
               help="time grid for every solver, or a .json file of times [default: each solver's own]")
 @click.option("--n", type=click.IntRange(min=2), default=4000, help="samples per run")
-@click.option("--seed", type=int, default=0, help="seed for x_T and the noise (shared by all runs)")
+@click.option("--seed", type=SEED, default=0, help="seed for x_T and the noise (shared by all runs)")
 @click.option("--out", type=click.Path(file_okay=False), default="results/compare", help="output folder")
 @click.option("--device", default="cpu", metavar="auto|cpu|cuda", help="where to run")
 @click.option("--float64", is_flag=True, help="solve in float64")
@@ -205,12 +249,14 @@ def solvers_cmd():
 @click.option("--features", "features_path", default=None, type=click.Path(dir_okay=False), metavar="PATH",
               help="image models: also a Fréchet distance in the features of this TorchScript module "
                    "(images (B, C, H, W) on [-1, 1] -> (B, F))")
+@click.option("--overwrite", is_flag=True, help="replace an existing OUT folder")
 def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, float64, batch_size, cuda_graph,
-            no_plots, quiet, features_path):
+            no_plots, quiet, features_path, overwrite):
     """Run every (solver, steps) pair from the same noise and score the samples.
 
     Prints an aligned table and writes OUT/results.csv, OUT/results.json (settings, versions,
-    seed), OUT/quality_vs_nfe.png and OUT/samples.png.
+    seed), OUT/quality_vs_nfe.png and OUT/samples.png.  The folder is written whole: into a
+    temp folder renamed to OUT at the end; an existing OUT is replaced only with --overwrite.
 
     \b
     An image model is scored in pixel space against held-out data (or its training images):
@@ -226,8 +272,9 @@ def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, flo
     import solvers
 
     from .compare import best_at_nfe, run_compare
-    from ._io import write_csv, write_json
+    from ._io import atomic_dir, check_new_output, write_csv, write_json
 
+    check_new_output(out, overwrite, "--out")
     names = _parse_list(solver_list, "solvers", allowed=solvers.available())
     implied = _grid_steps(grid)
     steps_list = _parse_list(steps or str(implied or "10,20,50,100,1000"), "steps", cast=int, minimum=1)
@@ -267,19 +314,20 @@ def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, flo
     settings = dict(model=model, sde=resolved.sde.config(), solvers=names, steps=steps_list, grid=grid, n=n,
                     seed=seed, device=str(dev), float64=float64, features=features_path, batch_size=batch_size,
                     cuda_graph=cuda_graph)
-    write_csv(os.path.join(out, "results.csv"), rows)
-    write_json(os.path.join(out, "results.json"),
-               dict(settings=settings, versions=_versions(), wall_total_s=time.perf_counter() - t0, rows=rows))
-    written = ["results.csv", "results.json"]
-    if not no_plots:
-        from .plots import quality_vs_nfe, samples_panel
+    with atomic_dir(out, overwrite) as tmp:
+        write_csv(os.path.join(tmp, "results.csv"), rows)
+        write_json(os.path.join(tmp, "results.json"),
+                   dict(settings=settings, versions=_versions(), wall_total_s=time.perf_counter() - t0, rows=rows))
+        written = ["results.csv", "results.json"]
+        if not no_plots:
+            from .plots import quality_vs_nfe, samples_panel
 
-        quality_vs_nfe(rows, os.path.join(out, "quality_vs_nfe.png"), title=f"{model} / {resolved.sde!r}")
-        ref = resolved.oracle.sample(n, generator=torch.Generator().manual_seed(seed)) if resolved.oracle else None
-        if ref is None and resolved.data is not None and len(resolved.shape) == 3:  # images: show real ones beside
-            ref = resolved.data[:16]
-        samples_panel(samples, os.path.join(out, "samples.png"), reference=ref)
-        written += ["quality_vs_nfe.png", "samples.png"]
+            quality_vs_nfe(rows, os.path.join(tmp, "quality_vs_nfe.png"), title=f"{model} / {resolved.sde!r}")
+            ref = resolved.oracle.sample(n, generator=torch.Generator().manual_seed(seed)) if resolved.oracle else None
+            if ref is None and resolved.data is not None and len(resolved.shape) == 3:  # images: show real ones beside
+                ref = resolved.data[:16]
+            samples_panel(samples, os.path.join(tmp, "samples.png"), reference=ref)
+            written += ["quality_vs_nfe.png", "samples.png"]
     click.echo(f"wrote {', '.join(os.path.join(out, w) for w in written)}")
 
 
@@ -291,14 +339,16 @@ def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, flo
 @click.option("--grid", type=GridParam(), default=None,
               help="time grid, or a .json file of times [default: the solver's own]")
 @click.option("--n", type=click.IntRange(min=1), default=1000, help="number of samples")
-@click.option("--seed", type=int, default=0, help="random seed")
+@click.option("--seed", type=SEED, default=0, help="random seed")
 @click.option("--denoise", is_flag=True, help="finish with Tweedie's x̂_0 at eps (one more evaluation)")
 @click.option("--out", type=click.Path(dir_okay=False), default="samples.npz", help="output .npz file")
 @click.option("--png", type=click.Path(dir_okay=False), default=None, help="also save a picture")
 @click.option("--device", default="cpu", metavar="auto|cpu|cuda", help="where to run")
 @batch_options
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, device, batch_size, cuda_graph, quiet):
+@click.option("--overwrite", is_flag=True, help="replace existing --out / --png files")
+def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, device, batch_size, cuda_graph, quiet,
+           overwrite):
     """Draw samples with one solver and save them as .npz (x, nfe, t_grid, settings).
 
     \b
@@ -309,12 +359,15 @@ def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, dev
     import solvers
     from tqdm.auto import tqdm
 
-    from ._io import atomic_path
+    from ._io import atomic_path, check_new_output
 
     if solver not in solvers.available():
         raise CLIError(f"--solver: unknown solver {solver!r}; choose from: {', '.join(solvers.available())}")
     if not out.endswith(".npz"):
         raise CLIError(f"--out {out!r}: the output must be a .npz file")
+    check_new_output(out, overwrite, "--out")
+    if png:
+        check_new_output(png, overwrite, "--png")
     implied = _grid_steps(grid)
     if implied is not None and steps not in (None, implied):
         raise CLIError(f"--steps {steps} disagrees with --grid {grid}, which has {implied} steps; leave --steps out")
@@ -404,7 +457,10 @@ def schedule(model, sde_name, solver, nfe, denoise, out, n_fit, n_eval, max_eval
 def train(config_path, out, resume, device, steps, quiet):
     """Train an ε-network by denoising score matching; EMA weights, atomic checkpoints.
 
-    Under torchrun (WORLD_SIZE > 1) it trains with DDP; only rank 0 writes files.
+    One run per folder: OUT/.lock names the running trainer, and a second one exits 2.
+    Ctrl-C or SIGTERM finishes the step in progress, writes a checkpoint and exits 130;
+    --resume then continues bit for bit.  Under torchrun (WORLD_SIZE > 1) it trains with DDP;
+    only rank 0 writes files.
 
     \b
     Examples:
@@ -423,6 +479,7 @@ def train(config_path, out, resume, device, steps, quiet):
     trainer = Trainer(cfg, out, device=device, resume=resume, progress=not quiet)
     start = trainer.step
     if start >= cfg.train.steps:
+        trainer.close()
         raise CLIError(f"the checkpoint in {out} is already at step {start} >= --steps {cfg.train.steps}")
     losses = trainer.train()
     wall = time.perf_counter() - t0
@@ -449,16 +506,17 @@ def train(config_path, out, resume, device, steps, quiet):
 @click.option("--bits", type=click.IntRange(min=1, max=16), default=None,
               help="data are b-bit levels on [-1, 1]: dequantize and report bits/dim with the +(b-1) offset")
 @click.option("--dequant-repeats", type=click.IntRange(min=1), default=1, help="average over dequantization draws")
-@click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=1e-5)
-@click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=1e-5)
-@click.option("--eps", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=1e-5,
+@click.option("--rtol", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-5)
+@click.option("--atol", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-5)
+@click.option("--eps", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-5,
               help="start time of the ODE")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256)
-@click.option("--seed", type=int, default=0)
+@click.option("--seed", type=SEED, default=0)
 @click.option("--device", default="cpu", metavar="auto|cpu|cuda")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write per-sample results (.json)")
+@click.option("--quiet", is_flag=True, help="no progress bar")
 def likelihood(model, checkpoint, sde_name, data, method, probes, probe, n, bits, dequant_repeats, rtol, atol, eps,
-               batch_size, seed, device, out):
+               batch_size, seed, device, out, quiet):
     """Log-likelihood through the probability-flow ODE, in nats and bits/dim.
 
     Prints mean ± standard error over the data points (and over Hutchinson probes), nfe and time.
@@ -470,13 +528,15 @@ def likelihood(model, checkpoint, sde_name, data, method, probes, probe, n, bits
     """
     import math
 
+    from tqdm.auto import tqdm
+
     from ._io import write_json
     from .likelihood import bits_per_dim, dequantize, log_likelihood
 
     if (model is None) == (checkpoint is None):
         raise CLIError("give exactly one of --model oracle:NAME or --checkpoint FILE")
     dev = _device(device)
-    resolved = _resolve(model or checkpoint, sde_name, dev)
+    resolved = _resolve(model or checkpoint, sde_name, dev, "--model" if model else "--checkpoint")
     from .data import data_from_config, make_dataset
 
     g = torch.Generator().manual_seed(seed)
@@ -504,14 +564,18 @@ def likelihood(model, checkpoint, sde_name, data, method, probes, probe, n, bits
     method = method or ("exact" if D <= 64 else "hutchinson")
     t0 = time.perf_counter()
     per_rep, nfe, se_probe = [], 0, []
-    for _ in range(dequant_repeats if levels else 1):
+    repeats = dequant_repeats if levels else 1
+    bar = tqdm(total=repeats * x.shape[0], desc="likelihood", unit="sample", disable=quiet, leave=False)
+    for _ in range(repeats):
         xin = dequantize(x, levels=levels, generator=g) if levels else x
         res = log_likelihood(resolved.score_fn, resolved.sde, xin, method=method, rtol=rtol, atol=atol, eps=eps,
-                             probes=probes, probe=probe, generator=g, batch_size=batch_size, shape=resolved.shape)
+                             probes=probes, probe=probe, generator=g, batch_size=batch_size, shape=resolved.shape,
+                             callback=bar.update)
         per_rep.append(res.logp.double().cpu())
         nfe += res.nfe
         if res.stderr is not None:
             se_probe.append(res.stderr.double().cpu())
+    bar.close()
     logp = torch.stack(per_rep).mean(0)
     wall = time.perf_counter() - t0
     mean, se = logp.mean().item(), (logp.std().item() / math.sqrt(len(logp)) if len(logp) > 1 else float("nan"))

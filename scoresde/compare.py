@@ -82,17 +82,23 @@ def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: I
     if cuda_graph:  # one evaluation at the runs' batch shapes captures their graphs
         solvers.sample(score_fn, model.sde, x_T=x_T, solver="euler", steps=1, batch_size=batch_size)
     rows, samples = [], {}
-    bar = tqdm(plan, desc="compare", disable=not progress, leave=False)
-    for name, steps in bar:
+    # one bar over every solver step of every run, so it moves within a long run too (an adaptive
+    # solve or an explicit grid counts as one unit: its step count is known only when it is done)
+    bar = tqdm(total=sum(k or 1 for _, k in plan), desc="compare", unit="step", disable=not progress, leave=False)
+    for name, steps in plan:
         bar.set_postfix_str(f"{name} {steps or ('grid' if explicit else 'adaptive')}")
+        done = bar.n + (steps or 1)
+        tick = (lambda info: bar.update(1) if bar.n < done else None) if progress else None
         _sync(device)
         t0 = time.perf_counter()
         res = solvers.sample(score_fn, model.sde, x_T=x_T, solver=name,
                              steps=None if explicit else steps or 1, grid=grid,
-                             generator=torch.Generator(device=device).manual_seed(seed), batch_size=batch_size,
+                             generator=torch.Generator(device=device).manual_seed(seed), callback=tick,
+                             batch_size=batch_size,
                              **options.get(name, {}))
         _sync(device)
         wall = time.perf_counter() - t0
+        bar.update(done - bar.n)
         x = res.x.detach().float().cpu()
         adaptive = name in ADAPTIVE_SOLVERS
         steps = None if adaptive else res.t_grid.numel() - 1
@@ -101,6 +107,7 @@ def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: I
                "steps": "" if adaptive else steps, "nfe": res.nfe, "wall_s": wall}
         row.update(score_samples(x, model, seed=seed, reference=reference))
         rows.append(row)
+    bar.close()
     return rows, samples
 
 

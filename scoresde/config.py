@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 
@@ -106,8 +107,57 @@ CHOICES = {
 }
 
 
+# The allowed range of every numeric key: (low, high, low_open, high_open); None = unbounded.
+# Floats must also be finite.  T = 1 for every SDE, hence t_eps in (0, 1).
+SEED_MAX = 2 ** 64 - 1
+RANGES = {
+    ("data", "batch_size"): (1, None, False, False),
+    ("data", "holdout"): (0, None, False, False),
+    ("data", "levels"): (0, 256, False, False),                  # 0: automatic; else 2 … 256 (below)
+    ("data", "image_size"): (0, None, False, False),             # 0: as stored
+    ("sde", "beta_min"): (0, None, True, False),
+    ("sde", "beta_max"): (0, None, True, False),
+    ("sde", "sigma_min"): (0, None, True, False),
+    ("sde", "sigma_max"): (0, None, True, False),
+    ("sde", "N"): (1, None, False, False),
+    ("model", "hidden"): (1, None, False, False),
+    ("model", "blocks"): (1, None, False, False),
+    ("model", "channels"): (1, None, False, False),
+    ("model", "channel_mult"): (1, None, False, False),           # each entry
+    ("model", "attention_resolutions"): (1, None, False, False),  # each entry
+    ("model", "dropout"): (0, 1, False, True),
+    ("model", "sigma_data"): (0, None, True, False),
+    ("train", "steps"): (1, None, False, False),
+    ("train", "lr"): (0, None, True, False),
+    ("train", "weight_decay"): (0, None, False, False),
+    ("train", "warmup"): (0, None, False, False),
+    ("train", "grad_clip"): (0, None, False, False),             # 0: no clipping
+    ("train", "ema_decay"): (0, 1, False, True),
+    ("train", "seed"): (0, SEED_MAX, False, False),
+    ("train", "t_eps"): (0, 1, True, True),
+    ("train", "log_every"): (1, None, False, False),
+    ("train", "ckpt_every"): (0, None, False, False),            # 0: only at the end
+    ("train", "preview_every"): (0, None, False, False),         # 0: only at the end
+    ("train", "data_on_device_gb"): (0, None, False, False),
+}
+
+
 class ConfigError(ValueError):
     pass
+
+
+def _describe(rng) -> str:
+    lo, hi, lo_open, hi_open = rng
+    if hi is None:
+        return f"{'>' if lo_open else '>='} {lo}"
+    return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+
+def _in_range(value, rng) -> bool:
+    lo, hi, lo_open, hi_open = rng
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return (value > lo if lo_open else value >= lo) and (hi is None or (value < hi if hi_open else value <= hi))
 
 
 def _check(section: str, key: str, value, default):
@@ -123,8 +173,13 @@ def _check(section: str, key: str, value, default):
     allowed = CHOICES.get((section, key))
     if allowed and value not in allowed:
         raise ConfigError(f"{where} = {value!r} is not allowed; choose one of: {', '.join(allowed)}")
-    if expected in (int, float) and key not in ("seed",) and value < 0:
-        raise ConfigError(f"{where} must be >= 0, got {value!r}")
+    rng = RANGES.get((section, key))
+    if rng is not None:
+        for v in value if expected is list else [value]:
+            if not _in_range(v, rng):
+                kind = "finite and " if expected is float else ""
+                entry = "each entry of " if expected is list else ""
+                raise ConfigError(f"{entry}{where} must be {kind}{_describe(rng)}, got {v!r}")
     return value
 
 
@@ -145,10 +200,11 @@ def from_dict(raw: dict) -> Config:
             if key not in names:
                 raise ConfigError(f"unknown key '{sec}.{key}'; allowed in [{sec}]: {', '.join(names)}")
             setattr(target, key, _check(sec, key, value, getattr(target, key)))
-    if cfg.train.steps < 1 or cfg.data.batch_size < 1:
-        raise ConfigError("train.steps and data.batch_size must be >= 1")
-    if not 0 <= cfg.train.ema_decay < 1:
-        raise ConfigError(f"train.ema_decay must lie in [0, 1), got {cfg.train.ema_decay}")
+    for lo, hi in (("beta_min", "beta_max"), ("sigma_min", "sigma_max")):
+        if getattr(cfg.sde, lo) >= getattr(cfg.sde, hi):
+            raise ConfigError(f"sde.{lo} must be < sde.{hi}, got {getattr(cfg.sde, lo)} >= {getattr(cfg.sde, hi)}")
+    if not cfg.model.channel_mult:
+        raise ConfigError("model.channel_mult must list at least one multiplier")
     if cfg.data.levels and not 2 <= cfg.data.levels <= 256:
         raise ConfigError(f"data.levels must be 0 (automatic) or between 2 and 256, got {cfg.data.levels}")
     if cfg.train.cuda_graph and cfg.train.compile and cfg.train.compile_mode in ("reduce-overhead", "max-autotune"):

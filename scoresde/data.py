@@ -269,18 +269,24 @@ def _read_npy(path: str):
     try:
         if path.endswith(".npz"):
             with np.load(path, allow_pickle=False) as z:
-                return z["x"] if "x" in z.files else z[z.files[0]]
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, IndexError) as e:
+                arr = (z["x"] if "x" in z.files else z[z.files[0]]) if z.files else None
+        else:
+            arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
         raise ValueError(f"data file {path!r} cannot be read: {e}") from None
+    if arr is None:
+        raise ValueError(f"data file {path!r} holds no arrays")
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+        raise ValueError(f"data file {path!r}: need a numeric array, got dtype {getattr(arr, 'dtype', type(arr))}")
+    return arr
 
 
 def load_array(path: str) -> torch.Tensor:
-    """A finite float array (N, ...) from a .npy or .npz file (.npz: key 'x' or the first array);
-    pickled objects are refused."""
+    """A finite float array (N >= 1, ...) from a .npy or .npz file (.npz: key 'x' or the first
+    array); pickled objects are refused."""
     x = torch.as_tensor(_read_npy(path), dtype=torch.float32)
-    if x.ndim < 2 or not torch.isfinite(x).all():
-        raise ValueError(f"data file {path!r}: need a finite array of shape (N, ...), got {tuple(x.shape)}")
+    if x.ndim < 2 or x.shape[0] == 0 or x[0].numel() == 0 or not torch.isfinite(x).all():
+        raise ValueError(f"data file {path!r}: need a finite array of shape (N >= 1, ...), got {tuple(x.shape)}")
     return x
 
 

@@ -57,14 +57,15 @@ def _divergence_hutchinson(F: torch.Tensor, x: torch.Tensor, v: torch.Tensor) ->
 def log_likelihood(score_fn: Callable, sde, x: torch.Tensor, method: str = "exact", *, rtol: float = 1e-5,
                    atol: float = 1e-5, eps: float | None = None, probes: int = 1, probe: str = "rademacher",
                    generator: torch.Generator | None = None, ode_method: str = "dopri5",
-                   batch_size: int | None = None, shape: tuple | None = None, dtype: torch.dtype | None = None
-                   ) -> LikelihoodResult:
+                   batch_size: int | None = None, shape: tuple | None = None, dtype: torch.dtype | None = None,
+                   callback: Callable | None = None) -> LikelihoodResult:
     """log p(x) in nats per sample via the probability-flow ODE.
 
     method: 'exact' (autograd trace, best for small D) or 'hutchinson' (probes fixed probes
     per sample, each its own solve; stderr = std over probes / √probes); probe: 'rademacher'
     or 'gaussian'; eps: start time (default sde.likelihood_eps = 1e-5); batch_size bounds
-    memory (samples are processed in chunks); shape: expected per-sample shape, checked.
+    memory (samples are processed in chunks); shape: expected per-sample shape, checked;
+    callback(k) after each chunk of k samples (progress bars).
     """
     if method not in ("exact", "hutchinson"):
         raise ValueError(f"method must be 'exact' or 'hutchinson', got {method!r}")
@@ -100,6 +101,8 @@ def log_likelihood(score_fn: Callable, sde, x: torch.Tensor, method: str = "exac
         nfe += k
         priors.append(prior.reshape(P, -1))
         deltas.append(delta.reshape(P, -1))
+        if callback is not None:
+            callback(xb.shape[0] // P)
     prior, delta = torch.cat(priors, 1), torch.cat(deltas, 1)
     lp = prior + delta  # (P, n)
     stderr = lp.std(0) / math.sqrt(P) if P > 1 else None

@@ -100,8 +100,8 @@ def quality(x: torch.Tensor, data: GaussianMixture, seed: int = 0) -> dict:
 def sw2_with_floor(x: torch.Tensor, ref: torch.Tensor, ref2: torch.Tensor, seed: int = 0) -> dict:
     """Sliced W2 of x to `ref`, and the floor: the same projections between two independent
     reference samples `ref2` and `ref` (what a perfect sampler would score)."""
-    return {"sw2": sliced_w2(x, ref, generator=torch.Generator().manual_seed(seed + 1)),
-            "sw2_floor": sliced_w2(ref2, ref, generator=torch.Generator().manual_seed(seed + 1))}
+    return {"sw2": sliced_w2(x, ref, generator=torch.Generator().manual_seed((seed + 1) % 2 ** 64)),
+            "sw2_floor": sliced_w2(ref2, ref, generator=torch.Generator().manual_seed((seed + 1) % 2 ** 64))}
 
 
 # -- image metrics: no downloaded weights -----------------------------------------------------------
@@ -210,7 +210,7 @@ class ImageReference:
         self.floor = self._metrics(self.ref2, suffix="_floor")
 
     def _metrics(self, x: torch.Tensor, suffix: str = "") -> dict:
-        out = {"sw2": sliced_w2(x, self.ref, generator=torch.Generator().manual_seed(self.seed + 1))}
+        out = {"sw2": sliced_w2(x, self.ref, generator=torch.Generator().manual_seed((self.seed + 1) % 2 ** 64))}
         out.update(precision_recall(self.ref, x, self.k))
         if self.net is not None:
             if not hasattr(self, "_ref_stats"):

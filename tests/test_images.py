@@ -236,10 +236,10 @@ def test_compare_on_an_image_model_reports_pixel_metrics_floors_and_feature_frec
     for key in ("sw2", "precision", "recall", "fd", "sw2_floor", "precision_floor", "recall_floor", "fd_floor"):
         assert np.isfinite(row[key]), key
     assert 0 <= row["precision"] <= 1 and row["fd"] >= 0
-    r = CliRunner().invoke(cli, args[:-4] + ["--n", "7", "--out", str(out)])
+    r = CliRunner().invoke(cli, args[:-4] + ["--n", "7", "--out", str(out), "--overwrite"])
     assert r.exit_code == 2 and "needs 2 × 7 reference images" in r.output and "--n 6 or fewer" in r.output
     (tmp_path / "junk.pt").write_bytes(b"not torchscript")
-    r = CliRunner().invoke(cli, args + ["--features", str(tmp_path / "junk.pt")])
+    r = CliRunner().invoke(cli, args + ["--features", str(tmp_path / "junk.pt"), "--overwrite"])
     assert r.exit_code == 2 and "is not a TorchScript module" in r.output, r.output
 
 
