@@ -113,7 +113,7 @@ SEED_MAX = 2 ** 64 - 1
 RANGES = {
     ("data", "batch_size"): (1, None, False, False),
     ("data", "holdout"): (0, None, False, False),
-    ("data", "levels"): (0, 256, False, False),                  # 0: automatic; else 2 … 256 (below)
+    ("data", "levels"): (0, None, False, False),                 # 0: automatic; else 2 … 256 (checked below)
     ("data", "image_size"): (0, None, False, False),             # 0: as stored
     ("sde", "beta_min"): (0, None, True, False),
     ("sde", "beta_max"): (0, None, True, False),
