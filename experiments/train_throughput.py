@@ -5,8 +5,8 @@
 
 Models: `digits` is configs/digits_vp.toml's U-Net (32 channels, mult 1-2, 1 block, attention at
 4×4; 0.70 M parameters) on the 8×8 digits; `unet33m` is the CIFAR-sized U-Net of issue 9
-(128 channels, mult 1-2-2-2, 2 blocks, attention at 16×16) on synthetic 3×32×32 data (uniform
-noise on [−1, 1]; the data do not change the arithmetic).  Variants: `fp32 eager` is the trainer
+(128 channels, mult 1-2-2-2, 2 blocks, attention at 16×16; configs/cifar10_vp.toml without its
+dropout and flips) on 4096 random uint8 3×32×32 images (the data do not change the arithmetic).  Variants: `fp32 eager` is the trainer
 as it was (NCHW, AdamW loop, no autocast); `fp32 fast` adds channels_last and fused AdamW;
 `bf16` adds bf16 autocast; `+compile` torch.compile (default mode); `+graph` the whole-step
 CUDA graph (train.cuda_graph).
@@ -34,7 +34,8 @@ from _util import machine, markdown_table, out_path  # noqa: E402
 from scoresde._io import write_csv, write_json, write_text  # noqa: E402
 from scoresde.config import from_dict  # noqa: E402
 from scoresde.losses import dsm_loss  # noqa: E402
-from scoresde.train import Trainer, build_model  # noqa: E402
+from scoresde.build import build_model  # noqa: E402
+from scoresde.train import Trainer  # noqa: E402
 
 MODELS = {
     "digits": dict(data={"name": "digits"},
@@ -174,8 +175,8 @@ def main():
     print(header, flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        data_path = os.path.join(tmp, "noise32.npy")
-        np.save(data_path, np.random.default_rng(0).uniform(-1, 1, (4096, 3, 32, 32)).astype(np.float32))
+        data_path = os.path.join(tmp, "noise32.npy")  # CIFAR-shaped uint8 images: the same device pipeline
+        np.save(data_path, np.random.default_rng(0).integers(0, 256, (4096, 32, 32, 3), dtype=np.uint8))
         for model in models:
             for batch in batches:
                 flops, params = flops_per_step(make_cfg(model, batch, {}, str(dev), data_path), dev)

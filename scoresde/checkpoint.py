@@ -12,6 +12,9 @@ import zipfile
 import torch
 
 from ._io import atomic_path
+from ._resolved import ResolvedModel
+from .build import build_model
+from .config import from_dict
 
 FORMAT, VERSION = "scoresde-checkpoint", 1
 REQUIRED = ("config", "step", "model", "ema", "optimizer", "rng")
@@ -49,10 +52,6 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 
 def load_score_model(path: str, sde=None, device=None, use_ema: bool = True):
     """A trained checkpoint as a ResolvedModel (EMA weights by default) for sampling/likelihood."""
-    from .config import from_dict
-    from .models import ResolvedModel
-    from .train import build_model
-
     ckpt = load_checkpoint(path)
     cfg = from_dict(ckpt["config"])
     model, data = build_model(cfg)
@@ -60,8 +59,10 @@ def load_score_model(path: str, sde=None, device=None, use_ema: bool = True):
         raise CheckpointError(f"checkpoint {path!r} was trained with {model.sde!r}, not {sde!r}; drop --sde")
     model.net.load_state_dict(ckpt["ema" if use_ema else "model"])
     model.to(device or "cpu").eval()
-    ref = None
-    if data.oracle is None:
-        ref = data.reference(20000, torch.Generator().manual_seed(12345))  # for sliced W2
+    ref, ref_name = None, None
+    if data.oracle is None:  # for sample-quality metrics
+        from .data import evaluation_reference
+
+        ref, ref_name = evaluation_reference(cfg.data, data)
     return ResolvedModel(path, model, model.sde, data.shape, oracle=data.oracle, data=ref,
-                         info=dict(step=ckpt["step"], data=cfg.data.name))
+                         info=dict(step=ckpt["step"], data=cfg.data.name, data_config=cfg.data, reference=ref_name))

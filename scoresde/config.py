@@ -13,9 +13,16 @@ else:  # pragma: no cover
 
 @dataclass
 class DataConfig:
-    name: str = "ring"              # ring | moons | swissroll | checkerboard | digits | file
-    path: str = ""                  # for name = "file": a .npy/.npz array (N, ...)
+    name: str = "ring"              # ring | moons | swissroll | checkerboard | digits | file | images | cifar10
+    path: str = ""                  # file: a .npy/.npz array (N, ...); images: a folder of PNG/JPEG;
+                                    # cifar10: the folder cifar-10-batches-bin (data_batch_*.bin, test_batch.bin)
     batch_size: int = 512           # global batch (split across DDP ranks)
+    holdout: int = 0                # file/images: hold out the last k samples (cifar10: test_batch.bin)
+    layout: str = "auto"            # an image array's axes: auto | nhwc | nchw
+    levels: int = 0                 # 0: 256 for integer arrays, float arrays continuous; L: integer levels 0…L−1
+    image_size: int = 0             # 0: as stored; else the model's resolution, reached by `fit`
+    fit: str = "crop"               # crop (central square) | resize (central square, antialiased)
+    flip: bool = False              # random horizontal flip of training draws
 
 
 @dataclass
@@ -87,7 +94,9 @@ class Config:
 
 
 CHOICES = {
-    ("data", "name"): ("ring", "moons", "swissroll", "checkerboard", "digits", "file"),  # digits: train split
+    ("data", "name"): ("ring", "moons", "swissroll", "checkerboard", "digits", "file", "images", "cifar10"),
+    ("data", "layout"): ("auto", "nhwc", "nchw"),
+    ("data", "fit"): ("crop", "resize"),
     ("sde", "name"): ("vp", "subvp", "ve"),
     ("sde", "schedule"): ("linear", "cosine"),
     ("model", "arch"): ("mlp", "unet"),
@@ -140,6 +149,8 @@ def from_dict(raw: dict) -> Config:
         raise ConfigError("train.steps and data.batch_size must be >= 1")
     if not 0 <= cfg.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must lie in [0, 1), got {cfg.train.ema_decay}")
+    if cfg.data.levels and not 2 <= cfg.data.levels <= 256:
+        raise ConfigError(f"data.levels must be 0 (automatic) or between 2 and 256, got {cfg.data.levels}")
     if cfg.train.cuda_graph and cfg.train.compile and cfg.train.compile_mode in ("reduce-overhead", "max-autotune"):
         raise ConfigError(f"train.cuda_graph and train.compile_mode = {cfg.train.compile_mode!r} both capture CUDA "
                           f"graphs; keep one (compile_mode 'default' or 'max-autotune-no-cudagraphs' combine)")

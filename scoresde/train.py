@@ -16,38 +16,18 @@ import torch
 from torch import nn
 
 from ._checks import resolve_device
+from .build import build_model
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config
-from .data import Dataset, make_dataset
 from .fastpath import StepRunner, batch_to, compile_net
 from .losses import ddpm_loss, dsm_loss
-from .nn import MLP, ScoreModel, UNet
-from .sde import make_sde
+from .nn import ScoreModel
 
 CKPT = "checkpoint.pt"
 # keys a resumed run may change: the length, and the switches that change speed, not the model
 # (not where the data are drawn: a CPU generator's state does not continue on a CUDA one)
 RESUMABLE = ("train.steps", "train.bf16", "train.compile", "train.compile_mode", "train.channels_last",
              "train.fused_optimizer", "train.cuda_graph")
-
-
-def build_model(cfg: Config) -> tuple[ScoreModel, Dataset]:
-    """The ScoreModel (network + SDE) and the data set a config describes (weights seeded)."""
-    data = make_dataset(cfg.data.name, cfg.data.path or None)
-    sde = make_sde(cfg.sde.name, **cfg.sde_kwargs())
-    m = cfg.model
-    torch.manual_seed(cfg.train.seed)
-    if m.arch == "mlp":
-        net = MLP(math.prod(data.shape), m.hidden, m.blocks, m.time_embedding, m.dropout)
-    else:
-        if len(data.shape) != 3 or data.shape[1] != data.shape[2]:
-            raise ValueError(f"model.arch = 'unet' needs square images (C, H, H), the data have shape {data.shape}")
-        if data.shape[1] % (2 ** (len(m.channel_mult) - 1)):
-            raise ValueError(f"image size {data.shape[1]} is not divisible by 2^{len(m.channel_mult) - 1} "
-                             f"(model.channel_mult = {m.channel_mult})")
-        net = UNet(data.shape[0], data.shape[1], m.channels, tuple(m.channel_mult), m.blocks,
-                   tuple(m.attention_resolutions), m.time_embedding, m.dropout)
-    return ScoreModel(net, sde, m.sigma_data), data
 
 
 def _dist():
@@ -267,7 +247,7 @@ class Trainer:
             return None
         import solvers
 
-        from .plots import save_samples_png
+        from ._figures import save_samples_png
 
         model = self.ema_model()
         n = n if len(self.data.shape) == 1 else 64

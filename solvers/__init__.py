@@ -21,7 +21,7 @@ from ._common import Problem, SampleResult, SolverError, discrete_vp_tables
 from .ancestral import ddim, ddpm
 from .dpmpp import dpmpp_2m
 from .euler_maruyama import euler_maruyama, predictor_corrector
-from .grids import GRIDS, time_grid
+from .grids import GRIDS, explicit_grid, load_grid, resolve_grid, time_grid
 from .heun import euler, heun
 from .pf_ode import pf_ode
 from .sde_torchsde import torchsde_sde
@@ -63,21 +63,20 @@ def default_eps(solver: str, sde) -> float:
 
 
 def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = None, solver: str = "heun",
-           steps: int = 50, grid: str | None = None, eps: float | None = None,
+           steps: int | None = None, grid=None, eps: float | None = None,
            generator: torch.Generator | None = None, denoise: bool = False, callback: Callable | None = None,
            dtype: torch.dtype | None = None, device=None, check_finite: bool = True, **options) -> SampleResult:
     """Draw samples by integrating from t = T (x_T ~ prior, or the given x_T) down to t = eps.
 
-    grid: 'uniform', 'quadratic', 'edm', 'logsnr' (default per solver); eps: end time (default 0
-    for ddpm/ddim, else sde.default_eps); denoise: finish with Tweedie's x̂_0 = (x + σ²s)/m at eps
+    grid: 'uniform', 'quadratic', 'edm', 'logsnr' (default per solver), or an explicit decreasing
+    sequence of times from T (or a .json file of them), which implies steps and eps; steps: default
+    50 for a named grid; eps: end time (default 0 for ddpm/ddim, else sde.default_eps); denoise: finish with Tweedie's x̂_0 = (x + σ²s)/m at eps
     (one more evaluation); callback(dict(i, t, x, nfe)) after every step; dtype (e.g. float64)
     for the solve; options go to the solver (variance=, eta=, method=, rtol=, atol=, snr=, …).
     """
     if solver not in SOLVERS:
         raise SolverError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
     spec = SOLVERS[solver]
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise SolverError(f"steps must be an integer >= 1, got {steps!r}")
     allowed = [p for p in inspect.signature(spec.fn).parameters if p not in ("prob", "x")]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
@@ -95,9 +94,7 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
         if shape is not None and tuple(shape) != tuple(x_T.shape):
             raise SolverError(f"shape {tuple(shape)} does not match x_T's shape {tuple(x_T.shape)}")
         x = x_T.to(dtype=dtype or x_T.dtype, device=device if device is not None else x_T.device)
-    grid = grid or spec.grid
-    eps = default_eps(solver, sde) if eps is None else float(eps)
-    ts = time_grid(sde, steps, grid, eps)
+    ts, grid = resolve_grid(sde, spec.grid if grid is None else grid, steps, eps, default_eps(solver, sde))
     tables = discrete_vp_tables(sde, ts) if solver in ("ddpm", "ddim") else None
     prob = Problem(score_fn, sde, ts, x, generator, callback, check_finite)
     if tables is not None:
@@ -112,4 +109,20 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
     return SampleResult(x=x, nfe=prob.nfe, t_grid=ts, solver=solver, grid=grid)
 
 
-__all__ = ["sample", "available", "SampleResult", "SolverError", "SOLVERS", "GRIDS", "time_grid"]
+from . import optimize as _optimize  # noqa: E402
+from .optimize import GridFit  # noqa: E402
+
+
+def optimize_grid(score_fn: Callable, sde, **kwargs) -> GridFit:
+    """Fit `solver`'s time grid to a budget of `nfe` score evaluations: the grid minimizing its RMS
+    distance to a tight solution of the probability-flow ODE (see solvers.optimize.optimize_grid
+    for the method and every keyword), scored on fresh draws.
+
+        fit = solvers.optimize_grid(score_fn, sde, solver="dpmpp_2m", nfe=10, shape=(2,))
+        solvers.sample(score_fn, sde, shape=(n, 2), solver="dpmpp_2m", grid=fit.t_grid)
+    """
+    return _optimize.optimize_grid(score_fn, sde, sample=sample, **kwargs)
+
+
+__all__ = ["sample", "available", "SampleResult", "SolverError", "SOLVERS", "GRIDS", "time_grid", "explicit_grid",
+           "load_grid", "optimize_grid", "GridFit"]
