@@ -140,6 +140,15 @@ def _versions() -> dict:
             "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
 
 
+def batch_options(f):
+    """--batch-size and --cuda-graph, shared by the commands that sample."""
+    f = click.option("--cuda-graph", is_flag=True,
+                     help="replay the network from CUDA graphs (no per-step launch overhead; same samples)")(f)
+    return click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                        help="evaluate the network on at most this many samples at a time (same samples as "
+                             "one batch) [default: all n at once]")(f)
+
+
 class GridParam(click.ParamType):
     """A named time grid, or a .json file of explicit times (as `scoresde schedule` writes)."""
 
@@ -234,14 +243,15 @@ def solvers_cmd():
 @click.option("--out", type=click.Path(file_okay=False), default="results/compare", help="output folder")
 @click.option("--device", default="cpu", metavar="auto|cpu|cuda", help="where to run")
 @click.option("--float64", is_flag=True, help="solve in float64")
+@batch_options
 @click.option("--no-plots", is_flag=True, help="skip the PNG figures")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.option("--features", "features_path", default=None, type=click.Path(dir_okay=False), metavar="PATH",
               help="image models: also a Fréchet distance in the features of this TorchScript module "
                    "(images (B, C, H, W) on [-1, 1] -> (B, F))")
 @click.option("--overwrite", is_flag=True, help="replace an existing OUT folder")
-def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, float64, no_plots, quiet,
-            features_path, overwrite):
+def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, float64, batch_size, cuda_graph,
+            no_plots, quiet, features_path, overwrite):
     """Run every (solver, steps) pair from the same noise and score the samples.
 
     Prints an aligned table and writes OUT/results.csv, OUT/results.json (settings, versions,
@@ -282,7 +292,7 @@ def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, flo
     t0 = time.perf_counter()
     rows, samples = run_compare(resolved, names, steps_list, n=n, seed=seed, grid=grid, device=dev,
                                 dtype=torch.float64 if float64 else torch.float32, progress=not quiet,
-                                feature_net=feature_net)
+                                feature_net=feature_net, batch_size=batch_size, cuda_graph=cuda_graph)
     cols = [c for c in ("solver", "grid", "steps", "nfe", "wall_s", "std_ratio", "mode_w2", "off_mode", "mode_tv", "sw2",
                         "precision", "recall", "fd") if any(c in r for r in rows)]
     click.echo(f"model {model}  sde {resolved.sde!r}  n={n}  seed={seed}  device={dev}")
@@ -302,7 +312,8 @@ def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, flo
         else:
             click.echo(f"best at <= {budget} nfe: no run fits (use --steps with fewer steps)")
     settings = dict(model=model, sde=resolved.sde.config(), solvers=names, steps=steps_list, grid=grid, n=n,
-                    seed=seed, device=str(dev), float64=float64, features=features_path)
+                    seed=seed, device=str(dev), float64=float64, features=features_path, batch_size=batch_size,
+                    cuda_graph=cuda_graph)
     with atomic_dir(out, overwrite) as tmp:
         write_csv(os.path.join(tmp, "results.csv"), rows)
         write_json(os.path.join(tmp, "results.json"),
@@ -333,9 +344,11 @@ def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, flo
 @click.option("--out", type=click.Path(dir_okay=False), default="samples.npz", help="output .npz file")
 @click.option("--png", type=click.Path(dir_okay=False), default=None, help="also save a picture")
 @click.option("--device", default="cpu", metavar="auto|cpu|cuda", help="where to run")
+@batch_options
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.option("--overwrite", is_flag=True, help="replace existing --out / --png files")
-def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, device, quiet, overwrite):
+def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, device, batch_size, cuda_graph, quiet,
+           overwrite):
     """Draw samples with one solver and save them as .npz (x, nfe, t_grid, settings).
 
     \b
@@ -366,7 +379,7 @@ def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, dev
     t0 = time.perf_counter()
     res = solvers.sample(resolved.score_fn, resolved.sde, shape=(n, *resolved.shape), solver=solver,
                          steps=None if implied else steps, grid=grid, generator=g, device=dev, denoise=denoise,
-                         callback=lambda info: bar.update(1))
+                         batch_size=batch_size, cuda_graph=cuda_graph, callback=lambda info: bar.update(1))
     bar.close()
     wall = time.perf_counter() - t0
     x = res.x.detach().float().cpu()

@@ -50,13 +50,16 @@ def score_samples(x: torch.Tensor, model: ResolvedModel, seed: int = 0, referenc
 
 def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: Iterable[int], n: int = 4000,
                 seed: int = 0, grid: str | None = None, device="cpu", dtype=torch.float32,
-                progress: bool = True, options: dict | None = None, feature_net=None):
+                progress: bool = True, options: dict | None = None, feature_net=None,
+                batch_size: int | None = None, cuda_graph: bool = False):
     """Returns (rows, samples): one dict per run and {(solver, steps): x on CPU}.
 
     Every run starts from the same x_T (drawn once from the prior with `seed`) and uses a
     generator seeded with `seed` for its noise, so differences are the solvers' own.  Image
     models are scored in pixel space against their reference data and, with feature_net (a
-    module images → features), by the Fréchet distance of its features."""
+    module images → features), by the Fréchet distance of its features.
+    batch_size bounds the network's batch (same samples, see solvers.sample); cuda_graph
+    replays the network from CUDA graphs kept across the runs (captured during the warm-up)."""
     import solvers
     from tqdm.auto import tqdm
 
@@ -72,9 +75,12 @@ def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: I
     x_T = model.sde.prior_sample((n, *model.shape), generator=g, dtype=dtype, device=device)
     plan = [(s, None if s in ADAPTIVE_SOLVERS else k) for s in solver_names
             for k in ([None] if s in ADAPTIVE_SOLVERS else steps_list)]
+    score_fn = solvers.graphed(model.score_fn, device) if cuda_graph else model.score_fn
     for s in solver_names:  # warm-up: first-call costs are not the solver's
-        solvers.sample(model.score_fn, model.sde, x_T=x_T[:8], solver=s, steps=None if explicit else 2, grid=grid,
+        solvers.sample(score_fn, model.sde, x_T=x_T[:8], solver=s, steps=None if explicit else 2, grid=grid,
                        generator=torch.Generator(device=device).manual_seed(0), **options.get(s, {}))
+    if cuda_graph:  # one evaluation at the runs' batch shapes captures their graphs
+        solvers.sample(score_fn, model.sde, x_T=x_T, solver="euler", steps=1, batch_size=batch_size)
     rows, samples = [], {}
     # one bar over every solver step of every run, so it moves within a long run too (an adaptive
     # solve or an explicit grid counts as one unit: its step count is known only when it is done)
@@ -85,9 +91,10 @@ def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: I
         tick = (lambda info: bar.update(1) if bar.n < done else None) if progress else None
         _sync(device)
         t0 = time.perf_counter()
-        res = solvers.sample(model.score_fn, model.sde, x_T=x_T, solver=name,
+        res = solvers.sample(score_fn, model.sde, x_T=x_T, solver=name,
                              steps=None if explicit else steps or 1, grid=grid,
                              generator=torch.Generator(device=device).manual_seed(seed), callback=tick,
+                             batch_size=batch_size,
                              **options.get(name, {}))
         _sync(device)
         wall = time.perf_counter() - t0

@@ -42,8 +42,10 @@ class Dataset:
 
     def reference(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.table is not None:
-            idx = torch.randint(0, self.table.shape[0], (n,), generator=generator, device=self.table.device)
-            return self.table[idx]
+            # indices are drawn where the generator lives (a device-resident table with a generator on
+            # its device copies nothing; a CPU generator still works)
+            idx = torch.randint(0, self.table.shape[0], (n,), **_on(generator))
+            return self.table[idx.to(self.table.device)]
         return self._sampler(n, generator)
 
     def head(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -59,22 +61,27 @@ class Dataset:
         return x
 
 
+def _on(g: torch.Generator | None) -> dict:
+    """Draw with generator g on its own device (a CUDA generator cannot draw CPU tensors)."""
+    return {"generator": g, "device": g.device if g is not None else None}
+
+
 def _moons(n, g):
-    k = torch.randint(0, 2, (n,), generator=g)
-    th = math.pi * torch.rand(n, generator=g)
+    k = torch.randint(0, 2, (n,), **_on(g))
+    th = math.pi * torch.rand(n, **_on(g))
     x = torch.stack([torch.where(k == 0, th.cos(), 1 - th.cos()), torch.where(k == 0, th.sin(), 0.5 - th.sin())], 1)
-    return 2 * (x - torch.tensor([0.5, 0.25])) + 0.1 * torch.randn(n, 2, generator=g)
+    return 2 * (x - torch.tensor([0.5, 0.25], device=x.device)) + 0.1 * torch.randn(n, 2, **_on(g))
 
 
 def _swissroll(n, g):
-    t = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=g))
+    t = 1.5 * math.pi * (1 + 2 * torch.rand(n, **_on(g)))
     x = torch.stack([t * t.cos(), t * t.sin()], 1) / 5
-    return x + 0.1 * torch.randn(n, 2, generator=g)
+    return x + 0.1 * torch.randn(n, 2, **_on(g))
 
 
 def _checkerboard(n, g):
-    x1 = 4 * torch.rand(n, generator=g) - 2
-    x2 = torch.rand(n, generator=g) - 2 * torch.randint(0, 2, (n,), generator=g)
+    x1 = 4 * torch.rand(n, **_on(g)) - 2
+    x2 = torch.rand(n, **_on(g)) - 2 * torch.randint(0, 2, (n,), **_on(g))
     return 2 * torch.stack([x1, x2 + torch.floor(x1) % 2], 1)
 
 

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 from torchdiffeq import odeint
 
+from . import _rng
 from ._checks import bcast
 from ._ode import ADAPTIVE, inside_interval
 
@@ -93,8 +94,7 @@ def log_likelihood(score_fn: Callable, sde, x: torch.Tensor, method: str = "exac
         xb = xb.repeat(P, *([1] * (xb.ndim - 1))) if P > 1 else xb
         v = None
         if method == "hutchinson":
-            v = torch.randn(xb.shape, generator=generator, dtype=xb.dtype, device=generator.device if generator
-                            else xb.device).to(xb.device)
+            v = _rng.randn(xb.shape, generator, xb.dtype, xb.device)
             if probe == "rademacher":
                 v = torch.sign(v) + (v == 0)
         prior, delta, k = _solve(score_fn, sde, xb, eps, v, rtol, atol, ode_method)
@@ -149,8 +149,7 @@ def dequantize(x: torch.Tensor, bits: int = 8, generator: torch.Generator | None
     each integer owns a cell of width 2/L in [−1, 1)."""
     levels = levels or 2 ** bits
     k = torch.round((x + 1) / 2 * (levels - 1))
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=generator.device if generator
-                   else x.device).to(x.device)
+    u = _rng.rand(x.shape, generator, x.dtype, x.device)
     return 2 * (k + u) / levels - 1
 
 

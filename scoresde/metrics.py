@@ -10,6 +10,8 @@ from scipy.stats import chi2
 
 from .oracle import GaussianMixture
 
+_CHUNK = 32  # projections sorted at a time: a million samples cost 256 MB, not 2 GB per 256
+
 
 def _whitened(x: torch.Tensor, data: GaussianMixture):
     """Whitened residuals to every mode: r_k = Λ_k^{-1/2} U_kᵀ (x − μ_k), shape (B, K, D)."""
@@ -20,9 +22,21 @@ def _whitened(x: torch.Tensor, data: GaussianMixture):
     return y / lam.sqrt()[None]
 
 
-def _normal_quantiles(n: int) -> torch.Tensor:
-    p = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+def _normal_quantiles(n: int, device=None) -> torch.Tensor:
+    p = (torch.arange(n, dtype=torch.float64, device=device) + 0.5) / n
     return torch.special.ndtri(p)
+
+
+def _directions(D: int, n_proj: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    """n_proj unit vectors θ (D, n_proj), float64, drawn on the CPU (the same on every device)."""
+    theta = torch.randn(D, n_proj, generator=generator, dtype=torch.float64)
+    return (theta / theta.norm(dim=0, keepdim=True)).to(device)
+
+
+def _sorted_projections(x: torch.Tensor, theta: torch.Tensor, chunk: int):
+    """Each column block of sort(x @ θ, along samples): memory n·chunk, not n·n_proj."""
+    for j in range(0, theta.shape[1], chunk):
+        yield torch.sort(x @ theta[:, j:j + chunk], 0)[0]
 
 
 def mode_metrics(x: torch.Tensor, data: GaussianMixture, radius: float = 5.0, n_proj: int = 64) -> dict:
@@ -39,7 +53,7 @@ def mode_metrics(x: torch.Tensor, data: GaussianMixture, radius: float = 5.0, n_
                  compared with the exact normal quantiles Φ⁻¹((i − ½)/n); sees spread and shape
                  errors inside the modes, in units of the mode's std (ideal ≈ 0, floor ~ n^−½)
     """
-    x = data._flat(x).to(torch.float64)
+    x = data._flat(x).to(torch.float64)  # on x's device; the scalars come back as floats
     r = _whitened(x, data)
     r2 = r.pow(2).sum(-1)
     d2, k = r2.min(1)
@@ -50,26 +64,28 @@ def mode_metrics(x: torch.Tensor, data: GaussianMixture, radius: float = 5.0, n_
     w_hat = counts / max(n_on, 1)
     mode_w2 = float("nan")
     if n_on:
-        res = r[torch.arange(x.shape[0]), k][on]  # each sample's residual to its own mode
-        theta = torch.randn(data.D, n_proj, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        proj, _ = torch.sort(res.cpu() @ (theta / theta.norm(dim=0, keepdim=True)), 0)
-        mode_w2 = float((proj - _normal_quantiles(n_on)[:, None]).pow(2).mean().sqrt())
+        res = torch.gather(r, 1, k[:, None, None].expand(-1, 1, data.D))[:, 0][on]  # residual to own mode
+        theta = _directions(data.D, n_proj, torch.Generator().manual_seed(0), x.device)
+        q = _normal_quantiles(n_on, x.device)[:, None]
+        sq = sum(float((p - q).pow(2).sum()) for p in _sorted_projections(res, theta, _CHUNK))
+        mode_w2 = math.sqrt(sq / (n_on * n_proj))
     return {"std_ratio": std_ratio, "off_mode": 1 - n_on / x.shape[0],
-            "mode_tv": float(0.5 * (w_hat - data.weights).abs().sum()), "mode_w2": mode_w2}
+            "mode_tv": float(0.5 * (w_hat - data.weights.to(w_hat.device)).abs().sum()), "mode_w2": mode_w2}
 
 
 def sliced_w2(x: torch.Tensor, y: torch.Tensor, n_proj: int = 256,
               generator: torch.Generator | None = None) -> float:
-    """Sliced Wasserstein-2: √(E_θ W2²(θᵀx, θᵀy)) over random unit directions θ; the 1-D W2 is
-    the mean squared difference of sorted projections (equal sample sizes)."""
-    x, y = x.flatten(1).to(torch.float64), y.flatten(1).to(torch.float64)
+    """Sliced Wasserstein-2: √(E_θ W2²(θᵀx, θᵀy)) over random unit directions θ (drawn on the
+    CPU from `generator`); the 1-D W2 is the mean squared difference of sorted projections
+    (equal sample sizes).  Computed on x's device (y is moved there), projections in blocks."""
+    x = x.flatten(1).to(torch.float64)
+    y = y.flatten(1).to(dtype=torch.float64, device=x.device)
     if x.shape != y.shape:
         raise ValueError(f"sliced_w2 needs equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
-    theta = torch.randn(x.shape[1], n_proj, generator=generator, dtype=torch.float64)
-    theta = theta / theta.norm(dim=0, keepdim=True)
-    px, _ = torch.sort(x.cpu() @ theta, 0)
-    py, _ = torch.sort(y.cpu() @ theta, 0)
-    return float((px - py).pow(2).mean().sqrt())
+    theta = _directions(x.shape[1], n_proj, generator, x.device)
+    sq = sum(float((px - py).pow(2).sum())
+             for px, py in zip(_sorted_projections(x, theta, _CHUNK), _sorted_projections(y, theta, _CHUNK)))
+    return math.sqrt(sq / (x.shape[0] * n_proj))
 
 
 def quality(x: torch.Tensor, data: GaussianMixture, seed: int = 0) -> dict:
@@ -90,8 +106,9 @@ def sw2_with_floor(x: torch.Tensor, ref: torch.Tensor, ref2: torch.Tensor, seed:
 
 # -- image metrics: no downloaded weights -----------------------------------------------------------
 def _pairwise_dist(a: torch.Tensor, b: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """Euclidean distances (len(a), len(b)) in float64, a chunk of rows at a time."""
-    a, b = a.flatten(1).to(torch.float64), b.flatten(1).to(torch.float64)
+    """Euclidean distances (len(a), len(b)) in float64 on a's device, a chunk of rows at a time."""
+    a = a.flatten(1).to(torch.float64)
+    b = b.flatten(1).to(dtype=torch.float64, device=a.device)
     return torch.cat([torch.cdist(a[i:i + chunk], b) for i in range(0, a.shape[0], chunk)])
 
 
@@ -110,7 +127,8 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> dict
     nearest real neighbour; likewise for the fake one.
       precision = (1/|F|) Σ_f 1[∃ r: ‖φ_f − φ_r‖ ≤ r_k(φ_r)]   (samples that look like data)
       recall    = (1/|R|) Σ_r 1[∃ f: ‖φ_r − φ_f‖ ≤ r_k(φ_f)]   (data the samples cover)
-    Rows are flattened: pixels, or features of any network."""
+    Rows are flattened: pixels, or features of any network.  Computed on real's device."""
+    fake = fake.to(real.device)
     d_rf = _pairwise_dist(real, fake)
     precision = (d_rf <= knn_radii(real, k)[:, None]).any(0).double().mean()
     recall = (d_rf <= knn_radii(fake, k)[None, :]).any(1).double().mean()
@@ -162,11 +180,12 @@ def load_feature_net(path: str) -> torch.jit.ScriptModule:
 
 @torch.no_grad()
 def features(net, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """net(x) batch by batch, flattened to (n, F) float64 on the CPU; the shape is checked."""
-    out = []
+    """net(x) batch by batch (on the net's device), flattened to (n, F) float64 on the CPU; the
+    shape is checked."""
+    out, where = [], next((p.device for p in net.parameters()), x.device)
     for i in range(0, x.shape[0], batch_size):
         try:
-            f = net(x[i:i + batch_size].float())
+            f = net(x[i:i + batch_size].to(device=where, dtype=torch.float32))
         except Exception as e:  # whatever the user's module raises on these inputs
             raise ValueError(f"the feature network failed on images of shape {tuple(x.shape[1:])}: "
                              f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160]}") from None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ._figures import image_grid, save_samples_png
+from ._figures import host, image_grid, save_samples_png
 from ._figures import limit as _limit, pyplot as _plt, save as _save, scatter as _scatter
 
 __all__ = ["quality_vs_nfe", "samples_panel", "save_samples_png", "image_grid"]
@@ -43,6 +43,8 @@ def samples_panel(samples: dict, path: str, reference: torch.Tensor | None = Non
     steps = list(dict.fromkeys(k[1] for k in samples))
     ncol = len(steps) + (reference is not None)
     fig, axes = plt.subplots(len(solvers), ncol, figsize=(2.2 * ncol, 2.2 * len(solvers)), squeeze=False)
+    samples = {k: host(v) for k, v in samples.items()}
+    reference = host(reference) if reference is not None else None
     first = next(iter(samples.values()))
     is_2d = first.ndim == 2  # vectors: scatter the first two coordinates
     lim = _limit(first) if is_2d else None
