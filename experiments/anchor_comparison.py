@@ -8,7 +8,8 @@ configuration on the evaluation seed, which nothing was tuned on (grids are fitt
 seed too).  Families:
   ours (defaults)   each solver with its default grid, eps and final step; steps = the most that fit
   ours (named)      every solver × named grid × Tweedie denoise on/off × the two largest step counts
-  ours (optimized)  solvers.optimize_grid for the best few deterministic (solver, denoise) pairs
+  ours (optimized)  solvers.optimize_grid for every deterministic (solver, denoise) pair (--fit-top N:
+                    only the N best by their named-grid score)
   k-diffusion       euler, heun, dpm_2, lms, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde (Karras ρ = 7,
                     exponential and uniform-in-t "vp" σ schedules) and dpm_fast
   diffusers         DPMSolverMultistep (orders 2, 3), UniPC (bh1, bh2), DEIS (orders 2, 3), Euler,
@@ -261,7 +262,8 @@ def main():
     ap.add_argument("--sdes", default="vp,subvp,ve")
     ap.add_argument("--tune-seed", type=int, default=0)
     ap.add_argument("--eval-seed", type=int, default=1)
-    ap.add_argument("--fit-top", type=int, default=3, help="deterministic (solver, denoise) pairs to fit per cell")
+    ap.add_argument("--fit-top", type=int, default=None,
+                    help="fit only the best N deterministic (solver, denoise) pairs per cell [default: all]")
     ap.add_argument("--fit-evals", type=int, default=None, help="optimizer evaluations per fit")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these tiny solves)")
     ap.add_argument("--report-only", action="store_true", help="re-render the tables from the last CSV")
@@ -341,7 +343,7 @@ def main():
                 record(b, "ours (optimized)", f"{name} fitted K={fit.steps}{' +denoise' if den else ''}", fit.nfe, run)
                 cells[b][-1]["grid"] = fit.t_grid.tolist()
                 fitted += 1
-                if fitted >= args.fit_top:
+                if args.fit_top is not None and fitted >= args.fit_top:
                     break
         # the anchors: the most steps that fit the budget, and one fewer
         bridge = Bridge(sde, score)

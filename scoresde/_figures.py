@@ -22,6 +22,11 @@ def save(fig, path):
     pyplot().close(fig)
 
 
+def host(x: torch.Tensor) -> torch.Tensor:
+    """float32 on the CPU, where matplotlib and numpy can read it (from any device or dtype)."""
+    return x.detach().to(device="cpu", dtype=torch.float32)
+
+
 def limit(x) -> float:
     """Half-width of a square scatter that shows 99.5 % of the first two coordinates."""
     return float(x[:, :2].abs().quantile(0.995)) * 1.2 + 1e-6
@@ -38,7 +43,7 @@ def scatter(ax, x, lim, fontsize=6):
 
 def image_grid(x: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
     """(B, C, H, W) in [−1, 1] -> one (H', W', C) array in [0, 1] tiled row-major."""
-    x = ((x.clamp(-1, 1) + 1) / 2).cpu()
+    x = (host(x).clamp(-1, 1) + 1) / 2
     B, C, H, W = x.shape
     nrow = nrow or math.ceil(math.sqrt(B))
     ncol = math.ceil(B / nrow)
@@ -52,6 +57,7 @@ def image_grid(x: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
 def save_samples_png(x: torch.Tensor, path: str, title: str = "") -> None:
     """A single scatter (2-D) or image grid of samples."""
     plt = pyplot()
+    x = host(x)
     fig, ax = plt.subplots(figsize=(5, 5), layout="constrained")
     if x.ndim == 2:  # vectors: the first two coordinates
         scatter(ax, x[:5000], limit(x), fontsize=8)

@@ -7,7 +7,7 @@ import math
 import torch
 
 from .config import Config
-from .data import Dataset, make_dataset
+from .data import Dataset, data_from_config
 from .nn import MLP, ScoreModel, UNet
 from .sde import make_sde
 
@@ -33,5 +33,5 @@ def build_score_model(cfg: Config, shape: tuple) -> ScoreModel:
 
 def build_model(cfg: Config) -> tuple[ScoreModel, Dataset]:
     """The ScoreModel and the data set a config describes (weights seeded by train.seed)."""
-    data = make_dataset(cfg.data.name, cfg.data.path or None)
+    data = data_from_config(cfg.data)
     return build_score_model(cfg, data.shape), data

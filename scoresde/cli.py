@@ -7,9 +7,12 @@ file is written atomically, so Ctrl-C never leaves a half-written one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 
 import click
@@ -28,23 +31,62 @@ class _Group(click.Group):
     """Turns every expected failure into one line on stderr and exit code 2."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        old_term = _sigterm_interrupts()
         try:
             rv = super().main(args, prog_name or "scoresde", complete_var, standalone_mode=False, **extra)
         except click.exceptions.Abort:
             click.echo("Aborted.", err=True)
             sys.exit(130)
-        except KeyboardInterrupt:
-            click.echo("Interrupted; no partial output was written.", err=True)
+        except (KeyboardInterrupt, _Interrupted) as e:  # the trainer's carries the step it checkpointed
+            click.echo(f"Interrupted: {e}" if str(e) else "Interrupted; no partial output was written.", err=True)
             sys.exit(130)
         except click.ClickException as e:
             ctx_hint = f" (see 'scoresde {e.ctx.info_name} --help')" if getattr(e, "ctx", None) and \
                 e.ctx.info_name != "scoresde" else ""
             click.echo(f"Error: {e.format_message()}{ctx_hint}".replace("\n", " "), err=True)
             sys.exit(2)
-        except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
+                FloatingPointError) as e:
             click.echo(f"Error: {e}".replace("\n", " "), err=True)
             sys.exit(2)
+        finally:
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as e:  # past click's own handler, which would print a bare "Aborted!"
+            raise _Interrupted(str(e)) from None
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _sigterm_interrupts():
+    """SIGTERM raises KeyboardInterrupt, so temp files are removed as on Ctrl-C; returns the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+SEED = click.IntRange(0, 2 ** 64 - 1)
+
+
+class FiniteRange(click.FloatRange):
+    """A FloatRange that also refuses nan and inf, naming the option."""
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{v} is not a finite number", param, ctx)
+        return v
 
 
 def _parse_list(value: str, name: str, cast=str, allowed=None, minimum=None):
@@ -74,13 +116,15 @@ def _device(name: str) -> "torch.device":  # noqa: F821
         raise CLIError(f"--device: {e}") from None
 
 
-def _resolve(model: str, sde_name: str | None, device):
+def _resolve(model: str, sde_name: str | None, device, option: str = "--model"):
     from .models import resolve_model
     from .sde import make_sde
 
+    hint = "; or use oracle:gmm8, oracle:gaussian, oracle:gaussianD" if option == "--model" else ""
+    if not model.startswith("oracle:") and os.path.isdir(model):
+        raise CLIError(f"{option} {model!r} is a folder, not a checkpoint file{hint}")
     if not model.startswith("oracle:") and not os.path.exists(model):
-        raise CLIError(f"--model {model!r}: no such checkpoint file; or use oracle:gmm8, oracle:gaussian, "
-                       f"oracle:gaussianD")
+        raise CLIError(f"{option} {model!r}: no such checkpoint file{hint}")
     sde = make_sde(sde_name) if sde_name else None
     return resolve_model(model, sde=sde, device=device)
 
@@ -148,6 +192,15 @@ def option_flag(f):
     return click.option("-o", "--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
                         help="a solver option, e.g. -o eta=0.5, -o variance=beta, -o pf_ode.rtol=1e-4 "
                              "(repeatable; `scoresde solvers` lists each solver's options)")(f)
+
+
+def batch_options(f):
+    """--batch-size and --cuda-graph, shared by the commands that sample."""
+    f = click.option("--cuda-graph", is_flag=True,
+                     help="replay the network from CUDA graphs (no per-step launch overhead; same samples)")(f)
+    return click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                        help="evaluate the network on at most this many samples at a time (same samples as "
+                             "one batch) [default: all n at once]")(f)
 
 
 class GridParam(click.ParamType):
@@ -246,6 +299,9 @@ METRICS = {
     "mode_tv": "total variation between the samples' mode weights and the true ones (ideal 0)",
     "sw2": "sliced W2 to a fresh data sample of size n, in data units; even exact samples score about "
            "sw2_floor, so it ranks solvers only when there is no oracle",
+    "precision": "images: share of samples inside the k-NN (k = 3) manifold of the data (ideal: its floor)",
+    "recall": "images: share of data inside the k-NN manifold of the samples (ideal: its floor)",
+    "fd": "images, with --features: Fréchet distance of the feature network's outputs to the data's",
 }
 NETWORK_STEPS, ORACLE_STEPS = "10,20,50", "10,20,50,100,1000"
 NETWORK_N, ORACLE_N = 1000, 4000
@@ -314,17 +370,22 @@ Examples:
 @click.option("--max-nfe", type=click.IntRange(min=1), default=None,
               help="skip runs that would use more score evaluations than this")
 @option_flag
-@click.option("--seed", type=int, default=0, help="seed for x_T and the noise (shared by all runs)")
+@click.option("--seed", type=SEED, default=0, help="seed for x_T and the noise (shared by all runs)")
 @click.option("--out", type=click.Path(file_okay=False), default="results/compare", help="output folder")
 @click.option("--device", default="cpu", metavar="auto|cpu|cuda", help="where to run")
 @click.option("--threads", default="auto", metavar="auto|N",
               help="CPU threads; auto times one evaluation on torch's default count and on 1 and keeps the "
                    "faster (on a busy shared CPU, 2 threads can be 10-40x slower than 1)")
 @click.option("--float64", is_flag=True, help="solve in float64")
+@batch_options
 @click.option("--no-plots", is_flag=True, help="skip the PNG figures")
 @click.option("--quiet", is_flag=True, help="no estimate and no progress bar")
+@click.option("--features", "features_path", default=None, type=click.Path(dir_okay=False), metavar="PATH",
+              help="image models: also a Fréchet distance in the features of this TorchScript module "
+                   "(images (B, C, H, W) on [-1, 1] -> (B, F))")
+@click.option("--overwrite", is_flag=True, help="replace an existing OUT folder")
 def compare(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs, seed, out, device, threads, float64,
-            no_plots, quiet):
+            batch_size, cuda_graph, no_plots, quiet, features_path, overwrite):
     import math
 
     import torch
@@ -332,9 +393,10 @@ def compare(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
     import solvers
 
     from .compare import best_at_nfe, far_from_data, fastest_thread_count, perfect_sampler_band, run_compare
-    from ._io import write_csv, write_json
+    from ._io import atomic_dir, check_new_output, write_csv, write_json
     from .plots import run_title
 
+    check_new_output(out, overwrite, "--out")
     names = _parse_list(solver_list, "solvers", allowed=solvers.available())
     options = solver_option_values(option_pairs, names)
     if threads != "auto" and not (threads.isdigit() and int(threads) >= 1):
@@ -347,6 +409,13 @@ def compare(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
         raise CLIError(f"--steps {steps} disagrees with --grid {grid}, which has {implied} steps; leave --steps out")
     dev = _device(device)
     resolved = _resolve(model, sde_name, dev)
+    feature_net = None
+    if features_path:
+        from .metrics import load_feature_net
+
+        if len(resolved.shape) != 3:
+            raise CLIError(f"--features scores images; model {model} makes samples of shape {resolved.shape}")
+        feature_net = load_feature_net(features_path)
     n = n or (ORACLE_N if is_oracle else NETWORK_N)
     dtype = torch.float64 if float64 else torch.float32
     thread_note, threads_before = dev.type, torch.get_num_threads()
@@ -354,13 +423,12 @@ def compare(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
         if threads == "auto":
             probe = resolved.sde.prior_sample((n, *resolved.shape), generator=torch.Generator().manual_seed(seed),
                                               dtype=dtype)
-            fastest_thread_count(resolved.score_fn, probe)
+            fastest_thread_count(resolved.score_fn, probe, batch_size=batch_size)
         else:
             torch.set_num_threads(int(threads))
         k = torch.get_num_threads()
         thread_note = f"cpu, {k} thread{'s' * (k > 1)}"
-    step = (resolved.info or {}).get("step")
-    title = run_title(model, resolved.sde.config(), n, seed, step)
+    title = run_title(model, resolved.sde.config(), n, seed, (resolved.info or {}).get("step"))
     seen = {}
 
     def on_plan(plan):
@@ -380,24 +448,31 @@ def compare(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
     t0 = time.perf_counter()
     try:
         rows, samples = run_compare(resolved, names, steps_list, n=n, seed=seed, grid=grid, device=dev, dtype=dtype,
-                                    progress=not quiet, options=options, max_nfe=max_nfe, on_plan=on_plan)
+                                    progress=not quiet, options=options, feature_net=feature_net,
+                                    batch_size=batch_size, cuda_graph=cuda_graph, max_nfe=max_nfe, on_plan=on_plan)
     finally:  # the thread count is process-wide: leave it as found (the CLI may run in-process)
         torch.set_num_threads(threads_before)
     wall = time.perf_counter() - t0
     plan = seen["plan"]
-    cols = [c for c in ("solver", "grid", "steps", "nfe", "wall_s", "std_ratio", "mode_w2", "off_mode", "mode_tv", "sw2")
-            if any(c in r for r in rows)]
+    from .compare import MIN_METRIC_SAMPLES
+
+    if n < MIN_METRIC_SAMPLES and len(resolved.shape) != 3:  # the metrics would be noise: none shown or saved
+        rows = [{k: r[k] for k in ("solver", "grid", "schedule", "steps", "nfe", "wall_s") if k in r} for r in rows]
+    cols = [c for c in ("solver", "grid", "schedule", "steps", "nfe", "wall_s", "std_ratio", "mode_w2", "off_mode",
+                        "mode_tv", "sw2", "precision", "recall", "fd") if any(c in r for r in rows)]
     click.echo(format_table(rows, cols))
-    click.echo(metric_legend(cols[3:]))
+    click.echo(metric_legend(cols))
     band = perfect_sampler_band(resolved, n, seed)
-    if "sw2_floor" in rows[0]:
+    if "precision_floor" in rows[0]:
+        floors = ", ".join(f"{k} {rows[0][k + '_floor']:.4g}" for k in ("sw2", "precision", "recall", "fd")
+                           if k + "_floor" in rows[0])
+        click.echo(f"floors (two disjoint samples of size {n} of {(resolved.info or {}).get('reference')}): {floors}")
+    elif "sw2_floor" in rows[0]:
         click.echo(f"sw2 floor (two exact data samples of size {n}): {rows[0]['sw2_floor']:.4g}")
     if band is not None:
         click.echo(f"exact samples of size {n} score {band['metric']} {band['lo']:.3g} to {band['hi']:.3g} "
                    f"({band['draws']} draws): a perfect sampler lands in this range")
     if "sw2" not in cols:
-        from .compare import MIN_METRIC_SAMPLES
-
         click.echo(f"no quality metrics: they need at least {MIN_METRIC_SAMPLES} samples per run (got --n {n})"
                    if n < MIN_METRIC_SAMPLES else "no quality metrics: this model has no ground truth to score against")
     else:
@@ -418,22 +493,28 @@ def compare(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
     click.echo(f"total {wall:.1f} s (estimated {_duration(plan.estimate_s)})")
     settings = dict(model=model, sde=resolved.sde.config(), solvers=names, steps=steps_list, grid=grid, n=n,
                     seed=seed, device=str(dev), threads=thread_note, float64=float64, max_nfe=max_nfe,
-                    options={k: v for k, v in options.items() if v})
-    write_csv(os.path.join(out, "results.csv"), rows)
-    write_json(os.path.join(out, "results.json"),
-               dict(settings=settings, versions=_versions(), wall_total_s=wall, sec_per_eval=plan.sec_per_eval,
-                    estimated_s=plan.estimate_s, perfect_sampler=band,
-                    skipped=[dict(solver=r.solver, steps=r.steps, nfe=r.nfe) for r in plan.skipped], rows=rows))
-    written = ["results.csv", "results.json"]
-    if not no_plots:
-        from .plots import quality_vs_nfe, samples_panel
+                    options={k: v for k, v in options.items() if v}, features=features_path, batch_size=batch_size,
+                    cuda_graph=cuda_graph)
+    with atomic_dir(out, overwrite) as tmp:
+        write_csv(os.path.join(tmp, "results.csv"), rows)
+        write_json(os.path.join(tmp, "results.json"),
+                   dict(settings=settings, versions=_versions(), wall_total_s=wall, sec_per_eval=plan.sec_per_eval,
+                        estimated_s=plan.estimate_s, perfect_sampler=band,
+                        skipped=[dict(solver=r.solver, steps=r.steps, nfe=r.nfe) for r in plan.skipped], rows=rows))
+        written = ["results.csv", "results.json"]
+        if not no_plots:
+            from .plots import quality_vs_nfe, samples_panel
 
-        quality_vs_nfe(rows, os.path.join(out, "quality_vs_nfe.png"), title=title, band=band)
-        ref = resolved.oracle.sample(n, generator=torch.Generator().manual_seed(seed)) if resolved.oracle else \
-            (resolved.data[:n] if resolved.data is not None else None)
-        nfe = {(r["solver"], r["steps"] if r["steps"] != "" else None): r["nfe"] for r in rows}
-        samples_panel(samples, os.path.join(out, "samples.png"), reference=ref, nfe=nfe, title=title)
-        written += ["quality_vs_nfe.png", "samples.png"]
+            quality_vs_nfe(rows, os.path.join(tmp, "quality_vs_nfe.png"), title=title, band=band)
+            if resolved.oracle is not None:
+                ref = resolved.oracle.sample(n, generator=torch.Generator().manual_seed(seed))
+            elif resolved.data is not None:  # images: a few real ones beside the samples; vectors: n points
+                ref = resolved.data[:16] if len(resolved.shape) == 3 else resolved.data[:n]
+            else:
+                ref = None
+            nfe = {(r["solver"], r["steps"] if r["steps"] != "" else None): r["nfe"] for r in rows}
+            samples_panel(samples, os.path.join(tmp, "samples.png"), reference=ref, nfe=nfe, title=title)
+            written += ["quality_vs_nfe.png", "samples.png"]
     click.echo(f"wrote {', '.join(os.path.join(out, w) for w in written)}")
 
 
@@ -445,14 +526,17 @@ def compare(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
 @click.option("--grid", type=GridParam(), default=None,
               help="time grid, or a .json file of times [default: the solver's own]")
 @click.option("--n", type=click.IntRange(min=1), default=1000, help="number of samples")
-@click.option("--seed", type=int, default=0, help="random seed")
+@click.option("--seed", type=SEED, default=0, help="random seed")
 @click.option("--denoise", is_flag=True, help="finish with Tweedie's x̂_0 at eps (one more evaluation)")
 @click.option("--out", type=click.Path(dir_okay=False), default="samples.npz", help="output .npz file")
 @click.option("--png", type=click.Path(dir_okay=False), default=None, help="also save a picture")
 @click.option("--device", default="cpu", metavar="auto|cpu|cuda", help="where to run")
+@batch_options
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--overwrite", is_flag=True, help="replace existing --out / --png files")
 @option_flag
-def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, device, quiet, option_pairs):
+def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, device, batch_size, cuda_graph, quiet,
+           overwrite, option_pairs):
     """Draw samples with one solver and save them as .npz (x, nfe, t_grid, settings).
 
     \b
@@ -466,13 +550,16 @@ def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, dev
     import solvers
     from tqdm.auto import tqdm
 
-    from ._io import atomic_path
+    from ._io import atomic_path, check_new_output
 
     if solver not in solvers.available():
         raise CLIError(f"--solver: unknown solver {solver!r}; choose from: {', '.join(solvers.available())}")
     if not out.endswith(".npz"):
         raise CLIError(f"--out {out!r}: the output must be a .npz file")
     options = solver_option_values(option_pairs, [solver])[solver]
+    check_new_output(out, overwrite, "--out")
+    if png:
+        check_new_output(png, overwrite, "--png")
     implied = _grid_steps(grid)
     if implied is not None and steps not in (None, implied):
         raise CLIError(f"--steps {steps} disagrees with --grid {grid}, which has {implied} steps; leave --steps out")
@@ -484,7 +571,7 @@ def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, dev
     t0 = time.perf_counter()
     res = solvers.sample(resolved.score_fn, resolved.sde, shape=(n, *resolved.shape), solver=solver,
                          steps=None if implied else steps, grid=grid, generator=g, device=dev, denoise=denoise,
-                         callback=lambda info: bar.update(1), **options)
+                         batch_size=batch_size, cuda_graph=cuda_graph, callback=lambda info: bar.update(1), **options)
     bar.close()
     wall = time.perf_counter() - t0
     x = res.x.detach().float().cpu()
@@ -495,7 +582,7 @@ def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, dev
     msg = f"{n} samples, {res.nfe} nfe, {wall:.2f} s -> {out}"
     from .compare import MIN_METRIC_SAMPLES, score_samples
 
-    q = score_samples(x, resolved, seed=seed)
+    q = score_samples(x, resolved, seed=seed) if n >= MIN_METRIC_SAMPLES and len(resolved.shape) != 3 else {}
     if q:
         msg += "  (" + ", ".join(f"{k} {v:.4g}" for k, v in q.items()) + ")"
     elif n < MIN_METRIC_SAMPLES and (resolved.oracle is not None or resolved.data is not None):
@@ -567,7 +654,10 @@ def schedule(model, sde_name, solver, nfe, denoise, out, n_fit, n_eval, max_eval
 def train(config_path, out, resume, device, steps, no_preview, quiet):
     """Train an ε-network by denoising score matching; EMA weights, atomic checkpoints.
 
-    Under torchrun (WORLD_SIZE > 1) it trains with DDP; only rank 0 writes files.
+    One run per folder: OUT/.lock names the running trainer, and a second one exits 2.
+    Ctrl-C or SIGTERM finishes the step in progress, writes a checkpoint and exits 130;
+    --resume then continues bit for bit.  Under torchrun (WORLD_SIZE > 1) it trains with DDP;
+    only rank 0 writes files.
 
     \b
     Examples:
@@ -586,6 +676,7 @@ def train(config_path, out, resume, device, steps, no_preview, quiet):
     trainer = Trainer(cfg, out, device=device, resume=resume, progress=not quiet, previews=not no_preview)
     start = trainer.step
     if start >= cfg.train.steps:
+        trainer.close()
         raise CLIError(f"the checkpoint in {out} is already at step {start} >= --steps {cfg.train.steps}")
     losses = trainer.train()
     wall = time.perf_counter() - t0
@@ -606,23 +697,25 @@ def train(config_path, out, resume, device, steps, no_preview, quiet):
               help="'model' (exact draws from the oracle), a data set name (ring, moons, digits-test, …), "
                    "or a .npy/.npz file (FILE.npz:NAME picks an array) [default: the oracle's draws, or the "
                    "checkpoint's held-out data]")
-@click.option("--method", type=click.Choice(["exact", "hutchinson"]), default="exact", help="divergence")
+@click.option("--method", type=click.Choice(["exact", "hutchinson"]), default=None,
+              help="divergence [default: exact up to 64 dimensions, hutchinson above (images)]")
 @click.option("--probes", type=click.IntRange(min=1), default=1, help="Hutchinson probes per sample")
 @click.option("--probe", type=click.Choice(["rademacher", "gaussian"]), default="rademacher")
 @click.option("--n", type=click.IntRange(min=1), default=256, help="number of data points")
 @click.option("--bits", type=click.IntRange(min=1, max=16), default=None,
               help="data are b-bit levels on [-1, 1]: dequantize and report bits/dim with the +(b-1) offset")
 @click.option("--dequant-repeats", type=click.IntRange(min=1), default=1, help="average over dequantization draws")
-@click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=1e-5)
-@click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=1e-5)
-@click.option("--eps", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=1e-5,
+@click.option("--rtol", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-5)
+@click.option("--atol", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-5)
+@click.option("--eps", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-5,
               help="start time of the ODE")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256)
-@click.option("--seed", type=int, default=0)
+@click.option("--seed", type=SEED, default=0)
 @click.option("--device", default="cpu", metavar="auto|cpu|cuda")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write per-sample results (.json)")
+@click.option("--quiet", is_flag=True, help="no progress bar")
 def likelihood(model, checkpoint, sde_name, data, method, probes, probe, n, bits, dequant_repeats, rtol, atol, eps,
-               batch_size, seed, device, out):
+               batch_size, seed, device, out, quiet):
     """Log-likelihood through the probability-flow ODE, in nats and bits/dim.
 
     Prints mean ± standard error over the data points (and over Hutchinson probes), nfe and time.
@@ -635,6 +728,7 @@ def likelihood(model, checkpoint, sde_name, data, method, probes, probe, n, bits
     import math
 
     import torch
+    from tqdm.auto import tqdm
 
     from ._io import write_json
     from .likelihood import bits_per_dim, dequantize, log_likelihood
@@ -642,8 +736,8 @@ def likelihood(model, checkpoint, sde_name, data, method, probes, probe, n, bits
     if (model is None) == (checkpoint is None):
         raise CLIError("give exactly one of --model oracle:NAME or --checkpoint FILE")
     dev = _device(device)
-    resolved = _resolve(model or checkpoint, sde_name, dev)
-    from .data import load_array, make_dataset
+    resolved = _resolve(model or checkpoint, sde_name, dev, "--model" if model else "--checkpoint")
+    from .data import data_from_config, make_dataset
 
     g = torch.Generator().manual_seed(seed)
     levels = 2 ** bits if bits else None
@@ -651,35 +745,38 @@ def likelihood(model, checkpoint, sde_name, data, method, probes, probe, n, bits
         x = resolved.oracle.sample(n, generator=g, dtype=torch.float64)
     elif data == "model":
         raise CLIError("--data model needs an oracle; pass a data set name or a .npy/.npz file")
-    elif data is None or not (data.endswith((".npy", ".npz")) or ".npz:" in data):
-        # a checkpoint's own data: its held-out split where there is one, else fresh draws
-        name = data or (resolved.info or {}).get("data")
-        if data is None and name == "file":
-            raise CLIError("this checkpoint was trained on a file; pass --data FILE.npy")
-        try:
-            ds = make_dataset(f"{name}-test" if data is None and name == "digits" else name)
-        except ValueError as e:
-            raise CLIError(f"--data: {e}") from None
-        x = ds.reference(n, g) if ds.table is None else ds.table[:n]
-        if levels is None and ds.levels is not None:
-            levels = ds.levels
     else:
-        x = load_array(data)[:n]
+        try:
+            if data is None:  # a checkpoint's own held-out split (digits, cifar10, data.holdout); toys draw afresh
+                ds = data_from_config(resolved.info["data_config"], "test")
+            else:
+                is_file = data.endswith((".npy", ".npz")) or ".npz:" in data  # FILE.npz:NAME picks an array
+                ds = make_dataset("file", data, "all") if is_file else make_dataset(data)
+        except ValueError as e:
+            raise CLIError(f"--data: {e}" + ("; or pass --data FILE.npy" if data is None else "")) from None
+        x = ds.head(n, g)
+        if levels is None and ds.levels is not None:  # integer data bring their levels: 8-bit images get + 7
+            levels = ds.levels
     if tuple(x.shape[1:]) != tuple(resolved.shape):
         raise CLIError(f"--data: samples have shape {tuple(x.shape[1:])}, the model expects {tuple(resolved.shape)}")
     # exact oracles run in float64; a network in the precision it was trained in
     x = x.to(dev, torch.float32 if isinstance(resolved.score_fn, torch.nn.Module) else torch.float64)
     D = x[0].numel()
+    method = method or ("exact" if D <= 64 else "hutchinson")
     t0 = time.perf_counter()
     per_rep, nfe, se_probe = [], 0, []
-    for _ in range(dequant_repeats if levels else 1):
+    repeats = dequant_repeats if levels else 1
+    bar = tqdm(total=repeats * x.shape[0], desc="likelihood", unit="sample", disable=quiet, leave=False)
+    for _ in range(repeats):
         xin = dequantize(x, levels=levels, generator=g) if levels else x
         res = log_likelihood(resolved.score_fn, resolved.sde, xin, method=method, rtol=rtol, atol=atol, eps=eps,
-                             probes=probes, probe=probe, generator=g, batch_size=batch_size, shape=resolved.shape)
+                             probes=probes, probe=probe, generator=g, batch_size=batch_size, shape=resolved.shape,
+                             callback=bar.update)
         per_rep.append(res.logp.double().cpu())
         nfe += res.nfe
         if res.stderr is not None:
             se_probe.append(res.stderr.double().cpu())
+    bar.close()
     logp = torch.stack(per_rep).mean(0)
     wall = time.perf_counter() - t0
     mean, se = logp.mean().item(), (logp.std().item() / math.sqrt(len(logp)) if len(logp) > 1 else float("nan"))

@@ -9,12 +9,13 @@ from typing import Callable, Iterable
 
 import torch
 
-from .metrics import mode_metrics, quality, sliced_w2, sw2_with_floor
+from .metrics import ImageReference, mode_metrics, quality, sliced_w2, sw2_with_floor
 from .models import ResolvedModel
 
 ADAPTIVE_SOLVERS = ("pf_ode",)  # with an adaptive method they ignore `steps` (one run, nfe reported)
-# Below this many samples the metrics' own sampling noise (eight mode weights from a dozen samples
-# each, a sliced-W2 floor ~ n^-1/2) is as large as the differences between solvers.
+# Below this many samples of vector data the metrics' own sampling noise (eight mode weights from a
+# dozen samples each, a sliced-W2 floor ~ n^-1/2) is as large as the differences between solvers.
+# (Image metrics are printed with their floors at the same n, which shows their noise.)
 MIN_METRIC_SAMPLES = 100
 ADAPTIVE_PROBE = 128  # samples used to measure an adaptive solver's nfe before the full run
 FLOOR_DRAWS = 8  # independent exact samples that give the perfect-sampler band
@@ -27,15 +28,31 @@ def _sync(device):
 
 def _reference_split(model: ResolvedModel, n: int, seed: int):
     """Disjoint size-n slices of the model's reference data (a fixed permutation per seed)."""
-    perm = torch.randperm(model.data.shape[0], generator=torch.Generator().manual_seed(seed))
+    perm = torch.randperm(model.data.shape[0], generator=torch.Generator().manual_seed(seed), device="cpu")
     return [model.data[perm[j * n:(j + 1) * n]] for j in range(model.data.shape[0] // n)]
 
 
-def score_samples(x: torch.Tensor, model: ResolvedModel, seed: int = 0) -> dict:
-    """Quality of samples against the model's ground truth (oracle metrics, or sliced W2 to data);
-    {} when there is none, or fewer than MIN_METRIC_SAMPLES samples."""
-    if x.shape[0] < MIN_METRIC_SAMPLES:
-        return {}
+def image_reference(model: ResolvedModel, n: int, seed: int = 0, feature_net=None) -> ImageReference | None:
+    """For a model of images (C, H, W) with reference data: two disjoint random samples of n
+    reference images, scored against once (see metrics.ImageReference); else None."""
+    if model.oracle is not None or model.data is None or len(model.shape) != 3:
+        return None
+    have = model.data.shape[0]
+    if have < 2 * n:
+        what = (model.info or {}).get("reference") or "the reference data"
+        raise ValueError(f"scoring {n} images needs 2 × {n} reference images, {what} has {have}; "
+                         f"use --n {have // 2} or fewer")
+    perm = torch.randperm(have, generator=torch.Generator().manual_seed(seed))
+    return ImageReference(model.data[perm[:n]], model.data[perm[n:2 * n]], feature_net, seed=seed)
+
+
+def score_samples(x: torch.Tensor, model: ResolvedModel, seed: int = 0, reference: ImageReference | None = None
+                  ) -> dict:
+    """Quality of samples against the model's ground truth (oracle metrics, image metrics
+    against `reference`, or sliced W2 to data); {} when there is none.  (Below
+    MIN_METRIC_SAMPLES samples the numbers are mostly noise: the CLI does not show them.)"""
+    if reference is not None:
+        return reference.score(x)
     if model.oracle is not None:
         return quality(x, model.oracle, seed=seed)
     if model.data is not None and model.data.shape[0] >= 2 * x.shape[0]:
@@ -57,7 +74,7 @@ def perfect_sampler_band(model: ResolvedModel, n: int, seed: int = 0, draws: int
         g = torch.Generator().manual_seed(seed + 7919)
         vals = [mode_metrics(model.oracle.sample(n, generator=g, dtype=torch.float64), model.oracle)["mode_w2"]
                 for _ in range(draws)]
-    elif model.data is not None and model.data.shape[0] >= 3 * n:
+    elif model.data is not None and len(model.shape) != 3 and model.data.shape[0] >= 3 * n:  # images: own metrics
         metric = "sw2"
         ref, *others = _reference_split(model, n, seed)
         vals = [sliced_w2(y, ref, generator=torch.Generator().manual_seed(seed + 1)) for y in others[:draws]]
@@ -153,32 +170,36 @@ def plan_runs(model: ResolvedModel, solver_names: Iterable[str], steps_list: Ite
     return runs
 
 
-def seconds_per_eval(score_fn: Callable, x: torch.Tensor, t: float = 0.5, repeats: int = 3) -> float:
-    """Median wall time of one score evaluation on the batch x at time t, after an untimed call."""
+def seconds_per_eval(score_fn: Callable, x: torch.Tensor, t: float = 0.5, repeats: int = 3,
+                     batch_size: int | None = None) -> float:
+    """Median wall time of one score evaluation on the batch x at time t (in chunks of
+    batch_size, as the runs evaluate it), after an untimed call."""
     tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+    chunks = list(zip(x.split(batch_size or x.shape[0]), tt.split(batch_size or x.shape[0])))
     times = []
     with torch.no_grad():
         for i in range(repeats + 1):
             _sync(x.device)
             t0 = time.perf_counter()
-            score_fn(x, tt)
+            for xc, tc in chunks:
+                score_fn(xc, tc)
             _sync(x.device)
             if i:
                 times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def fastest_thread_count(score_fn: Callable, x: torch.Tensor) -> tuple[int, float]:
+def fastest_thread_count(score_fn: Callable, x: torch.Tensor, batch_size: int | None = None) -> tuple[int, float]:
     """Set torch's CPU thread count to whichever of its current value and 1 evaluates the score
     faster on x; returns (threads, seconds per evaluation).  On a shared, oversubscribed CPU the
     intra-op threads wait for each other and a small network can run 10–40× slower on 2 threads
     than on 1; on an idle machine the default usually wins and is kept."""
     default = torch.get_num_threads()
-    t_default = seconds_per_eval(score_fn, x, repeats=1)  # when it matters the gap is 10x: one call shows it
+    t_default = seconds_per_eval(score_fn, x, repeats=1, batch_size=batch_size)  # a 10x gap shows in one call
     if default == 1:
         return 1, t_default
     torch.set_num_threads(1)
-    t_one = seconds_per_eval(score_fn, x, repeats=1)
+    t_one = seconds_per_eval(score_fn, x, repeats=1, batch_size=batch_size)
     if t_one < t_default:
         return 1, t_one
     torch.set_num_threads(default)
@@ -187,31 +208,42 @@ def fastest_thread_count(score_fn: Callable, x: torch.Tensor) -> tuple[int, floa
 
 def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: Iterable[int], n: int = 4000,
                 seed: int = 0, grid: str | None = None, device="cpu", dtype=torch.float32,
-                progress: bool = True, options: dict | None = None, max_nfe: int | None = None,
+                progress: bool = True, options: dict | None = None, feature_net=None,
+                batch_size: int | None = None, cuda_graph: bool = False, max_nfe: int | None = None,
                 on_plan: Callable[[Plan], None] | None = None):
     """Returns (rows, samples): one dict per run and {(solver, steps): x on CPU}.
 
     Every run starts from the same x_T (drawn once from the prior with `seed`) and uses a
-    generator seeded with `seed` for its noise, so differences are the solvers' own.
-    options: {solver: {key: value}}.  Runs predicted to use more than `max_nfe` score
-    evaluations are skipped.  Before the first run, on_plan(Plan) receives the runs, the skipped
-    ones and the measured seconds per evaluation (for an up-front estimate).  The progress bar
-    counts score evaluations, so its ETA weighs every run by its nfe."""
+    generator seeded with `seed` for its noise, so differences are the solvers' own.  Image
+    models are scored in pixel space against their reference data and, with feature_net (a
+    module images → features), by the Fréchet distance of its features.
+    options: {solver: {key: value}}.  batch_size bounds the network's batch (same samples, see
+    solvers.sample); cuda_graph replays the network from CUDA graphs kept across the runs.
+    Runs predicted to use more than `max_nfe` score evaluations are skipped.  Before the first
+    run, on_plan(Plan) receives the runs, the skipped ones and the measured costs (for an
+    up-front estimate).  The progress bar counts score evaluations, so its ETA weighs every run
+    by its nfe."""
     from tqdm.auto import tqdm
 
     import solvers
 
     solver_names, steps_list = list(solver_names), sorted(set(int(s) for s in steps_list))
     options = options or {}
+    reference = image_reference(model, n, seed, feature_net)
+    if feature_net is not None and reference is None:
+        raise ValueError("a feature network scores images; this model has no image reference data")
     explicit = is_explicit(grid)
     g = torch.Generator(device=device).manual_seed(seed)
     x_T = model.sde.prior_sample((n, *model.shape), generator=g, dtype=dtype, device=device)
+    score_fn = solvers.graphed(model.score_fn, device) if cuda_graph else model.score_fn
     planned = plan_runs(model, solver_names, steps_list, x_T, grid, options)
     over = [r for r in planned if max_nfe is not None and r.nfe > max_nfe]
     # also the network's warm-up on the full batch, so no run pays first-call costs
-    plan = Plan([r for r in planned if r not in over], over, seconds_per_eval(model.score_fn, x_T, 0.5 * model.sde.T), n)
+    # (with cuda_graph, also the capture at the runs' batch shapes)
+    plan = Plan([r for r in planned if r not in over], over,
+                seconds_per_eval(score_fn, x_T, 0.5 * model.sde.T, batch_size=batch_size), n)
     t0 = time.perf_counter()
-    score_samples(x_T.detach().float().cpu(), model, seed=seed)  # what scoring each run will cost
+    score_samples(x_T.detach().float().cpu(), model, seed=seed, reference=reference)  # what scoring a run costs
     plan.metric_s = time.perf_counter() - t0
     if on_plan is not None:
         on_plan(plan)
@@ -231,9 +263,9 @@ def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: I
 
         _sync(device)
         t0 = time.perf_counter()
-        res = solvers.sample(model.score_fn, model.sde, x_T=x_T, solver=name, steps=None if explicit else steps or 1,
+        res = solvers.sample(score_fn, model.sde, x_T=x_T, solver=name, steps=None if explicit else steps or 1,
                              grid=grid, generator=torch.Generator(device=device).manual_seed(seed), callback=tick,
-                             **options.get(name, {}))
+                             batch_size=batch_size, **options.get(name, {}))
         _sync(device)
         wall = time.perf_counter() - t0
         bar.total += res.nfe - expected[0]  # an adaptive run that needed fewer than its probe
@@ -243,7 +275,7 @@ def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: I
         samples[(name, steps)] = x
         row = {"solver": name, "grid": "adaptive" if steps is None else res.grid,
                "steps": "" if steps is None else steps, "nfe": res.nfe, "wall_s": wall}
-        row.update(score_samples(x, model, seed=seed))
+        row.update(score_samples(x, model, seed=seed, reference=reference))
         rows.append(row)
     bar.close()
     return rows, samples

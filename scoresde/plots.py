@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ._figures import image_grid, save_samples_png
+from ._figures import host, image_grid, save_samples_png
 from ._figures import limit as _limit, pyplot as _plt, save as _save, scatter as _scatter
 
 __all__ = ["quality_vs_nfe", "samples_panel", "save_samples_png", "image_grid", "sde_label", "run_title"]
@@ -82,6 +82,8 @@ def samples_panel(samples: dict, path: str, reference: torch.Tensor | None = Non
     ncol = max(map(len, rows.values())) + (reference is not None)
     fig, axes = plt.subplots(len(rows), ncol, figsize=(2.3 * ncol, 2.3 * len(rows) + 0.3), squeeze=False,
                              layout="constrained")
+    samples = {k: host(v) for k, v in samples.items()}
+    reference = host(reference) if reference is not None else None
     first = next(iter(samples.values()))
     is_2d = first.ndim == 2  # vectors: scatter the first two coordinates
     lim = _limit(reference if reference is not None and is_2d else first) if is_2d else None

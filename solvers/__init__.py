@@ -18,6 +18,7 @@ import torch
 from scoresde.convert import x0_from_score
 
 from ._common import Problem, SampleResult, SolverError, discrete_vp_tables
+from ._graph import GraphedScore, graphed
 from .ancestral import ddim, ddpm
 from .dpmpp import dpmpp_2m
 from .euler_maruyama import euler_maruyama, predictor_corrector
@@ -82,7 +83,8 @@ def default_eps(solver: str, sde) -> float:
 def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = None, solver: str = "heun",
            steps: int | None = None, grid=None, eps: float | None = None,
            generator: torch.Generator | None = None, denoise: bool = False, callback: Callable | None = None,
-           dtype: torch.dtype | None = None, device=None, check_finite: bool = True, **options) -> SampleResult:
+           dtype: torch.dtype | None = None, device=None, check_finite: bool = True,
+           batch_size: int | None = None, cuda_graph: bool = False, **options) -> SampleResult:
     """Draw samples by integrating from t = T (x_T ~ prior, or the given x_T) down to t = eps.
 
     grid: 'uniform', 'quadratic', 'edm', 'logsnr' (default per solver), or an explicit decreasing
@@ -90,10 +92,20 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
     50 for a named grid; eps: end time (default 0 for ddpm/ddim, else sde.default_eps); denoise: finish with Tweedie's x̂_0 = (x + σ²s)/m at eps
     (one more evaluation); callback(dict(i, t, x, nfe)) after every step; dtype (e.g. float64)
     for the solve; options go to the solver (variance=, eta=, method=, rtol=, atol=, snr=, …).
+
+    batch_size: evaluate the score on at most this many samples at a time.  x_T, the state and
+    every noise draw stay whole-batch, so the samples equal those of one big batch for the same
+    seed; network memory is bounded by batch_size, the state costs a few copies of (n, ...).
+    cuda_graph: replay the score call from CUDA graphs (one per batch shape; see
+    solvers._graph): no per-call launch overhead, same samples.  On a device other than CUDA it
+    warns and calls the score eagerly.  Pass a `solvers.GraphedScore(score_fn)` as score_fn
+    instead to keep the graphs across solves.
     """
     if solver not in SOLVERS:
         raise SolverError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
     spec = SOLVERS[solver]
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise SolverError(f"batch_size must be an integer >= 1 or None, got {batch_size!r}")
     check_options(solver, options)
     if x_T is None:
         if shape is None:
@@ -109,7 +121,8 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
         x = x_T.to(dtype=dtype or x_T.dtype, device=device if device is not None else x_T.device)
     ts, grid = resolve_grid(sde, spec.grid if grid is None else grid, steps, eps, default_eps(solver, sde))
     tables = discrete_vp_tables(sde, ts) if solver in ("ddpm", "ddim") else None
-    prob = Problem(score_fn, sde, ts, x, generator, callback, check_finite)
+    fn = graphed(score_fn, x.device) if cuda_graph else score_fn
+    prob = Problem(fn, sde, ts, x, generator, callback, check_finite, batch_size)
     if tables is not None:
         prob.m, prob.sigma = tables
     with torch.no_grad():
@@ -138,4 +151,4 @@ def optimize_grid(score_fn: Callable, sde, **kwargs) -> GridFit:
 
 
 __all__ = ["sample", "available", "solver_options", "check_options", "SampleResult", "SolverError", "SOLVERS",
-           "GRIDS", "time_grid", "explicit_grid", "load_grid", "optimize_grid", "GridFit"]
+           "GRIDS", "time_grid", "explicit_grid", "load_grid", "optimize_grid", "GridFit", "GraphedScore"]

@@ -29,8 +29,18 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a default --out lands here, not in the checkout
+
+
 def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
+    """The CLI in-process; compare and sample get --overwrite, since these tests write into pytest's
+    existing temp folders (refusing to replace an output is tested elsewhere)."""
+    args = [str(a) for a in args]
+    if args[0] in ("compare", "sample") and "--help" not in args:
+        args.append("--overwrite")
+    return CliRunner().invoke(cli, args)
 
 
 def one_error_line(r, message):
@@ -256,13 +266,15 @@ def test_outputs_honour_the_umask(mask, tmp_path):
     assert len(files) == 5
     for f in files:
         assert os.stat(f).st_mode & 0o777 == 0o666 & ~mask, f
+    assert os.stat(tmp_path / "c").st_mode & 0o777 == 0o777 & ~mask  # the folder, written whole, too
 
 
 def test_not_a_torch_file(tmp_path):
     (tmp_path / "my.toml").write_text('[data]\nname = "ring"\n')
-    one_error_line(run("compare", "--model", tmp_path / "my.toml"), "my.toml' is not a torch file (it starts with")
+    line = one_error_line(run("compare", "--model", tmp_path / "my.toml"), "my.toml' is not a scoresde checkpoint")
+    assert "it is not a torch file either (it starts with b'[data]" in line
     (tmp_path / "empty.pt").write_bytes(b"")
-    one_error_line(run("sample", "--model", tmp_path / "empty.pt"), "is not a torch file (it is empty)")
+    one_error_line(run("sample", "--model", tmp_path / "empty.pt"), "is empty (0 bytes)")
 
 
 def test_npz_without_x_lists_its_arrays(tmp_path):

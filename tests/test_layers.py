@@ -4,7 +4,7 @@ one below, and no modules import each other in a circle.
 Layers, each depending only on those before it (README, "Layout"):
   0 core         scoresde/__init__, sde, oracle, convert, likelihood and every private scoresde/_*.py
   1 solvers      solvers/*
-  2 learning     nn, losses, data, config, build, checkpoint, train
+  2 learning     nn, losses, data, config, build, fastpath, checkpoint, train
   3 application  models, compare, metrics, plots, cli, experiments/*
 """
 import ast
@@ -17,7 +17,7 @@ LAYER_NAMES = ("core", "solvers", "learning", "application")
 SCORESDE = {
     "scoresde": 0, "scoresde.sde": 0, "scoresde.oracle": 0, "scoresde.convert": 0, "scoresde.likelihood": 0,
     "scoresde.nn": 2, "scoresde.losses": 2, "scoresde.data": 2, "scoresde.config": 2, "scoresde.build": 2,
-    "scoresde.checkpoint": 2, "scoresde.train": 2,
+    "scoresde.checkpoint": 2, "scoresde.train": 2, "scoresde.fastpath": 2,
     "scoresde.models": 3, "scoresde.compare": 3, "scoresde.metrics": 3, "scoresde.plots": 3, "scoresde.cli": 3,
 }
 PACKAGES = {"scoresde": None, "solvers": 1, "experiments": 3}  # None: per module, from SCORESDE
