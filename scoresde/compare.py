@@ -62,7 +62,8 @@ def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: I
         x = res.x.detach().float().cpu()
         samples[(name, steps)] = x
         row = {"solver": name, "grid": "adaptive" if steps is None else res.grid,
-               "steps": steps if steps is not None else "", "nfe": res.nfe, "wall_s": wall}
+               "steps": steps if steps is not None else "", "nfe": res.nfe, "wall_s": wall,
+               "schedule": res.schedule}
         row.update(score_samples(x, model, seed=seed))
         rows.append(row)
     return rows, samples
