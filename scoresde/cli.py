@@ -222,9 +222,10 @@ def solvers_cmd():
     import solvers
 
     w = max(map(len, solvers.SOLVERS))
-    click.echo("solvers (default grid in brackets):")
+    click.echo("solvers (default grid in brackets, per SDE where they differ):")
     for name, spec in solvers.SOLVERS.items():
-        click.echo(f"  {name.ljust(w)}  [{spec.grid}] {spec.description}")
+        grid = spec.grid if not spec.grid_by_sde else ", ".join(f"{k}: {v}" for k, v in spec.grid_by_sde.items())
+        click.echo(f"  {name.ljust(w)}  [{grid}] {spec.description}")
     click.echo("time grids:")
     for name, desc in solvers.GRIDS.items():
         click.echo(f"  {name.ljust(w)}  {desc}")
@@ -293,8 +294,8 @@ def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, flo
     rows, samples = run_compare(resolved, names, steps_list, n=n, seed=seed, grid=grid, device=dev,
                                 dtype=torch.float64 if float64 else torch.float32, progress=not quiet,
                                 feature_net=feature_net, batch_size=batch_size, cuda_graph=cuda_graph)
-    cols = [c for c in ("solver", "grid", "steps", "nfe", "wall_s", "std_ratio", "mode_w2", "off_mode", "mode_tv", "sw2",
-                        "precision", "recall", "fd") if any(c in r for r in rows)]
+    cols = [c for c in ("solver", "grid", "schedule", "steps", "nfe", "wall_s", "std_ratio", "mode_w2", "off_mode",
+                        "mode_tv", "sw2", "precision", "recall", "fd") if any(c in r for r in rows)]
     click.echo(f"model {model}  sde {resolved.sde!r}  n={n}  seed={seed}  device={dev}")
     click.echo(format_table(rows, cols))
     if "precision_floor" in rows[0]:

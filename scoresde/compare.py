@@ -103,7 +103,7 @@ def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: I
         adaptive = name in ADAPTIVE_SOLVERS
         steps = None if adaptive else res.t_grid.numel() - 1
         samples[(name, steps)] = x
-        row = {"solver": name, "grid": "adaptive" if adaptive else res.grid,
+        row = {"solver": name, "grid": "adaptive" if adaptive else res.grid, "schedule": res.schedule,
                "steps": "" if adaptive else steps, "nfe": res.nfe, "wall_s": wall}
         row.update(score_samples(x, model, seed=seed, reference=reference))
         rows.append(row)
