@@ -72,8 +72,8 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
 
     grid: 'uniform', 'quadratic', 'edm', 'logsnr' (default per solver), or an explicit decreasing
     sequence of times from T (or a .json file of them), which implies steps and eps; steps: default
-    50 for a named grid; eps: end time (default 0 for ddpm/ddim, else sde.default_eps); denoise: finish with Tweedie's x̂_0 = (x + σ²s)/m at eps
-    (one more evaluation); callback(dict(i, t, x, nfe)) after every step; dtype (e.g. float64)
+    50 for a named grid; eps: end time (default 0 for ddpm/ddim, else sde.default_eps); denoise:
+    finish with Tweedie's x̂_0 = (x + σ²s)/m at eps (one more evaluation); callback(dict(i, t, x, nfe)) after every step; dtype (e.g. float64)
     for the solve; options go to the solver (variance=, eta=, method=, rtol=, atol=, snr=, …).
 
     batch_size: evaluate the score on at most this many samples at a time.  x_T, the state and
