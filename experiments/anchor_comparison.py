@@ -303,7 +303,7 @@ def main():
 
         # ours, named grids (and the defaults among them)
         for name in [s for s in solvers.available() if s not in SKIP_OURS]:
-            default_grid = solvers.SOLVERS[name].grid
+            default_grid = solvers.default_grid(name, sde)
             for grid in solvers.GRIDS:
                 for den in (False, True):
                     eps = solvers.default_eps(name, sde)

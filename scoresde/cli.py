@@ -276,9 +276,10 @@ def solvers_cmd():
     import solvers
 
     w = max(map(len, solvers.SOLVERS))
-    click.echo("solvers (default grid in brackets):")
+    click.echo("solvers (default grid in brackets, per SDE where they differ):")
     for name, spec in solvers.SOLVERS.items():
-        click.echo(f"  {name.ljust(w)}  [{spec.grid}] {spec.description}")
+        grid = spec.grid if not spec.grid_by_sde else ", ".join(f"{k}: {v}" for k, v in spec.grid_by_sde.items())
+        click.echo(f"  {name.ljust(w)}  [{grid}] {spec.description}")
         opts = solvers.solver_options(name)
         if opts:
             click.echo(f"  {' ' * w}  options: " + ", ".join(f"-o {k}={v}" for k, v in opts.items()))

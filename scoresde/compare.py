@@ -273,7 +273,7 @@ def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: I
         bar.refresh()  # show the finished run (and a corrected total) even between tqdm's update intervals
         x = res.x.detach().float().cpu()
         samples[(name, steps)] = x
-        row = {"solver": name, "grid": "adaptive" if steps is None else res.grid,
+        row = {"solver": name, "grid": "adaptive" if steps is None else res.grid, "schedule": res.schedule,
                "steps": "" if steps is None else steps, "nfe": res.nfe, "wall_s": wall}
         row.update(score_samples(x, model, seed=seed, reference=reference))
         rows.append(row)

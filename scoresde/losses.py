@@ -29,12 +29,22 @@ def dsm_loss(model, x0: torch.Tensor, generator: torch.Generator | None = None, 
     return per.mean()
 
 
+def _abar_table(sde, device, dtype) -> torch.Tensor:
+    """DDPM's ᾱ table on the training device, made once per (device, dtype): a host-to-device copy
+    every step would block the host on CUDA and break CUDA-graph capture of the step."""
+    cache = sde.__dict__.setdefault("_abar_on_device", {})
+    key = (str(device), dtype)
+    if key not in cache:
+        cache[key] = sde.alphas_cumprod.to(device, dtype)
+    return cache[key]
+
+
 def ddpm_loss(model, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """DDPM's L_simple with integer timesteps and the discrete ᾱ table (VP only)."""
     sde = model.sde
     B, N = x0.shape[0], sde.N
     i = torch.randint(1, N + 1, (B,), generator=generator, device=x0.device)
-    abar = sde.alphas_cumprod.to(x0.device, x0.dtype)[i - 1]
+    abar = _abar_table(sde, x0.device, x0.dtype)[i - 1]
     z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     xt = bcast(abar.sqrt(), x0) * x0 + bcast((1 - abar).sqrt(), x0) * z
     return (model.eps(xt, i.to(x0.dtype) / N).float() - z).pow(2).flatten(1).mean(1).mean()

@@ -17,13 +17,13 @@ import torch
 
 from scoresde.convert import x0_from_score
 
-from ._common import Problem, SampleResult, SolverError, discrete_vp_tables
+from ._common import Problem, SampleResult, SolverError
 from ._graph import GraphedScore, graphed
 from .ancestral import ddim, ddpm
 from .dpmpp import dpmpp_2m
 from .euler_maruyama import euler_maruyama, predictor_corrector
 from .grids import GRIDS, explicit_grid, load_grid, resolve_grid, time_grid
-from .heun import euler, heun
+from .heun import euler, euler_t, heun, heun_t
 from .pf_ode import pf_ode
 from .sde_torchsde import torchsde_sde
 
@@ -34,6 +34,14 @@ class SolverSpec:
     description: str
     grid: str = "uniform"
     to_zero: bool = False  # default end time 0 (the update handles σ = 0) instead of sde.default_eps
+    # {sde name: grid}: chosen per SDE by `python experiments/solver_benchmark.py --grid-study`
+    grid_by_sde: dict | None = None
+
+
+def default_grid(solver: str, sde) -> str:
+    """The solver's default grid for this SDE ('vp', 'subvp', 've'; see experiments/solver_benchmark.py)."""
+    spec = SOLVERS[solver]
+    return (spec.grid_by_sde or {}).get(sde.config()["name"], spec.grid)
 
 
 SOLVERS = {
@@ -47,8 +55,15 @@ SOLVERS = {
                                           "(Song et al. 2021); snr=0.16"),
     "pf_ode": SolverSpec(pf_ode, "probability-flow ODE via torchdiffeq; method=dopri5 (adaptive, rtol/atol) "
                                  "or a fixed-step method on the grid"),
-    "euler": SolverSpec(euler, "Euler's method on the probability-flow ODE (first order)"),
-    "heun": SolverSpec(heun, "Heun's method on the probability-flow ODE (Karras et al. 2022)", grid="edm"),
+    "euler": SolverSpec(euler, "EDM's Euler: steps in σ/m on x/m, dx̃/dσ̃ = (x̃ − D)/σ̃ (Karras et al. 2022); "
+                               "churn S_churn, S_tmin, S_tmax, S_noise", grid="edm",
+                        grid_by_sde={"vp": "quadratic", "subvp": "uniform", "ve": "edm"}),
+    "heun": SolverSpec(heun, "EDM's Heun: steps in σ/m on x/m, dx̃/dσ̃ = (x̃ − D)/σ̃ (Karras et al. 2022, "
+                             "Alg. 1; Alg. 2 with S_churn > 0)", grid="edm",
+                       grid_by_sde={"vp": "quadratic", "subvp": "uniform", "ve": "edm"}),
+    "euler_t": SolverSpec(euler_t, "Euler in t on the probability-flow ODE dx/dt = f·x − ½g²s (first order)"),
+    "heun_t": SolverSpec(heun_t, "Heun in t on the probability-flow ODE dx/dt = f·x − ½g²s (second order)",
+                         grid="quadratic", grid_by_sde={"ve": "edm"}),
     "dpmpp_2m": SolverSpec(dpmpp_2m, "DPM-Solver++(2M), multistep second order in log-SNR (Lu et al. 2022)",
                            grid="logsnr"),
 }
@@ -87,9 +102,10 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
            batch_size: int | None = None, cuda_graph: bool = False, **options) -> SampleResult:
     """Draw samples by integrating from t = T (x_T ~ prior, or the given x_T) down to t = eps.
 
-    grid: 'uniform', 'quadratic', 'edm', 'logsnr' (default per solver), or an explicit decreasing
-    sequence of times from T (or a .json file of them), which implies steps and eps; steps: default
-    50 for a named grid; eps: end time (default 0 for ddpm/ddim, else sde.default_eps); denoise: finish with Tweedie's x̂_0 = (x + σ²s)/m at eps
+    grid: 'uniform', 'quadratic', 'edm', 'logsnr' (default per solver and SDE), or an explicit
+    decreasing sequence of times from T (or a .json file of them), which implies steps and eps;
+    steps: default 50 for a named grid; eps: end time (default 0 for ddpm/ddim, else
+    sde.default_eps); denoise: finish with Tweedie's x̂_0 = (x + σ²s)/m at eps
     (one more evaluation); callback(dict(i, t, x, nfe)) after every step; dtype (e.g. float64)
     for the solve; options go to the solver (variance=, eta=, method=, rtol=, atol=, snr=, …).
 
@@ -119,12 +135,10 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
         if shape is not None and tuple(shape) != tuple(x_T.shape):
             raise SolverError(f"shape {tuple(shape)} does not match x_T's shape {tuple(x_T.shape)}")
         x = x_T.to(dtype=dtype or x_T.dtype, device=device if device is not None else x_T.device)
-    ts, grid = resolve_grid(sde, spec.grid if grid is None else grid, steps, eps, default_eps(solver, sde))
-    tables = discrete_vp_tables(sde, ts) if solver in ("ddpm", "ddim") else None
+    ts, grid = resolve_grid(sde, default_grid(solver, sde) if grid is None else grid, steps, eps,
+                            default_eps(solver, sde))
     fn = graphed(score_fn, x.device) if cuda_graph else score_fn
     prob = Problem(fn, sde, ts, x, generator, callback, check_finite, batch_size)
-    if tables is not None:
-        prob.m, prob.sigma = tables
     with torch.no_grad():
         x = spec.fn(prob, x, **options)
         if denoise:
@@ -132,7 +146,7 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
                 raise SolverError("denoise=True needs eps > 0 (the samples already sit at σ = 0)")
             x = x0_from_score(x, prob.score(x, prob.t[-1]), prob.m[-1], prob.sigma[-1])
     prob.check_deferred()
-    return SampleResult(x=x, nfe=prob.nfe, t_grid=ts, solver=solver, grid=grid)
+    return SampleResult(x=x, nfe=prob.nfe, t_grid=ts, solver=solver, grid=grid, schedule=prob.schedule)
 
 
 from . import optimize as _optimize  # noqa: E402
@@ -151,4 +165,5 @@ def optimize_grid(score_fn: Callable, sde, **kwargs) -> GridFit:
 
 
 __all__ = ["sample", "available", "solver_options", "check_options", "SampleResult", "SolverError", "SOLVERS",
-           "GRIDS", "time_grid", "explicit_grid", "load_grid", "optimize_grid", "GridFit", "GraphedScore"]
+           "GRIDS", "time_grid", "default_grid", "explicit_grid", "load_grid", "optimize_grid", "GridFit",
+           "GraphedScore"]

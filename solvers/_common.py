@@ -1,6 +1,7 @@
 """Pieces every sampler shares: the checked, counted score call, grid coefficients, noise."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,6 +25,8 @@ class SampleResult:
     t_grid: torch.Tensor
     solver: str = ""
     grid: str = ""
+    #: which (m, σ) the update used: "continuous" (the SDE's m(t), σ(t)) or "discrete" (DDPM's ᾱ table)
+    schedule: str = "continuous"
 
 
 class Problem:
@@ -48,6 +51,7 @@ class Problem:
         # σ(t) of the SDE, which a ScoreModel divided by; the update coefficients m, sigma may
         # instead come from a discrete table (see discrete_vp_tables).
         self.sigma_score = self.sigma
+        self.schedule = "continuous"
         self.f, self.g2 = sde._f_coef(ts).tolist(), sde._g2(ts).tolist()
         self.B, self.dtype, self.device = x_like.shape[0], x_like.dtype, x_like.device
         # bf16/fp16 states still get float32 times: 8 mantissa bits cannot tell grid points apart
@@ -120,6 +124,37 @@ class Problem:
         s = self.score(x, self.t[i]) if s is None else s
         return self.f[i] * x - 0.5 * self.g2[i] * s
 
+    def lam(self) -> list[float]:
+        """λ_i = log(m_i/σ_i), the log-SNR the exponential integrators step in (∞ where σ = 0)."""
+        return [math.log(m / s) if s > 0 else math.inf for m, s in zip(self.m, self.sigma)]
+
+    def multistep_order(self, i: int, order: int, lower_order_final: bool) -> int:
+        """Order of step i of a multistep solver: min(order, i+1) while the history fills; with
+        lower_order_final and K < 15 also ≤ K − i (DPM-Solver's rule, measured for dpmpp_2m);
+        1 for a step landing on σ = 0, where λ = ∞."""
+        k = min(order, i + 1)
+        if lower_order_final and self.K < 15:
+            k = min(k, self.K - i)
+        return 1 if self.last(i) and self.sigma[-1] == 0 else k
+
+    def sigma_tilde(self) -> list[float]:
+        """σ̃_i = σ_i/m_i, EDM's noise level of x̃ = x/m (for VP: √(1−ᾱ)/√ᾱ)."""
+        return [s / m for m, s in zip(self.m, self.sigma)]
+
+    def at_sigma_tilde(self, st: float) -> tuple[float, float, float]:
+        """(t, m(t), σ(t)) at the time where σ/m = st (λ = −log st), for steps off the grid."""
+        t = self.sde.t_from_log_snr(torch.tensor(-math.log(st), dtype=torch.float64))
+        return float(t), math.exp(float(self.sde._log_mean_coef(t))), float(self.sde._std(t))
+
+    def use_schedule(self, schedule: str) -> None:
+        """'continuous': the SDE's m(t), σ(t) (default everywhere); 'discrete': DDPM's ᾱ table
+        at the grid times (see discrete_vp_tables), which must then lie on the 1/N lattice."""
+        if schedule not in ("continuous", "discrete"):
+            raise SolverError(f"schedule must be 'continuous' or 'discrete', got {schedule!r}")
+        if schedule == "discrete":
+            self.m, self.sigma = discrete_vp_tables(self.sde, self.ts)
+        self.schedule = schedule
+
     # -- noise and progress -----------------------------------------------------------------------
     def noise(self, x: torch.Tensor) -> torch.Tensor:
         """z ~ N(0, I) shaped like x, for the whole batch at once (drawn where the generator lives)."""
@@ -141,17 +176,23 @@ class Problem:
         return a, max(self.sigma[i] ** 2 - a * a * self.sigma[i + 1] ** 2, 0.0)
 
 
-def discrete_vp_tables(sde, ts: torch.Tensor):
-    """If `sde` is a VPSDE and every grid time is a multiple of 1/N, return (m, σ) at the grid
-    from the discrete DDPM table ᾱ (ᾱ = 1 at t = 0); otherwise None.
+def discrete_vp_tables(sde, ts: torch.Tensor) -> tuple[list[float], list[float]]:
+    """(m, σ) at the grid from the discrete DDPM table: m = √ᾱ_k, σ = √(1 − ᾱ_k) at t = k/N
+    (ᾱ_0 = 1).  With the uniform grid of N steps this makes the ancestral sampler DDPM's
+    Algorithm 2 exactly, and a shorter grid on the lattice a respacing of the same chain (iDDPM).
 
-    This is what makes the ancestral sampler with N steps DDPM's Algorithm 2 exactly, and a
-    shorter grid a respacing of the same chain (iDDPM)."""
+    Raises SolverError unless `sde` is a VPSDE and every grid time is a multiple of 1/N: a time
+    off the lattice has no ᾱ, and snapping it would silently change the grid."""
     if sde.config()["name"] != "vp":
-        return None
+        raise SolverError(f"schedule='discrete' needs a VPSDE (DDPM's ᾱ table), got {sde!r}; "
+                          f"use schedule='continuous'")
     k = ts * sde.N
     idx = k.round()
-    if (k - idx).abs().max() > 1e-6:
-        return None
+    off = ((k - idx).abs() > 1e-6).nonzero()
+    if off.numel():
+        i = int(off[0])
+        raise SolverError(f"schedule='discrete' needs every grid time on the 1/N lattice (N={sde.N}); "
+                          f"t_{i}={float(ts[i]):.6g} is not: use grid='uniform', eps=0 and steps dividing "
+                          f"{sde.N}, or schedule='continuous'")
     abar = torch.cat([torch.ones(1, dtype=torch.float64), sde.alphas_cumprod])[idx.long()]
     return abar.sqrt().tolist(), (1 - abar).clamp_min(0).sqrt().tolist()

@@ -224,14 +224,15 @@ def test_option_errors_are_the_python_apis_one_liners():
     with pytest.raises(solvers.SolverError) as api:
         solvers.sample(lambda x, t: -x, None, shape=(2, 2), solver="heun", bogus=1)
     assert one_error_line(run("sample", "--solver", "heun", "-o", "bogus=1"), str(api.value)) == f"Error: {api.value}"
+    one_error_line(run("sample", "--solver", "heun", "-o", "S_churn=lots"), "option 'S_churn' of 'heun' takes a number")
     one_error_line(run("sample", "--solver", "ddim", "-o", "eta=abc"),
                    "-o 'eta=abc': option 'eta' of 'ddim' takes a number (default 0.0), got 'abc'")
     one_error_line(run("sample", "--solver", "pc", "-o", "corrector_steps=1.5"), "takes an integer (default 1)")
     one_error_line(run("sample", "--solver", "dpmpp_2m", "-o", "lower_order_final=maybe"), "takes true or false")
     one_error_line(run("sample", "--solver", "ddim", "-o", "eta"), "write KEY=VALUE")
     one_error_line(run("sample", "--solver", "ddim", "-o", "eta=-1", "--n", 4, "--quiet"), "eta must be >= 0, got -1.0")
-    one_error_line(run("compare", "--solvers", "heun,euler", "-o", "eta=1"),
-                   "no solver being run takes option 'eta' (heun: none; euler: none)")
+    one_error_line(run("compare", "--solvers", "euler_t,dpmpp_2m", "-o", "eta=1"),
+                   "no solver being run takes option 'eta' (euler_t: none; dpmpp_2m: lower_order_final)")
     one_error_line(run("compare", "--solvers", "heun", "-o", "ddim.eta=1"), "solver 'ddim' is not being run")
     one_error_line(run("compare", "--solvers", "pf_ode,torchsde", "-o", "method=rk4", "--n", 200),
                    "unknown torchsde method 'rk4'")

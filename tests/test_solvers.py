@@ -25,7 +25,8 @@ def test_ddpm_reproduces_algorithm_2(variance):
         return -eps_net(x, torch.round(t * 1000)) / sde.marginal(t)[1][:, None]
 
     xT = torch.randn(64, 3, generator=gen(0), dtype=torch.float64)
-    res = solvers.sample(score_fn, sde, x_T=xT, solver="ddpm", steps=1000, generator=gen(1), variance=variance)
+    res = solvers.sample(score_fn, sde, x_T=xT, solver="ddpm", steps=1000, generator=gen(1), variance=variance,
+                         schedule="discrete")
 
     # DDPM Algorithm 2, line by line, with the same noise draws.
     betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
@@ -54,6 +55,7 @@ def test_ddim_eta_one_is_ddpm():
 
 # -- convergence orders on the closed-form probability flow -----------------------------------
 ORDERS = [("euler", "uniform", {}, 1.0), ("heun", "uniform", {}, 2.0), ("heun", "edm", {}, 2.0),
+          ("euler_t", "uniform", {}, 1.0), ("heun_t", "uniform", {}, 2.0), ("heun_t", "edm", {}, 2.0),
           ("dpmpp_2m", "logsnr", {}, 2.0), ("ddim", "logsnr", {}, 1.0),
           ("pf_ode", "edm", {"method": "rk4"}, 4.0), ("pf_ode", "uniform", {"method": "midpoint"}, 2.0)]
 
@@ -166,7 +168,8 @@ def test_interface_shapes_dtype_reproducibility(solver, dtype):
 
 
 @pytest.mark.parametrize("solver, nfe", [("ddpm", 10), ("ddim", 10), ("euler_maruyama", 10), ("euler", 10),
-                                          ("heun", 20), ("dpmpp_2m", 10), ("pc", 20)])
+                                          ("heun", 20), ("euler_t", 10), ("heun_t", 20), ("dpmpp_2m", 10),
+                                          ("pc", 20)])
 def test_nfe_counts(solver, nfe, device):
     sde, data = VPSDE(), GaussianMixture.ring()
     res = solvers.sample(data.score_fn(sde), sde, shape=(4, 2), solver=solver, steps=10, generator=gen(0),
