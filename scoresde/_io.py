@@ -1,5 +1,6 @@
 """Atomic file writes: a temp file in the target's folder, fsync, then os.replace, so an
-interrupted run (Ctrl-C, a crash, a full disk) never leaves a half-written file behind."""
+interrupted run (Ctrl-C, a crash, a full disk) never leaves a half-written file behind; whole
+folders written the same way; the leftovers of killed writers removed; one run per folder."""
 from __future__ import annotations
 
 import contextlib
@@ -7,7 +8,11 @@ import csv
 import io
 import json
 import os
+import shutil
+import socket
 import tempfile
+import time
+import zlib
 
 
 @contextlib.contextmanager
@@ -15,7 +20,8 @@ def atomic_path(path: str):
     """Yield a temp path beside `path`; on success it replaces `path`, on error it is removed."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    remove_temps(folder)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(), suffix=os.path.splitext(path)[1], dir=folder)
     os.close(fd)
     try:
         yield tmp
@@ -26,6 +32,10 @@ def atomic_path(path: str):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def _prefix() -> str:
+    return f".tmp-{_host()}-{os.getpid()}-"
 
 
 def write_text(path: str, text: str) -> None:
@@ -44,3 +54,145 @@ def write_csv(path: str, rows: list[dict]) -> None:
     w.writeheader()
     w.writerows(rows)
     write_text(path, buf.getvalue())
+
+
+# -- leftovers of killed writers ----------------------------------------------------------------
+# Temp names carry the writer's host and pid (.tmp-<host>-<pid>-…), so a later writer can tell a
+# dead writer's leftover from a live one's work in progress.
+
+def _host() -> str:
+    return f"{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def remove_temps(folder: str, only_dead: bool = True) -> list[str]:
+    """Delete the `.tmp-*` files and folders a killed writer left in `folder`: those of dead
+    processes on this host, or every one (only_dead=False, for a folder this process has locked).
+    Returns the names removed."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(".tmp-"):
+            continue
+        if only_dead:
+            host, _, rest = name[5:].partition("-")
+            pid = rest.partition("-")[0]
+            if host != _host() or not pid.isdigit() or _alive(int(pid)):
+                continue
+        path = os.path.join(folder, name)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+            removed.append(name)
+    return removed
+
+
+def check_new_output(path: str, overwrite: bool, option: str) -> None:
+    """Refuse to replace an existing output unless `overwrite` (checked before any work is done)."""
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(f"{option} {path!r} already exists; pass --overwrite to replace it, or choose another "
+                              f"{option}")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str, overwrite: bool = False):
+    """Yield a temp folder beside `path`; when the block succeeds it is renamed to `path` (an
+    existing `path` is replaced only with overwrite=True), so `path` always holds one whole run's
+    files; on error the temp folder is removed."""
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    remove_temps(parent)
+    tmp = tempfile.mkdtemp(prefix=_prefix(), dir=parent)
+    try:
+        yield tmp
+        if os.path.lexists(path):
+            if not overwrite:
+                raise FileExistsError(f"{path!r} appeared while this run was writing; its results are "
+                                      f"left in {tmp!r}")
+            old = tempfile.mkdtemp(prefix=_prefix(), dir=parent)
+            os.replace(path, os.path.join(old, "old"))
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except FileExistsError:
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# -- one run per folder ---------------------------------------------------------------------------
+
+LOCK = ".lock"
+
+
+class LockError(ValueError):
+    pass
+
+
+class RunLock:
+    """An exclusive lock on a folder, held from acquire() to release(): FOLDER/.lock is flock()ed
+    and holds its owner's pid and host.  The kernel drops the flock when the owner dies, so a
+    lock file left by a killed run is recognised as stale and taken over (self.stale says whose)."""
+
+    def __init__(self, folder: str):
+        self.folder, self.path = folder, os.path.join(folder, LOCK)
+        self.fd, self.stale = None, None
+
+    def acquire(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover  (not POSIX: no locking)
+            return self
+        os.makedirs(self.folder, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = _read_fd(fd) or "another process"
+                os.close(fd)
+                raise LockError(f"{self.folder} is in use by {holder} (lock file {self.path}); wait for that "
+                                f"run to end, or choose another --out") from None
+            try:  # the previous owner may have removed the file between our open and flock
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        self.stale = _read_fd(fd) or None
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        os.fsync(fd)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.remove(self.path)  # while still holding it: a waiter re-checks the inode
+            os.close(self.fd)
+            self.fd = None
+
+
+def _read_fd(fd: int) -> str:
+    with contextlib.suppress(OSError):
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 400).decode("utf-8", "replace").strip()
+    return ""

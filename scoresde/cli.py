@@ -1,4 +1,4 @@
-"""The `scoresde` command line: solvers | compare | sample | likelihood | train.
+"""The `scoresde` command line: solvers | compare | sample | schedule | likelihood | train.
 
 Bad input (an unknown solver, model, SDE or key, bad numbers, a missing or corrupt file)
 prints one line naming the value and what is allowed, and exits with code 2; every output
@@ -7,9 +7,12 @@ file is written atomically, so Ctrl-C never leaves a half-written one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 
 import click
@@ -30,23 +33,62 @@ class _Group(click.Group):
     """Turns every expected failure into one line on stderr and exit code 2."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        old_term = _sigterm_interrupts()
         try:
             rv = super().main(args, prog_name or "scoresde", complete_var, standalone_mode=False, **extra)
         except click.exceptions.Abort:
             click.echo("Aborted.", err=True)
             sys.exit(130)
-        except KeyboardInterrupt:
-            click.echo("Interrupted; no partial output was written.", err=True)
+        except (KeyboardInterrupt, _Interrupted) as e:  # the trainer's carries the step it checkpointed
+            click.echo(f"Interrupted: {e}" if str(e) else "Interrupted; no partial output was written.", err=True)
             sys.exit(130)
         except click.ClickException as e:
             ctx_hint = f" (see 'scoresde {e.ctx.info_name} --help')" if getattr(e, "ctx", None) and \
                 e.ctx.info_name != "scoresde" else ""
             click.echo(f"Error: {e.format_message()}{ctx_hint}".replace("\n", " "), err=True)
             sys.exit(2)
-        except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
+                FloatingPointError) as e:
             click.echo(f"Error: {e}".replace("\n", " "), err=True)
             sys.exit(2)
+        finally:
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as e:  # past click's own handler, which would print a bare "Aborted!"
+            raise _Interrupted(str(e)) from None
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _sigterm_interrupts():
+    """SIGTERM raises KeyboardInterrupt, so temp files are removed as on Ctrl-C; returns the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+SEED = click.IntRange(0, 2 ** 64 - 1)
+
+
+class FiniteRange(click.FloatRange):
+    """A FloatRange that also refuses nan and inf, naming the option."""
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{v} is not a finite number", param, ctx)
+        return v
 
 
 def _parse_list(value: str, name: str, cast=str, allowed=None, minimum=None):
@@ -76,12 +118,14 @@ def _device(name: str) -> torch.device:
         raise CLIError(f"--device: {e}") from None
 
 
-def _resolve(model: str, sde_name: str | None, device):
+def _resolve(model: str, sde_name: str | None, device, option: str = "--model"):
     from .models import resolve_model
 
+    hint = "; or use oracle:gmm8, oracle:gaussian, oracle:gaussianD" if option == "--model" else ""
+    if not model.startswith("oracle:") and os.path.isdir(model):
+        raise CLIError(f"{option} {model!r} is a folder, not a checkpoint file{hint}")
     if not model.startswith("oracle:") and not os.path.exists(model):
-        raise CLIError(f"--model {model!r}: no such checkpoint file; or use oracle:gmm8, oracle:gaussian, "
-                       f"oracle:gaussianD")
+        raise CLIError(f"{option} {model!r}: no such checkpoint file{hint}")
     sde = make_sde(sde_name) if sde_name else None
     return resolve_model(model, sde=sde, device=device)
 
@@ -94,6 +138,44 @@ def _versions() -> dict:
     return {"scoresde": __version__, "torch": torch.__version__, "torchdiffeq": torchdiffeq.__version__,
             "torchsde": torchsde.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
+
+
+def batch_options(f):
+    """--batch-size and --cuda-graph, shared by the commands that sample."""
+    f = click.option("--cuda-graph", is_flag=True,
+                     help="replay the network from CUDA graphs (no per-step launch overhead; same samples)")(f)
+    return click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                        help="evaluate the network on at most this many samples at a time (same samples as "
+                             "one batch) [default: all n at once]")(f)
+
+
+class GridParam(click.ParamType):
+    """A named time grid, or a .json file of explicit times (as `scoresde schedule` writes)."""
+
+    name = "uniform|quadratic|edm|logsnr|FILE.json"
+
+    def convert(self, value, param, ctx):
+        import solvers
+
+        if value in solvers.GRIDS:
+            return value
+        if str(value).endswith(".json"):
+            if not os.path.isfile(value):
+                self.fail(f"grid file {value!r} does not exist", param, ctx)
+            try:
+                solvers.load_grid(value)
+            except ValueError as e:
+                self.fail(str(e), param, ctx)
+            return value
+        self.fail(f"{value!r} is not one of {', '.join(map(repr, solvers.GRIDS))} or a .json grid file "
+                  f"(see `scoresde schedule`)", param, ctx)
+
+
+def _grid_steps(grid: str | None) -> int | None:
+    """Steps implied by a grid file, else None."""
+    import solvers
+
+    return None if grid is None or grid in solvers.GRIDS else len(solvers.load_grid(grid)) - 1
 
 
 def model_options(f):
@@ -153,79 +235,121 @@ def solvers_cmd():
 @model_options
 @click.option("--solvers", "solver_list", default=DEFAULT_SOLVERS, metavar="A,B,...",
               help="comma-separated solver names (see `scoresde solvers`)")
-@click.option("--steps", default="10,20,50,100,1000", metavar="K,K,...", help="step counts to try")
-@click.option("--grid", type=click.Choice(["uniform", "quadratic", "edm", "logsnr"]), default=None,
-              help="time grid for every solver [default: each solver's own]")
+@click.option("--steps", default=None, metavar="K,K,...",
+              help="step counts to try [default: 10,20,50,100,1000; a grid file implies its own]")
+@click.option("--grid", type=GridParam(), default=None,
+              help="time grid for every solver, or a .json file of times [default: each solver's own]")
 @click.option("--n", type=click.IntRange(min=2), default=4000, help="samples per run")
-@click.option("--seed", type=int, default=0, help="seed for x_T and the noise (shared by all runs)")
+@click.option("--seed", type=SEED, default=0, help="seed for x_T and the noise (shared by all runs)")
 @click.option("--out", type=click.Path(file_okay=False), default="results/compare", help="output folder")
 @click.option("--device", default="cpu", metavar="auto|cpu|cuda", help="where to run")
 @click.option("--float64", is_flag=True, help="solve in float64")
+@batch_options
 @click.option("--no-plots", is_flag=True, help="skip the PNG figures")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, float64, no_plots, quiet):
+@click.option("--features", "features_path", default=None, type=click.Path(dir_okay=False), metavar="PATH",
+              help="image models: also a Fréchet distance in the features of this TorchScript module "
+                   "(images (B, C, H, W) on [-1, 1] -> (B, F))")
+@click.option("--overwrite", is_flag=True, help="replace an existing OUT folder")
+def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, float64, batch_size, cuda_graph,
+            no_plots, quiet, features_path, overwrite):
     """Run every (solver, steps) pair from the same noise and score the samples.
 
     Prints an aligned table and writes OUT/results.csv, OUT/results.json (settings, versions,
-    seed), OUT/quality_vs_nfe.png and OUT/samples.png.
+    seed), OUT/quality_vs_nfe.png and OUT/samples.png.  The folder is written whole: into a
+    temp folder renamed to OUT at the end; an existing OUT is replaced only with --overwrite.
+
+    \b
+    An image model is scored in pixel space against held-out data (or its training images):
+    sliced W2 and k-NN precision/recall (k = 3), each with its floor, the value for two disjoint
+    data samples; --features adds a Fréchet distance in a network's feature space.
 
     \b
     Example:
       scoresde compare --sde ve --solvers heun,dpmpp_2m,pc --steps 10,20,50 --n 2000 --out results/ve
+      scoresde compare --model runs/cifar10/checkpoint.pt --solvers heun,dpmpp_2m --steps 10,20 --n 1000 \\
+          --features my_features.pt
     """
     import solvers
 
     from .compare import best_at_nfe, run_compare
-    from ._io import write_csv, write_json
+    from ._io import atomic_dir, check_new_output, write_csv, write_json
 
+    check_new_output(out, overwrite, "--out")
     names = _parse_list(solver_list, "solvers", allowed=solvers.available())
-    steps_list = _parse_list(steps, "steps", cast=int, minimum=1)
+    implied = _grid_steps(grid)
+    steps_list = _parse_list(steps or str(implied or "10,20,50,100,1000"), "steps", cast=int, minimum=1)
+    if implied is not None and steps_list != [implied]:
+        raise CLIError(f"--steps {steps} disagrees with --grid {grid}, which has {implied} steps; leave --steps out")
     dev = _device(device)
     resolved = _resolve(model, sde_name, dev)
+    feature_net = None
+    if features_path:
+        from .metrics import load_feature_net
+
+        if len(resolved.shape) != 3:
+            raise CLIError(f"--features scores images; model {model} makes samples of shape {resolved.shape}")
+        feature_net = load_feature_net(features_path)
     t0 = time.perf_counter()
     rows, samples = run_compare(resolved, names, steps_list, n=n, seed=seed, grid=grid, device=dev,
-                                dtype=torch.float64 if float64 else torch.float32, progress=not quiet)
-    cols = [c for c in ("solver", "grid", "schedule", "steps", "nfe", "wall_s", "std_ratio", "mode_w2", "off_mode", "mode_tv", "sw2")
-            if any(c in r for r in rows)]
+                                dtype=torch.float64 if float64 else torch.float32, progress=not quiet,
+                                feature_net=feature_net, batch_size=batch_size, cuda_graph=cuda_graph)
+    cols = [c for c in ("solver", "grid", "schedule", "steps", "nfe", "wall_s", "std_ratio", "mode_w2", "off_mode",
+                        "mode_tv", "sw2", "precision", "recall", "fd") if any(c in r for r in rows)]
     click.echo(f"model {model}  sde {resolved.sde!r}  n={n}  seed={seed}  device={dev}")
     click.echo(format_table(rows, cols))
-    if "sw2_floor" in rows[0]:
+    if "precision_floor" in rows[0]:
+        floors = ", ".join(f"{k} {rows[0][k + '_floor']:.4g}" for k in ("sw2", "precision", "recall", "fd")
+                           if k + "_floor" in rows[0])
+        click.echo(f"floors (two disjoint samples of size {n} of {(resolved.info or {}).get('reference')}): {floors}")
+    elif "sw2_floor" in rows[0]:
         click.echo(f"sw2 floor (two exact data samples of size {n}): {rows[0]['sw2_floor']:.4g}")
-    for budget in (10, 20):
+    for budget in (5, 10, 20):
         best = best_at_nfe(rows, budget)
         if best:
             detail = ", ".join(f"{k} {best[k]:.4g}" for k in ("mode_w2", "std_ratio", "off_mode", "sw2") if k in best)
-            click.echo(f"best at <= {budget} nfe: {best['solver']} ({best['nfe']} nfe; {detail})")
+            click.echo(f"best at <= {budget} nfe: {best['solver']} ({best['grid']} grid, {best['steps']} steps, "
+                       f"{best['nfe']} nfe; {detail})")
+        else:
+            click.echo(f"best at <= {budget} nfe: no run fits (use --steps with fewer steps)")
     settings = dict(model=model, sde=resolved.sde.config(), solvers=names, steps=steps_list, grid=grid, n=n,
-                    seed=seed, device=str(dev), float64=float64)
-    write_csv(os.path.join(out, "results.csv"), rows)
-    write_json(os.path.join(out, "results.json"),
-               dict(settings=settings, versions=_versions(), wall_total_s=time.perf_counter() - t0, rows=rows))
-    written = ["results.csv", "results.json"]
-    if not no_plots:
-        from .plots import quality_vs_nfe, samples_panel
+                    seed=seed, device=str(dev), float64=float64, features=features_path, batch_size=batch_size,
+                    cuda_graph=cuda_graph)
+    with atomic_dir(out, overwrite) as tmp:
+        write_csv(os.path.join(tmp, "results.csv"), rows)
+        write_json(os.path.join(tmp, "results.json"),
+                   dict(settings=settings, versions=_versions(), wall_total_s=time.perf_counter() - t0, rows=rows))
+        written = ["results.csv", "results.json"]
+        if not no_plots:
+            from .plots import quality_vs_nfe, samples_panel
 
-        quality_vs_nfe(rows, os.path.join(out, "quality_vs_nfe.png"), title=f"{model} / {resolved.sde!r}")
-        ref = resolved.oracle.sample(n, generator=torch.Generator().manual_seed(seed)) if resolved.oracle else None
-        samples_panel(samples, os.path.join(out, "samples.png"), reference=ref)
-        written += ["quality_vs_nfe.png", "samples.png"]
+            quality_vs_nfe(rows, os.path.join(tmp, "quality_vs_nfe.png"), title=f"{model} / {resolved.sde!r}")
+            ref = resolved.oracle.sample(n, generator=torch.Generator().manual_seed(seed)) if resolved.oracle else None
+            if ref is None and resolved.data is not None and len(resolved.shape) == 3:  # images: show real ones beside
+                ref = resolved.data[:16]
+            samples_panel(samples, os.path.join(tmp, "samples.png"), reference=ref)
+            written += ["quality_vs_nfe.png", "samples.png"]
     click.echo(f"wrote {', '.join(os.path.join(out, w) for w in written)}")
 
 
 @cli.command()
 @model_options
 @click.option("--solver", default="heun", metavar="NAME", help="see `scoresde solvers`")
-@click.option("--steps", type=click.IntRange(min=1), default=50, help="solver steps")
-@click.option("--grid", type=click.Choice(["uniform", "quadratic", "edm", "logsnr"]), default=None,
-              help="time grid [default: the solver's own]")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="solver steps [default: 50; a grid file implies its own]")
+@click.option("--grid", type=GridParam(), default=None,
+              help="time grid, or a .json file of times [default: the solver's own]")
 @click.option("--n", type=click.IntRange(min=1), default=1000, help="number of samples")
-@click.option("--seed", type=int, default=0, help="random seed")
+@click.option("--seed", type=SEED, default=0, help="random seed")
 @click.option("--denoise", is_flag=True, help="finish with Tweedie's x̂_0 at eps (one more evaluation)")
 @click.option("--out", type=click.Path(dir_okay=False), default="samples.npz", help="output .npz file")
 @click.option("--png", type=click.Path(dir_okay=False), default=None, help="also save a picture")
 @click.option("--device", default="cpu", metavar="auto|cpu|cuda", help="where to run")
+@batch_options
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, device, quiet):
+@click.option("--overwrite", is_flag=True, help="replace existing --out / --png files")
+def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, device, batch_size, cuda_graph, quiet,
+           overwrite):
     """Draw samples with one solver and save them as .npz (x, nfe, t_grid, settings).
 
     \b
@@ -236,20 +360,27 @@ def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, dev
     import solvers
     from tqdm.auto import tqdm
 
-    from ._io import atomic_path
+    from ._io import atomic_path, check_new_output
 
     if solver not in solvers.available():
         raise CLIError(f"--solver: unknown solver {solver!r}; choose from: {', '.join(solvers.available())}")
     if not out.endswith(".npz"):
         raise CLIError(f"--out {out!r}: the output must be a .npz file")
+    check_new_output(out, overwrite, "--out")
+    if png:
+        check_new_output(png, overwrite, "--png")
+    implied = _grid_steps(grid)
+    if implied is not None and steps not in (None, implied):
+        raise CLIError(f"--steps {steps} disagrees with --grid {grid}, which has {implied} steps; leave --steps out")
+    steps = steps or implied or 50
     dev = _device(device)
     resolved = _resolve(model, sde_name, dev)
     g = torch.Generator(device=dev).manual_seed(seed)
     bar = tqdm(total=steps, desc=solver, disable=quiet, leave=False)
     t0 = time.perf_counter()
-    res = solvers.sample(resolved.score_fn, resolved.sde, shape=(n, *resolved.shape), solver=solver, steps=steps,
-                         grid=grid, generator=g, device=dev, denoise=denoise,
-                         callback=lambda info: bar.update(1))
+    res = solvers.sample(resolved.score_fn, resolved.sde, shape=(n, *resolved.shape), solver=solver,
+                         steps=None if implied else steps, grid=grid, generator=g, device=dev, denoise=denoise,
+                         batch_size=batch_size, cuda_graph=cuda_graph, callback=lambda info: bar.update(1))
     bar.close()
     wall = time.perf_counter() - t0
     x = res.x.detach().float().cpu()
@@ -272,6 +403,51 @@ def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, dev
 
 
 @cli.command()
+@model_options
+@click.option("--solver", default="dpmpp_2m", metavar="NAME", help="a deterministic solver (see `scoresde solvers`)")
+@click.option("--nfe", type=click.IntRange(min=1), default=10, help="score evaluations the grid is fitted for")
+@click.option("--denoise", is_flag=True, help="the solver ends with Tweedie's x̂_0 (one of the nfe)")
+@click.option("--out", type=click.Path(dir_okay=False), default="grid.json", help="output .json file")
+@click.option("--n-fit", type=click.IntRange(min=2), default=256, help="fitting batch (starting points)")
+@click.option("--n-eval", type=click.IntRange(min=2), default=1024, help="fresh batch the result is scored on")
+@click.option("--max-evals", type=click.IntRange(min=1), default=None,
+              help="optimizer evaluations [default: 150 per free time]")
+@click.option("--seed", type=int, default=0, help="seed for the fitting and evaluation batches")
+@click.option("--device", default="cpu", metavar="auto|cpu|cuda", help="where to run")
+def schedule(model, sde_name, solver, nfe, denoise, out, n_fit, n_eval, max_evals, seed, device):
+    """Fit a solver's time grid to a budget of NFE score evaluations and write it as JSON.
+
+    Minimizes the solver's RMS distance to a tight dopri5 solution of the probability-flow ODE
+    from the same starting points; reports that error on fresh starting points for the fitted
+    grid and every named grid.  Use the file with `--grid FILE.json` on sample or compare.
+
+    \b
+    Example:
+      scoresde schedule --model oracle:gmm8 --sde ve --solver dpmpp_2m --nfe 10 --out ve10.json
+      scoresde compare --sde ve --solvers dpmpp_2m --grid ve10.json
+    """
+    import solvers
+
+    from ._io import write_json
+
+    if solver not in solvers.available():
+        raise CLIError(f"--solver: unknown solver {solver!r}; choose from: {', '.join(solvers.available())}")
+    if not out.endswith(".json"):
+        raise CLIError(f"--out {out!r}: the output must be a .json file")
+    dev = _device(device)
+    resolved = _resolve(model, sde_name, dev)
+    dtype = torch.float32 if isinstance(resolved.score_fn, torch.nn.Module) else torch.float64
+    fit = solvers.optimize_grid(resolved.score_fn, resolved.sde, solver=solver, nfe=nfe, shape=resolved.shape,
+                                denoise=denoise, n_fit=n_fit, n_eval=n_eval, seed=seed, max_evals=max_evals,
+                                dtype=dtype, device=dev)
+    write_json(out, dict(fit.to_json(), model=model, sde=resolved.sde.config(), versions=_versions()))
+    named = ", ".join(f"{k} {v:.4g}" for k, v in fit.named_errors.items())
+    click.echo(f"{solver}: {fit.steps} steps, {fit.nfe} nfe{' (with denoise)' if denoise else ''}; RMS error to the "
+               f"ODE on {n_eval} fresh points: fitted {fit.error:.4g} (named grids: {named}); "
+               f"{fit.evaluations} evaluations, {fit.wall_s:.1f} s -> {out}")
+
+
+@cli.command()
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
               help="TOML run configuration (see configs/)")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="run folder (checkpoint, log, previews)")
@@ -282,7 +458,10 @@ def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, dev
 def train(config_path, out, resume, device, steps, quiet):
     """Train an ε-network by denoising score matching; EMA weights, atomic checkpoints.
 
-    Under torchrun (WORLD_SIZE > 1) it trains with DDP; only rank 0 writes files.
+    One run per folder: OUT/.lock names the running trainer, and a second one exits 2.
+    Ctrl-C or SIGTERM finishes the step in progress, writes a checkpoint and exits 130;
+    --resume then continues bit for bit.  Under torchrun (WORLD_SIZE > 1) it trains with DDP;
+    only rank 0 writes files.
 
     \b
     Examples:
@@ -301,6 +480,7 @@ def train(config_path, out, resume, device, steps, quiet):
     trainer = Trainer(cfg, out, device=device, resume=resume, progress=not quiet)
     start = trainer.step
     if start >= cfg.train.steps:
+        trainer.close()
         raise CLIError(f"the checkpoint in {out} is already at step {start} >= --steps {cfg.train.steps}")
     losses = trainer.train()
     wall = time.perf_counter() - t0
@@ -319,23 +499,25 @@ def train(config_path, out, resume, device, steps, quiet):
 @click.option("--data", default=None, metavar="SOURCE",
               help="'model' (exact draws from the oracle), a data set name (ring, moons, digits-test, …), "
                    "or a .npy/.npz file [default: the oracle's draws, or the checkpoint's held-out data]")
-@click.option("--method", type=click.Choice(["exact", "hutchinson"]), default="exact", help="divergence")
+@click.option("--method", type=click.Choice(["exact", "hutchinson"]), default=None,
+              help="divergence [default: exact up to 64 dimensions, hutchinson above (images)]")
 @click.option("--probes", type=click.IntRange(min=1), default=1, help="Hutchinson probes per sample")
 @click.option("--probe", type=click.Choice(["rademacher", "gaussian"]), default="rademacher")
 @click.option("--n", type=click.IntRange(min=1), default=256, help="number of data points")
 @click.option("--bits", type=click.IntRange(min=1, max=16), default=None,
               help="data are b-bit levels on [-1, 1]: dequantize and report bits/dim with the +(b-1) offset")
 @click.option("--dequant-repeats", type=click.IntRange(min=1), default=1, help="average over dequantization draws")
-@click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=1e-5)
-@click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=1e-5)
-@click.option("--eps", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=1e-5,
+@click.option("--rtol", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-5)
+@click.option("--atol", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-5)
+@click.option("--eps", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-5,
               help="start time of the ODE")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256)
-@click.option("--seed", type=int, default=0)
+@click.option("--seed", type=SEED, default=0)
 @click.option("--device", default="cpu", metavar="auto|cpu|cuda")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write per-sample results (.json)")
+@click.option("--quiet", is_flag=True, help="no progress bar")
 def likelihood(model, checkpoint, sde_name, data, method, probes, probe, n, bits, dequant_repeats, rtol, atol, eps,
-               batch_size, seed, device, out):
+               batch_size, seed, device, out, quiet):
     """Log-likelihood through the probability-flow ODE, in nats and bits/dim.
 
     Prints mean ± standard error over the data points (and over Hutchinson probes), nfe and time.
@@ -347,14 +529,16 @@ def likelihood(model, checkpoint, sde_name, data, method, probes, probe, n, bits
     """
     import math
 
+    from tqdm.auto import tqdm
+
     from ._io import write_json
     from .likelihood import bits_per_dim, dequantize, log_likelihood
 
     if (model is None) == (checkpoint is None):
         raise CLIError("give exactly one of --model oracle:NAME or --checkpoint FILE")
     dev = _device(device)
-    resolved = _resolve(model or checkpoint, sde_name, dev)
-    from .data import load_array, make_dataset
+    resolved = _resolve(model or checkpoint, sde_name, dev, "--model" if model else "--checkpoint")
+    from .data import data_from_config, make_dataset
 
     g = torch.Generator().manual_seed(seed)
     levels = 2 ** bits if bits else None
@@ -362,35 +546,37 @@ def likelihood(model, checkpoint, sde_name, data, method, probes, probe, n, bits
         x = resolved.oracle.sample(n, generator=g, dtype=torch.float64)
     elif data == "model":
         raise CLIError("--data model needs an oracle; pass a data set name or a .npy/.npz file")
-    elif data is None or not data.endswith((".npy", ".npz")):
-        # a checkpoint's own data: its held-out split where there is one, else fresh draws
-        name = data or (resolved.info or {}).get("data")
-        if data is None and name == "file":
-            raise CLIError("this checkpoint was trained on a file; pass --data FILE.npy")
-        try:
-            ds = make_dataset(f"{name}-test" if data is None and name == "digits" else name)
-        except ValueError as e:
-            raise CLIError(f"--data: {e}") from None
-        x = ds.reference(n, g) if ds.table is None else ds.table[:n]
-        if levels is None and ds.levels is not None:
-            levels = ds.levels
     else:
-        x = load_array(data)[:n]
+        try:
+            if data is None:  # a checkpoint's own held-out split (digits, cifar10, data.holdout); toys draw afresh
+                ds = data_from_config(resolved.info["data_config"], "test")
+            else:
+                ds = make_dataset("file", data, "all") if data.endswith((".npy", ".npz")) else make_dataset(data)
+        except ValueError as e:
+            raise CLIError(f"--data: {e}" + ("; or pass --data FILE.npy" if data is None else "")) from None
+        x = ds.head(n, g)
+        if levels is None and ds.levels is not None:  # integer data bring their levels: 8-bit images get + 7
+            levels = ds.levels
     if tuple(x.shape[1:]) != tuple(resolved.shape):
         raise CLIError(f"--data: samples have shape {tuple(x.shape[1:])}, the model expects {tuple(resolved.shape)}")
     # exact oracles run in float64; a network in the precision it was trained in
     x = x.to(dev, torch.float32 if isinstance(resolved.score_fn, torch.nn.Module) else torch.float64)
     D = x[0].numel()
+    method = method or ("exact" if D <= 64 else "hutchinson")
     t0 = time.perf_counter()
     per_rep, nfe, se_probe = [], 0, []
-    for _ in range(dequant_repeats if levels else 1):
+    repeats = dequant_repeats if levels else 1
+    bar = tqdm(total=repeats * x.shape[0], desc="likelihood", unit="sample", disable=quiet, leave=False)
+    for _ in range(repeats):
         xin = dequantize(x, levels=levels, generator=g) if levels else x
         res = log_likelihood(resolved.score_fn, resolved.sde, xin, method=method, rtol=rtol, atol=atol, eps=eps,
-                             probes=probes, probe=probe, generator=g, batch_size=batch_size, shape=resolved.shape)
+                             probes=probes, probe=probe, generator=g, batch_size=batch_size, shape=resolved.shape,
+                             callback=bar.update)
         per_rep.append(res.logp.double().cpu())
         nfe += res.nfe
         if res.stderr is not None:
             se_probe.append(res.stderr.double().cpu())
+    bar.close()
     logp = torch.stack(per_rep).mean(0)
     wall = time.perf_counter() - t0
     mean, se = logp.mean().item(), (logp.std().item() / math.sqrt(len(logp)) if len(logp) > 1 else float("nan"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 
@@ -13,9 +14,16 @@ else:  # pragma: no cover
 
 @dataclass
 class DataConfig:
-    name: str = "ring"              # ring | moons | swissroll | checkerboard | digits | file
-    path: str = ""                  # for name = "file": a .npy/.npz array (N, ...)
+    name: str = "ring"              # ring | moons | swissroll | checkerboard | digits | file | images | cifar10
+    path: str = ""                  # file: a .npy/.npz array (N, ...); images: a folder of PNG/JPEG;
+                                    # cifar10: the folder cifar-10-batches-bin (data_batch_*.bin, test_batch.bin)
     batch_size: int = 512           # global batch (split across DDP ranks)
+    holdout: int = 0                # file/images: hold out the last k samples (cifar10: test_batch.bin)
+    layout: str = "auto"            # an image array's axes: auto | nhwc | nchw
+    levels: int = 0                 # 0: 256 for integer arrays, float arrays continuous; L: integer levels 0…L−1
+    image_size: int = 0             # 0: as stored; else the model's resolution, reached by `fit`
+    fit: str = "crop"               # crop (central square) | resize (central square, antialiased)
+    flip: bool = False              # random horizontal flip of training draws
 
 
 @dataclass
@@ -58,8 +66,14 @@ class TrainConfig:
     ckpt_every: int = 1000
     preview_every: int = 0          # 0: a preview only at the end
     bf16: bool = True               # autocast on CUDA only
-    compile: bool = False
+    compile: bool = False           # torch.compile the network; falls back to eager, with a warning, if it fails
     device: str = "auto"
+    # the fast path (README "Training on a GPU"); each is right on CUDA and harmless on CPU
+    compile_mode: str = "default"   # default | reduce-overhead (CUDA graphs; CUDA only) | max-autotune
+    channels_last: bool = True      # U-Nets: weights and inputs in NHWC, cuDNN's and Inductor's fast layout
+    fused_optimizer: bool = True    # one fused AdamW kernel (CUDA and CPU) instead of a loop over tensors
+    cuda_graph: bool = False        # replay data draw + forward + backward from one CUDA graph (CUDA only)
+    data_on_device_gb: float = 4.0  # move a data table up to this size to the training device once; 0: never
 
 
 @dataclass
@@ -81,17 +95,71 @@ class Config:
 
 
 CHOICES = {
-    ("data", "name"): ("ring", "moons", "swissroll", "checkerboard", "digits", "file"),  # digits: train split
+    ("data", "name"): ("ring", "moons", "swissroll", "checkerboard", "digits", "file", "images", "cifar10"),
+    ("data", "layout"): ("auto", "nhwc", "nchw"),
+    ("data", "fit"): ("crop", "resize"),
     ("sde", "name"): ("vp", "subvp", "ve"),
     ("sde", "schedule"): ("linear", "cosine"),
     ("model", "arch"): ("mlp", "unet"),
     ("model", "time_embedding"): ("fourier", "sinusoidal"),
     ("train", "loss"): ("dsm", "ddpm"),
+    ("train", "compile_mode"): ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+}
+
+
+# The allowed range of every numeric key: (low, high, low_open, high_open[, how to say it]);
+# None = unbounded.  Floats must also be finite.  T = 1 for every SDE, hence t_eps in (0, 1).
+SEED_MAX = 2 ** 64 - 1
+RANGES = {
+    ("data", "batch_size"): (1, None, False, False),
+    ("data", "holdout"): (0, None, False, False),
+    ("data", "levels"): (0, 256, False, False, "0 (automatic) or between 2 and 256"),  # 1: refused below
+    ("data", "image_size"): (0, None, False, False),             # 0: as stored
+    ("sde", "beta_min"): (0, None, True, False),
+    ("sde", "beta_max"): (0, None, True, False),
+    ("sde", "sigma_min"): (0, None, True, False),
+    ("sde", "sigma_max"): (0, None, True, False),
+    ("sde", "N"): (1, None, False, False),
+    ("model", "hidden"): (1, None, False, False),
+    ("model", "blocks"): (1, None, False, False),
+    ("model", "channels"): (1, None, False, False),
+    ("model", "channel_mult"): (1, None, False, False),           # each entry
+    ("model", "attention_resolutions"): (1, None, False, False),  # each entry
+    ("model", "dropout"): (0, 1, False, True),
+    ("model", "sigma_data"): (0, None, True, False),
+    ("train", "steps"): (1, None, False, False),
+    ("train", "lr"): (0, None, True, False),
+    ("train", "weight_decay"): (0, None, False, False),
+    ("train", "warmup"): (0, None, False, False),
+    ("train", "grad_clip"): (0, None, False, False),             # 0: no clipping
+    ("train", "ema_decay"): (0, 1, False, True),
+    ("train", "seed"): (0, SEED_MAX, False, False),
+    ("train", "t_eps"): (0, 1, True, True),
+    ("train", "log_every"): (1, None, False, False),
+    ("train", "ckpt_every"): (0, None, False, False),            # 0: only at the end
+    ("train", "preview_every"): (0, None, False, False),         # 0: only at the end
+    ("train", "data_on_device_gb"): (0, None, False, False),
 }
 
 
 class ConfigError(ValueError):
     pass
+
+
+def _describe(rng) -> str:
+    lo, hi, lo_open, hi_open = rng[:4]
+    if len(rng) > 4:
+        return rng[4]
+    if hi is None:
+        return f"{'>' if lo_open else '>='} {lo}"
+    return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+
+def _in_range(value, rng) -> bool:
+    lo, hi, lo_open, hi_open = rng[:4]
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return (value > lo if lo_open else value >= lo) and (hi is None or (value < hi if hi_open else value <= hi))
 
 
 def _check(section: str, key: str, value, default):
@@ -107,8 +175,13 @@ def _check(section: str, key: str, value, default):
     allowed = CHOICES.get((section, key))
     if allowed and value not in allowed:
         raise ConfigError(f"{where} = {value!r} is not allowed; choose one of: {', '.join(allowed)}")
-    if expected in (int, float) and key not in ("seed",) and value < 0:
-        raise ConfigError(f"{where} must be >= 0, got {value!r}")
+    rng = RANGES.get((section, key))
+    if rng is not None:
+        for v in value if expected is list else [value]:
+            if not _in_range(v, rng):
+                kind = "finite and " if expected is float else ""
+                entry = "each entry of " if expected is list else ""
+                raise ConfigError(f"{entry}{where} must be {kind}{_describe(rng)}, got {v!r}")
     return value
 
 
@@ -129,10 +202,16 @@ def from_dict(raw: dict) -> Config:
             if key not in names:
                 raise ConfigError(f"unknown key '{sec}.{key}'; allowed in [{sec}]: {', '.join(names)}")
             setattr(target, key, _check(sec, key, value, getattr(target, key)))
-    if cfg.train.steps < 1 or cfg.data.batch_size < 1:
-        raise ConfigError("train.steps and data.batch_size must be >= 1")
-    if not 0 <= cfg.train.ema_decay < 1:
-        raise ConfigError(f"train.ema_decay must lie in [0, 1), got {cfg.train.ema_decay}")
+    for lo, hi in (("beta_min", "beta_max"), ("sigma_min", "sigma_max")):
+        if getattr(cfg.sde, lo) >= getattr(cfg.sde, hi):
+            raise ConfigError(f"sde.{lo} must be < sde.{hi}, got {getattr(cfg.sde, lo)} >= {getattr(cfg.sde, hi)}")
+    if not cfg.model.channel_mult:
+        raise ConfigError("model.channel_mult must list at least one multiplier")
+    if cfg.data.levels and not 2 <= cfg.data.levels <= 256:
+        raise ConfigError(f"data.levels must be 0 (automatic) or between 2 and 256, got {cfg.data.levels}")
+    if cfg.train.cuda_graph and cfg.train.compile and cfg.train.compile_mode in ("reduce-overhead", "max-autotune"):
+        raise ConfigError(f"train.cuda_graph and train.compile_mode = {cfg.train.compile_mode!r} both capture CUDA "
+                          f"graphs; keep one (compile_mode 'default' or 'max-autotune-no-cudagraphs' combine)")
     if cfg.train.loss == "ddpm" and cfg.sde.name != "vp":
         raise ConfigError("train.loss = 'ddpm' (discrete timesteps) needs sde.name = 'vp'")
     return cfg

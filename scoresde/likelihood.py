@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 from torchdiffeq import odeint
 
+from . import _rng
 from ._checks import bcast
 from ._ode import ADAPTIVE, inside_interval
 
@@ -56,14 +57,15 @@ def _divergence_hutchinson(F: torch.Tensor, x: torch.Tensor, v: torch.Tensor) ->
 def log_likelihood(score_fn: Callable, sde, x: torch.Tensor, method: str = "exact", *, rtol: float = 1e-5,
                    atol: float = 1e-5, eps: float | None = None, probes: int = 1, probe: str = "rademacher",
                    generator: torch.Generator | None = None, ode_method: str = "dopri5",
-                   batch_size: int | None = None, shape: tuple | None = None, dtype: torch.dtype | None = None
-                   ) -> LikelihoodResult:
+                   batch_size: int | None = None, shape: tuple | None = None, dtype: torch.dtype | None = None,
+                   callback: Callable | None = None) -> LikelihoodResult:
     """log p(x) in nats per sample via the probability-flow ODE.
 
     method: 'exact' (autograd trace, best for small D) or 'hutchinson' (probes fixed probes
     per sample, each its own solve; stderr = std over probes / √probes); probe: 'rademacher'
     or 'gaussian'; eps: start time (default sde.likelihood_eps = 1e-5); batch_size bounds
-    memory (samples are processed in chunks); shape: expected per-sample shape, checked.
+    memory (samples are processed in chunks); shape: expected per-sample shape, checked;
+    callback(k) after each chunk of k samples (progress bars).
     """
     if method not in ("exact", "hutchinson"):
         raise ValueError(f"method must be 'exact' or 'hutchinson', got {method!r}")
@@ -92,14 +94,15 @@ def log_likelihood(score_fn: Callable, sde, x: torch.Tensor, method: str = "exac
         xb = xb.repeat(P, *([1] * (xb.ndim - 1))) if P > 1 else xb
         v = None
         if method == "hutchinson":
-            v = torch.randn(xb.shape, generator=generator, dtype=xb.dtype, device=generator.device if generator
-                            else xb.device).to(xb.device)
+            v = _rng.randn(xb.shape, generator, xb.dtype, xb.device)
             if probe == "rademacher":
                 v = torch.sign(v) + (v == 0)
         prior, delta, k = _solve(score_fn, sde, xb, eps, v, rtol, atol, ode_method)
         nfe += k
         priors.append(prior.reshape(P, -1))
         deltas.append(delta.reshape(P, -1))
+        if callback is not None:
+            callback(xb.shape[0] // P)
     prior, delta = torch.cat(priors, 1), torch.cat(deltas, 1)
     lp = prior + delta  # (P, n)
     stderr = lp.std(0) / math.sqrt(P) if P > 1 else None
@@ -146,8 +149,7 @@ def dequantize(x: torch.Tensor, bits: int = 8, generator: torch.Generator | None
     each integer owns a cell of width 2/L in [−1, 1)."""
     levels = levels or 2 ** bits
     k = torch.round((x + 1) / 2 * (levels - 1))
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=generator.device if generator
-                   else x.device).to(x.device)
+    u = _rng.rand(x.shape, generator, x.dtype, x.device)
     return 2 * (k + u) / levels - 1
 
 

@@ -6,24 +6,11 @@ mixture, or a tensor of real data), if any.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
-import torch
-
-from .oracle import GaussianMixture, make_oracle
+from ._resolved import ResolvedModel
+from .oracle import make_oracle
 from .sde import SDE
 
-
-@dataclass
-class ResolvedModel:
-    name: str
-    score_fn: Callable
-    sde: SDE
-    shape: tuple  # one sample's shape, e.g. (2,) or (1, 8, 8)
-    oracle: GaussianMixture | None = None
-    data: torch.Tensor | None = None  # reference data when there is no oracle
-    info: dict | None = None
+__all__ = ["ResolvedModel", "resolve_model"]
 
 
 def resolve_model(spec: str, sde: SDE | None = None, device=None) -> ResolvedModel:

@@ -23,6 +23,8 @@ class GaussianFourierEmbedding(nn.Module):
         self.register_buffer("W", torch.randn(dim // 2, generator=torch.Generator().manual_seed(0)) * scale)
 
     def forward(self, t):
+        # Stays in t's dtype (fp32) under autocast: the phases reach 2π·16·4 ≈ 400 rad, where bf16's
+        # 8-bit mantissa would leave nothing of sin/cos.  The MLP that follows may run in bf16.
         proj = 2 * math.pi * t[:, None] * self.W[None].to(t.dtype)
         return torch.cat([proj.sin(), proj.cos()], -1)
 
@@ -88,12 +90,31 @@ def _groups(ch: int) -> int:
     return math.gcd(ch, 8)
 
 
+class GroupNorm(nn.GroupNorm):
+    """GroupNorm that runs in the dtype of its input: y = (x − μ_g)/√(σ_g² + eps)·γ + β.
+
+    CUDA autocast lists group_norm among the float32 ops, so under bf16 autocast every norm of a
+    U-Net would cast its bf16 input up to fp32, normalise at twice the memory traffic, hand fp32
+    to SiLU, and the next convolution would cast back down: two casts and an fp32 round trip per
+    norm.  The kernel accumulates μ and σ² in fp32 whatever the input dtype, so running it on
+    bf16 loses nothing that the following bf16 convolution would keep.  The parameters stay
+    fp32 (the optimizer's master copy); only their use is cast.  fp32/fp64 inputs take the stock
+    path unchanged, so CPU training is bit-for-bit what nn.GroupNorm gives."""
+
+    def forward(self, x):
+        if x.dtype in (torch.float32, torch.float64):
+            return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return nn.functional.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype),
+                                            self.eps)
+
+
 class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int, tdim: int, dropout: float = 0.0):
         super().__init__()
-        self.n1, self.c1 = nn.GroupNorm(_groups(cin), cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.n1, self.c1 = GroupNorm(_groups(cin), cin), nn.Conv2d(cin, cout, 3, padding=1)
         self.t = nn.Linear(tdim, cout)
-        self.n2, self.c2 = nn.GroupNorm(_groups(cout), cout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.n2, self.c2 = GroupNorm(_groups(cout), cout), nn.Conv2d(cout, cout, 3, padding=1)
         self.drop = nn.Dropout(dropout)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
@@ -106,14 +127,18 @@ class ResBlock(nn.Module):
 class Attention(nn.Module):
     def __init__(self, ch: int, heads: int = 1):
         super().__init__()
-        self.norm, self.qkv, self.proj = nn.GroupNorm(_groups(ch), ch), nn.Conv2d(ch, 3 * ch, 1), nn.Conv2d(ch, ch, 1)
+        self.norm, self.qkv, self.proj = GroupNorm(_groups(ch), ch), nn.Conv2d(ch, 3 * ch, 1), nn.Conv2d(ch, ch, 1)
         self.heads = heads
 
     def forward(self, x):
+        # Tokens are the H·W positions, features the channels (split as 3 × heads × C/heads).  Going
+        # through the (B, H, W, C) view keeps a channels_last tensor copy-free, and gives
+        # scaled_dot_product_attention the unit-stride last dimension its fused kernels need.
         B, C, H, W = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W).unbind(1)
-        h = nn.functional.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
-        return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
+        qkv = self.qkv(self.norm(x)).permute(0, 2, 3, 1).reshape(B, H * W, 3, self.heads, C // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        h = nn.functional.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(h.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2))
 
 
 class UNet(nn.Module):
@@ -150,7 +175,7 @@ class UNet(nn.Module):
             if li > 0:
                 self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
                 res *= 2
-        self.out = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, in_ch, 3, padding=1))
+        self.out = nn.Sequential(GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, in_ch, 3, padding=1))
 
     def forward(self, x, t):
         temb = self.temb(t)

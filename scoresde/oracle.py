@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from . import _rng
 from ._checks import check_int, check_positive
 from .sde import SDE
 
@@ -99,7 +100,9 @@ class GaussianMixture:
         if not torch.is_tensor(x) or x.ndim < 2 or x[0].numel() != self.D:
             raise ValueError(f"x must have shape (B, {self.D}) (or (B, ...) with {self.D} entries "
                              f"per sample), got {tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
-        return x.reshape(x.shape[0], self.D)
+        x = x.reshape(x.shape[0], self.D)
+        # bf16/fp16 inputs are scored in float32: the oracle is the reference, not the model
+        return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
     def _components(self, x: torch.Tensor, m: torch.Tensor, s: torch.Tensor):
         """Rotated residuals y (B,K,D), variances v (B,K,D), and log w_k + log N_k (B,K)."""
@@ -138,7 +141,7 @@ class GaussianMixture:
         if not self.diagonal:
             g = torch.einsum("bke,kde->bkd", g, self._params(xf)[2])
         r = torch.softmax(logits, 1)
-        return (r[:, :, None] * g).sum(1).reshape(x.shape)
+        return (r[:, :, None] * g).sum(1).reshape(x.shape).to(x.dtype)
 
     def score_fn(self, sde: SDE):
         """The exact score as a plain function score_fn(x, t) for solvers and likelihoods."""
@@ -150,14 +153,17 @@ class GaussianMixture:
     # -- sampling and moments -------------------------------------------------------------------
     def sample(self, n: int, generator: torch.Generator | None = None,
                dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
-        """n exact draws, shape (n, D)."""
+        """n exact draws μ_k + U_k·diag(λ_k)^½·z, k ~ Categorical(w), shape (n, D): made in float64
+        where the generator lives (a seed gives the same draws on every device), returned as
+        `dtype` on `device`."""
         n = check_int("n", n, 1)
-        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        z = torch.randn(n, self.D, generator=generator, dtype=torch.float64)
-        z = z * self.lam[k].sqrt()
+        where = generator.device if generator is not None else torch.device("cpu")
+        w, mu, lam, U = (a.to(where) for a in (self.weights, self.means, self.lam, self.U))
+        k = torch.multinomial(w, n, replacement=True, generator=generator)
+        z = _rng.randn((n, self.D), generator, torch.float64, where) * lam[k].sqrt()
         if not self.diagonal:
-            z = torch.einsum("nde,ne->nd", self.U[k], z)
-        return (self.means[k] + z).to(dtype=dtype, device=device)
+            z = torch.einsum("nde,ne->nd", U[k], z)
+        return (mu[k] + z).to(dtype=dtype, device=device)
 
     def mean(self) -> torch.Tensor:
         return (self.weights[:, None] * self.means).sum(0)

@@ -1,24 +1,12 @@
 """Figures for `scoresde compare` and `sample` (matplotlib, Agg backend, written atomically)."""
 from __future__ import annotations
 
-import math
-
 import torch
 
+from ._figures import host, image_grid, save_samples_png
+from ._figures import limit as _limit, pyplot as _plt, save as _save, scatter as _scatter
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save(fig, path):
-    from ._io import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    _plt().close(fig)
+__all__ = ["quality_vs_nfe", "samples_panel", "save_samples_png", "image_grid"]
 
 
 def quality_vs_nfe(rows: list[dict], path: str, title: str = "") -> None:
@@ -48,33 +36,6 @@ def quality_vs_nfe(rows: list[dict], path: str, title: str = "") -> None:
     _save(fig, path)
 
 
-def _limit(x) -> float:
-    """Half-width of a square scatter that shows 99.5 % of the first two coordinates."""
-    return float(x[:, :2].abs().quantile(0.995)) * 1.2 + 1e-6
-
-
-def _scatter(ax, x, lim):
-    ax.scatter(x[:, 0], x[:, 1] if x.shape[1] > 1 else torch.zeros_like(x[:, 0]), s=1, alpha=0.4)
-    ax.set_xlim(-lim, lim)
-    ax.set_ylim(-lim, lim)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_aspect("equal")
-
-
-def image_grid(x: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
-    """(B, C, H, W) in [−1, 1] -> one (H', W', C) array in [0, 1] tiled row-major."""
-    x = ((x.clamp(-1, 1) + 1) / 2).cpu()
-    B, C, H, W = x.shape
-    nrow = nrow or math.ceil(math.sqrt(B))
-    ncol = math.ceil(B / nrow)
-    out = torch.ones(C, ncol * (H + 1) + 1, nrow * (W + 1) + 1)
-    for i in range(B):
-        r, c = divmod(i, nrow)
-        out[:, 1 + r * (H + 1): 1 + r * (H + 1) + H, 1 + c * (W + 1): 1 + c * (W + 1) + W] = x[i]
-    return out.permute(1, 2, 0).squeeze(-1)
-
-
 def samples_panel(samples: dict, path: str, reference: torch.Tensor | None = None, max_points: int = 2000) -> None:
     """Scatter panels (2-D data) or image grids, one per (solver, steps), rows = solvers."""
     plt = _plt()
@@ -82,6 +43,8 @@ def samples_panel(samples: dict, path: str, reference: torch.Tensor | None = Non
     steps = list(dict.fromkeys(k[1] for k in samples))
     ncol = len(steps) + (reference is not None)
     fig, axes = plt.subplots(len(solvers), ncol, figsize=(2.2 * ncol, 2.2 * len(solvers)), squeeze=False)
+    samples = {k: host(v) for k, v in samples.items()}
+    reference = host(reference) if reference is not None else None
     first = next(iter(samples.values()))
     is_2d = first.ndim == 2  # vectors: scatter the first two coordinates
     lim = _limit(first) if is_2d else None
@@ -106,21 +69,5 @@ def samples_panel(samples: dict, path: str, reference: torch.Tensor | None = Non
         if reference is not None:
             show(axes[i][-1], reference)
             axes[i][-1].set_title("data", fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def save_samples_png(x: torch.Tensor, path: str, title: str = "") -> None:
-    """A single scatter (2-D) or image grid of samples."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 5))
-    if x.ndim == 2:  # vectors: the first two coordinates
-        _scatter(ax, x[:5000], _limit(x))
-    elif x.ndim == 4:
-        ax.imshow(image_grid(x[:64]), cmap="gray")
-        ax.axis("off")
-    else:
-        ax.hist(x.flatten().numpy(), bins=100)
-    ax.set_title(title)
     fig.tight_layout()
     _save(fig, path)

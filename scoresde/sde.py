@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from . import _rng
 from ._checks import as_time, bcast, check_int, check_less, check_positive
 
 
@@ -69,9 +70,9 @@ class SDE(abc.ABC):
         return self._log_snr(as_time(t, self.T))
 
     def marginal_sample(self, x0: torch.Tensor, t, generator: torch.Generator | None = None):
-        """Draw x_t = m(t)·x_0 + σ(t)·z; returns (x_t, z)."""
+        """Draw x_t = m(t)·x_0 + σ(t)·z (z drawn where the generator lives); returns (x_t, z)."""
         t = as_time(t, self.T, like=x0, batch=x0.shape[0])
-        z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        z = _rng.randn(x0.shape, generator, x0.dtype, x0.device)
         m, s = torch.exp(self._log_mean_coef(t)), self._std(t)
         return bcast(m, x0) * x0 + bcast(s, x0) * z, z
 
@@ -108,13 +109,12 @@ class SDE(abc.ABC):
 
     def prior_sample(self, shape, generator: torch.Generator | None = None,
                      dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
-        """x_T ~ N(0, prior_std² I)."""
+        """x_T ~ N(0, prior_std² I), drawn where the generator lives (a seed gives the same x_T on
+        every device) and returned on `device`."""
         shape = tuple(int(s) for s in shape)
         if len(shape) < 2 or any(s < 1 for s in shape):
             raise ValueError(f"shape must be (B, ...) with every size >= 1, got {shape}")
-        # draw where the generator lives, so a seed gives the same x_T on every device
-        where = generator.device if generator is not None else device
-        return (self.prior_std * torch.randn(shape, generator=generator, dtype=dtype, device=where)).to(device)
+        return self.prior_std * _rng.randn(shape, generator, dtype, device)
 
     def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
         """log N(z; 0, prior_std² I) summed over all but the batch dimension -> (B,)."""

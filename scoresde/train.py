@@ -8,41 +8,37 @@ sequence bit for bit.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import signal
+import threading
 import time
 
 import torch
 from torch import nn
 
 from ._checks import resolve_device
+from ._io import RunLock, remove_temps, write_text
+from .build import build_model
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config
-from .data import Dataset, make_dataset
+from .fastpath import StepRunner, batch_to, compile_net
 from .losses import ddpm_loss, dsm_loss
-from .nn import MLP, ScoreModel, UNet
-from .sde import make_sde
+from .nn import ScoreModel
 
 CKPT = "checkpoint.pt"
+# keys a resumed run may change: the length, and the switches that change speed, not the model
+# (not where the data are drawn: a CPU generator's state does not continue on a CUDA one)
+RESUMABLE = ("train.steps", "train.bf16", "train.compile", "train.compile_mode", "train.channels_last",
+             "train.fused_optimizer", "train.cuda_graph")
+LOG = "log.jsonl"
+log = logging.getLogger("scoresde")
 
 
-def build_model(cfg: Config) -> tuple[ScoreModel, Dataset]:
-    """The ScoreModel (network + SDE) and the data set a config describes (weights seeded)."""
-    data = make_dataset(cfg.data.name, cfg.data.path or None)
-    sde = make_sde(cfg.sde.name, **cfg.sde_kwargs())
-    m = cfg.model
-    torch.manual_seed(cfg.train.seed)
-    if m.arch == "mlp":
-        net = MLP(math.prod(data.shape), m.hidden, m.blocks, m.time_embedding, m.dropout)
-    else:
-        if len(data.shape) != 3 or data.shape[1] != data.shape[2]:
-            raise ValueError(f"model.arch = 'unet' needs square images (C, H, H), the data have shape {data.shape}")
-        if data.shape[1] % (2 ** (len(m.channel_mult) - 1)):
-            raise ValueError(f"image size {data.shape[1]} is not divisible by 2^{len(m.channel_mult) - 1} "
-                             f"(model.channel_mult = {m.channel_mult})")
-        net = UNet(data.shape[0], data.shape[1], m.channels, tuple(m.channel_mult), m.blocks,
-                   tuple(m.attention_resolutions), m.time_embedding, m.dropout)
-    return ScoreModel(net, sde, m.sigma_data), data
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM during Trainer.train: the step in progress finished and a checkpoint
+    was written; str() says which step and where."""
 
 
 def _dist():
@@ -55,7 +51,8 @@ class Trainer:
     """Trainer(cfg, out_dir).train() -> the per-step losses of this call.
 
     Under torch.distributed (torchrun) each rank draws its own shard of every global batch
-    from its own generator; gradients are averaged by DDP; only rank 0 writes files."""
+    from its own generator; gradients are averaged by DDP; only rank 0 writes files.  Rank 0
+    holds the folder's lock (OUT/.lock) from construction until train() returns or close()."""
 
     def __init__(self, cfg: Config, out_dir: str, device: str | None = None, resume: bool = False,
                  progress: bool = True):
@@ -67,14 +64,22 @@ class Trainer:
         self.device = dev
         if cfg.data.batch_size % self.world:
             raise ValueError(f"data.batch_size = {cfg.data.batch_size} is not divisible by {self.world} ranks")
+        c = cfg.train
         self.model, self.data = build_model(cfg)
         self.model.to(dev)
+        # layout before the optimizer and the EMA are made, so their buffers share it
+        self.channels_last = c.channels_last and len(self.data.shape) == 3
+        if self.channels_last:
+            self.model.net.to(memory_format=torch.channels_last)
+        self.bf16 = c.bf16 and dev.type == "cuda"
+        self.data.to(dev, max_bytes=c.data_on_device_gb * 2 ** 30)
         self.ema = [p.detach().clone() for p in self.model.net.parameters()]
-        self.opt = torch.optim.AdamW(self.model.net.parameters(), lr=cfg.train.lr,
-                                     weight_decay=cfg.train.weight_decay)
-        # one generator for t and noise (on the device), one for the data (data sets live on the CPU)
-        self.gen = torch.Generator(device=dev).manual_seed(cfg.train.seed * 1000 + self.rank)
-        self.data_gen = torch.Generator().manual_seed(cfg.train.seed * 1000 + self.rank + 500)
+        self.opt = torch.optim.AdamW(self.model.net.parameters(), lr=c.lr, weight_decay=c.weight_decay,
+                                     fused=c.fused_optimizer or None)
+        # one generator for t and noise (on the device), one for the data (where the data set draws)
+        self.gen = torch.Generator(device=dev).manual_seed((c.seed * 1000 + self.rank) % 2 ** 64)
+        self.data_gen = torch.Generator(device=self.data.device).manual_seed(
+            (c.seed * 1000 + self.rank + 500) % 2 ** 64)
         self.step = 0
         self.progress = progress and self.rank == 0
         self._train_net = self.model.net
@@ -82,14 +87,104 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self._train_net = DDP(self.model.net, device_ids=[dev.index] if dev.type == "cuda" else None)
-        if cfg.train.compile:
-            self._train_net = torch.compile(self._train_net)
+        self._eager_net = self._train_net
+        if c.compile:
+            self._train_net = compile_net(self._train_net, c.compile_mode, dev)
         self._loss_model = ScoreModel(self._train_net, self.model.sde, self.model.sigma_data)
-        path = os.path.join(out_dir, CKPT)
-        if resume:
-            self._restore(path)
-        elif os.path.exists(path):
-            raise ValueError(f"{path} already exists; pass --resume to continue it, or choose another --out")
+        gens = [self.gen, self.data_gen, torch.default_generator]
+        if dev.type == "cuda":
+            gens.append(torch.cuda.default_generators[dev.index if dev.index is not None else torch.cuda.current_device()])
+        # a whole-step graph needs one rank (NCCL collectives stay eager) and batches drawn on the device
+        graph = c.cuda_graph and dev.type == "cuda" and self.world == 1 and self.data.device == dev
+        if c.cuda_graph and dev.type == "cuda" and not graph:
+            import warnings
+
+            warnings.warn("train.cuda_graph needs one process and a data table on the device "
+                          f"(data set {self.data.name!r} draws on {self.data.device}); training without the graph",
+                          RuntimeWarning, stacklevel=2)
+        self._runner = StepRunner(self._loss_and_grad, lambda: self.opt.zero_grad(set_to_none=True), gens,
+                                  compiled=c.compile, on_compile_failure=self._uncompile, graph=graph)
+        self._open_folder(resume)
+
+    # -- the run folder --------------------------------------------------------------------------
+    def _open_folder(self, resume: bool) -> None:
+        """Lock the folder (rank 0; a second trainer or --resume is refused, naming the holder),
+        remove a killed writer's temp files, restore or refuse to overwrite, and cut log.jsonl
+        back to the checkpoint's step so no step is logged twice."""
+        path = os.path.join(self.out, CKPT)
+        self._lock, self._ckpt_seen = None, None
+        self._acquire()
+        try:
+            if resume:
+                if not os.path.exists(path):
+                    raise CheckpointError(f"--resume: {path} does not exist (nothing to resume); "
+                                          f"start without --resume")
+                self._restore(path)
+            elif os.path.exists(path):
+                raise ValueError(f"{path} already exists; pass --resume to continue it, or choose another --out")
+            if self.rank == 0:
+                self._cut_log()
+        except BaseException:
+            self.close()
+            raise
+        table = self.data.table
+        if table is not None and self.cfg.data.batch_size > table.shape[0]:
+            log.warning(f"data.batch_size = {self.cfg.data.batch_size} is larger than the data set "
+                        f"({table.shape[0]} samples): batches are drawn with replacement")
+
+    def _acquire(self) -> None:
+        if self.rank != 0 or self._lock is not None:
+            return
+        lock = RunLock(self.out).acquire()
+        if lock.stale:
+            log.warning(f"{self.out}: took over a stale lock ({lock.stale}; that process is gone)")
+        removed = remove_temps(self.out, only_dead=False) + remove_temps(os.path.join(self.out, "previews"),
+                                                                         only_dead=False)
+        if removed:
+            log.warning(f"{self.out}: removed {len(removed)} temp file(s) left by a killed writer")
+        path = os.path.join(self.out, CKPT)
+        seen = self._fingerprint(path)
+        if self._ckpt_seen is not None and seen != self._ckpt_seen:
+            lock.release()
+            raise CheckpointError(f"{path} was changed by another run since this trainer last saved it; "
+                                  f"start a new Trainer with resume=True")
+        self._lock = lock
+
+    @staticmethod
+    def _fingerprint(path: str):
+        try:
+            st = os.stat(path)
+            return st.st_mtime_ns, st.st_size, st.st_ino
+        except FileNotFoundError:
+            return None
+
+    def _cut_log(self) -> None:
+        """Keep the log lines of steps <= self.step (a fresh run keeps none)."""
+        path = os.path.join(self.out, LOG)
+        if not os.path.exists(path):
+            return
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines(keepends=True)
+        keep = []
+        for line in lines:
+            try:
+                ok = line.endswith("\n") and json.loads(line)["step"] <= self.step
+            except (ValueError, KeyError, TypeError):
+                ok = False  # a line cut short by a kill
+            if ok:
+                keep.append(line)
+        if keep != lines:
+            write_text(path, "".join(keep))
+
+    def close(self) -> None:
+        """Release the run folder's lock (train() does this when it returns)."""
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            self._ckpt_seen = self._fingerprint(os.path.join(self.out, CKPT))
+            lock.release()
+
+    def __del__(self):
+        self.close()
 
     # -- checkpoints --------------------------------------------------------------------------
     def state(self) -> dict:
@@ -103,7 +198,7 @@ class Trainer:
         names = [n for n, _ in self.model.net.named_parameters()]
         ema = dict(self.model.net.state_dict())
         ema.update({n: e.detach().cpu() for n, e in zip(names, self.ema)})
-        return dict(config=self.cfg.to_dict(), step=self.step,
+        return dict(config=self.cfg.to_dict(), shape=list(self.data.shape), step=self.step,
                     model={k: v.detach().cpu() for k, v in self.model.net.state_dict().items()},
                     ema={k: v.detach().cpu() for k, v in ema.items()}, optimizer=self.opt.state_dict(),
                     rng=rngs, torch_rng=torch.get_rng_state())
@@ -114,13 +209,16 @@ class Trainer:
             save_checkpoint(os.path.join(self.out, CKPT), st)
 
     def _restore(self, path: str) -> None:
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path)  # checksum, types, and weights against its own config
         if ckpt["config"] != self.cfg.to_dict():
-            diff = [f"{s}.{k}" for s in ckpt["config"] for k in ckpt["config"][s]
-                    if ckpt["config"][s][k] != self.cfg.to_dict().get(s, {}).get(k)]
-            if diff != ["train.steps"]:
+            mine = self.cfg.to_dict()
+            diff = [f"{s}.{k}" for s in mine for k in mine[s] if ckpt["config"].get(s, {}).get(k) != mine[s][k]]
+            if any(k not in RESUMABLE for k in diff):
                 raise CheckpointError(f"{path} was written with a different config ({', '.join(diff)}); "
-                                      f"resume with the same config (only train.steps may change)")
+                                      f"resume with the same config (only {', '.join(RESUMABLE)} may change)")
+        if tuple(ckpt["shape"]) != tuple(self.data.shape):
+            raise CheckpointError(f"{path} was written for samples of shape {tuple(ckpt['shape'])}; the data "
+                                  f"now have shape {tuple(self.data.shape)}")
         if len(ckpt["rng"]) != self.world:
             raise CheckpointError(f"{path} was written by {len(ckpt['rng'])} rank(s), this run has {self.world}")
         self.model.net.load_state_dict(ckpt["model"])
@@ -128,9 +226,17 @@ class Trainer:
         for e, n in zip(self.ema, names):
             e.copy_(ckpt["ema"][n])
         self.opt.load_state_dict(ckpt["optimizer"])
+        for p, st in self.opt.state.items():  # moments in the parameter's layout (the fused kernel needs it)
+            for k, v in st.items():
+                if torch.is_tensor(v) and v.shape == p.shape:
+                    st[k] = torch.empty_like(p).copy_(v)
         loss_state, data_state = ckpt["rng"][self.rank]
-        self.gen.set_state(loss_state.to(self.gen.device) if self.gen.device.type != "cpu" else loss_state)
-        self.data_gen.set_state(data_state)
+        try:  # generator states are CPU byte tensors for CUDA generators too
+            self.gen.set_state(loss_state)
+            self.data_gen.set_state(data_state)
+        except RuntimeError:
+            raise CheckpointError(f"{path} holds generator states of another device type than {self.device.type}; "
+                                  f"resume on the kind of device it was written on") from None
         torch.set_rng_state(ckpt["torch_rng"])
         self.step = int(ckpt["step"])
 
@@ -139,26 +245,41 @@ class Trainer:
         w = self.cfg.train.warmup
         return self.cfg.train.lr * min(1.0, (self.step + 1) / w) if w > 0 else self.cfg.train.lr
 
-    def train_step(self) -> float:
+    def _loss_and_grad(self) -> torch.Tensor:
+        """Draw a batch, t and noise; the loss; its clipped gradient in .grad.  No host sync, so a
+        CUDA graph can hold it (StepRunner)."""
         c = self.cfg.train
-        x0 = self.data.sample(self.cfg.data.batch_size // self.world, self.data_gen).to(self.device)
-        for group in self.opt.param_groups:
-            group["lr"] = self._lr()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=c.bf16 and self.device.type == "cuda"):
+        x0 = batch_to(self.data.sample(self.cfg.data.batch_size // self.world, self.data_gen), self.device,
+                      self.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             if c.loss == "ddpm":
                 loss = ddpm_loss(self._loss_model, x0, self.gen)
             else:
                 loss = dsm_loss(self._loss_model, x0, self.gen, c.t_eps, c.likelihood_weighting)
-        self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if c.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.net.parameters(), c.grad_clip)
+        return loss.detach()
+
+    def _uncompile(self) -> None:
+        """The compile fallback: train the eager network (DDP-wrapped where it was)."""
+        self._train_net = self._eager_net
+        self._loss_model = ScoreModel(self._eager_net, self.model.sde, self.model.sigma_data)
+
+    def train_step(self) -> torch.Tensor:
+        c = self.cfg.train
+        for group in self.opt.param_groups:
+            group["lr"] = self._lr()
+        if c.compile and c.compile_mode == "reduce-overhead" and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        loss = self._runner()
         self.opt.step()
+        # Python-float weight: one multi-tensor kernel and no host sync (a tensor would need none either)
         decay = min(c.ema_decay, (1 + self.step) / (10 + self.step))
         with torch.no_grad():
             torch._foreach_lerp_(self.ema, [p.detach() for p in self.model.net.parameters()], 1 - decay)
         self.step += 1
-        return loss.detach()
+        return loss
 
     def ema_model(self) -> ScoreModel:
         """A copy of the ScoreModel carrying the EMA weights (what sampling uses by default)."""
@@ -172,49 +293,90 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
     def train(self, steps: int | None = None, stop_after: int | None = None) -> list[float]:
         """Train up to `steps` (default train.steps) total steps; stop_after=k stops (and
-        checkpoints) after k steps of this call, as an interruption would."""
+        checkpoints) after k steps of this call, as an interruption would.
+
+        SIGINT or SIGTERM (in the main thread) lets the step in progress finish, writes a
+        checkpoint and raises TrainingInterrupted; a second signal stops at once (the last
+        checkpoint stays intact).  The folder's lock is held until this returns."""
         from tqdm.auto import tqdm
 
         c = self.cfg.train
         total = steps or c.steps
-        if self.rank == 0:
-            os.makedirs(self.out, exist_ok=True)
-        losses, pending = [], []
+        self._acquire()
+        losses, pending, stop, agreed = [], [], {}, {}
+        halt = stop if self.world == 1 else agreed  # under DDP every rank stops at the same step
         bar = tqdm(total=total, initial=self.step, desc="train", disable=not self.progress, leave=False)
         t0, s0 = time.perf_counter(), self.step
-        log = open(os.path.join(self.out, "log.jsonl"), "a") if self.rank == 0 else None
+        logf = open(os.path.join(self.out, LOG), "a") if self.rank == 0 else None
+        handlers = self._catch_signals(stop)
         try:
-            while self.step < total and (stop_after is None or len(losses) < stop_after):
+            while self.step < total and (stop_after is None or len(losses) + len(pending) < stop_after):
                 loss = self.train_step()
                 pending.append(loss)
                 if self.step % c.log_every == 0 or self.step == total or len(pending) >= 64:
                     vals = torch.stack(pending).float().cpu().tolist()  # one host sync per flush
                     losses.extend(vals)
                     pending = []
-                    if not all(math.isfinite(v) for v in vals):
-                        raise FloatingPointError(f"the loss became {vals[-1]} at step {self.step}; lower train.lr "
+                    bad = next((v for v in vals if not math.isfinite(v)), None)
+                    if bad is not None:
+                        raise FloatingPointError(f"the loss became {bad} by step {self.step}; lower train.lr "
                                                  f"or raise train.grad_clip")
                     rate = (self.step - s0) / max(time.perf_counter() - t0, 1e-9)
                     bar.set_postfix(loss=f"{vals[-1]:.4f}", steps_per_s=f"{rate:.1f}")
-                    if log and self.step % c.log_every == 0:
-                        log.write(json.dumps(dict(step=self.step, loss=vals[-1], lr=self._lr(),
-                                                  steps_per_s=rate)) + "\n")
-                        log.flush()
+                    if logf and self.step % c.log_every == 0:
+                        logf.write(json.dumps(dict(step=self.step, loss=vals[-1], lr=self._lr(),
+                                                   steps_per_s=rate)) + "\n")
+                        logf.flush()
+                    if self.world > 1:
+                        self._agree_to_stop(stop, agreed)  # every rank flushes at the same steps
                 bar.update(1)
+                if halt:
+                    break
                 if c.ckpt_every and self.step % c.ckpt_every == 0:
                     self.save()
                 if c.preview_every and self.step % c.preview_every == 0:
                     self.preview()
+            if pending:
+                losses.extend(torch.stack(pending).float().cpu().tolist())
+                pending = []
+            self.save()
+            if halt:
+                raise TrainingInterrupted(f"{halt['signal']} at step {self.step}: the checkpoint "
+                                          f"{os.path.join(self.out, CKPT)} holds steps 1-{self.step}; continue "
+                                          f"with --resume")
+            if self.step >= total and not c.preview_every:
+                self.preview()
         finally:
+            for sig, old in handlers.items():
+                signal.signal(sig, old)
             if pending:
                 losses.extend(torch.stack(pending).float().cpu().tolist())
             bar.close()
-            if log:
-                log.close()
-        self.save()
-        if self.step >= total and not c.preview_every:
-            self.preview()
+            if logf:
+                logf.close()
+            self.close()
         return losses
+
+    @staticmethod
+    def _catch_signals(stop: dict) -> dict:
+        """SIGINT/SIGTERM set stop['signal']; a second one raises KeyboardInterrupt at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum, frame):
+            if stop:
+                raise KeyboardInterrupt
+            stop["signal"] = signal.Signals(signum).name
+
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _agree_to_stop(self, stop: dict, agreed: dict) -> None:
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item():
+            agreed["signal"] = stop.get("signal", "a signal on another rank")
 
     def preview(self, n: int = 2000, steps: int = 30) -> str | None:
         """Sample from the EMA model (Heun, 30 steps) and save previews/step_<7-digit step>.png."""
@@ -222,7 +384,7 @@ class Trainer:
             return None
         import solvers
 
-        from .plots import save_samples_png
+        from ._figures import save_samples_png
 
         model = self.ema_model()
         n = n if len(self.data.shape) == 1 else 64

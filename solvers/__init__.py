@@ -18,13 +18,14 @@ import torch
 from scoresde.convert import x0_from_score
 
 from ._common import Problem, SampleResult, SolverError
+from ._graph import GraphedScore, graphed
 from .ancestral import ddim, ddpm
 from .deis import deis
 from .dpmpp import dpmpp_2m
 from .dpmpp_3m import dpmpp_3m
 from .dpmpp_sde import dpmpp_2m_sde
 from .euler_maruyama import euler_maruyama, predictor_corrector
-from .grids import GRIDS, time_grid
+from .grids import GRIDS, explicit_grid, load_grid, resolve_grid, time_grid
 from .heun import euler, euler_t, heun, heun_t
 from .pf_ode import pf_ode
 from .sde_torchsde import torchsde_sde
@@ -90,21 +91,32 @@ def default_eps(solver: str, sde) -> float:
 
 
 def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = None, solver: str = "heun",
-           steps: int = 50, grid: str | None = None, eps: float | None = None,
+           steps: int | None = None, grid=None, eps: float | None = None,
            generator: torch.Generator | None = None, denoise: bool = False, callback: Callable | None = None,
-           dtype: torch.dtype | None = None, device=None, check_finite: bool = True, **options) -> SampleResult:
+           dtype: torch.dtype | None = None, device=None, check_finite: bool = True,
+           batch_size: int | None = None, cuda_graph: bool = False, **options) -> SampleResult:
     """Draw samples by integrating from t = T (x_T ~ prior, or the given x_T) down to t = eps.
 
-    grid: 'uniform', 'quadratic', 'edm', 'logsnr' (default per solver and SDE); eps: end time (default 0
-    for ddpm/ddim, else sde.default_eps); denoise: finish with Tweedie's x̂_0 = (x + σ²s)/m at eps
+    grid: 'uniform', 'quadratic', 'edm', 'logsnr' (default per solver and SDE), or an explicit
+    decreasing sequence of times from T (or a .json file of them), which implies steps and eps;
+    steps: default 50 for a named grid; eps: end time (default 0 for ddpm/ddim, else
+    sde.default_eps); denoise: finish with Tweedie's x̂_0 = (x + σ²s)/m at eps
     (one more evaluation); callback(dict(i, t, x, nfe)) after every step; dtype (e.g. float64)
     for the solve; options go to the solver (variance=, eta=, method=, rtol=, atol=, snr=, …).
+
+    batch_size: evaluate the score on at most this many samples at a time.  x_T, the state and
+    every noise draw stay whole-batch, so the samples equal those of one big batch for the same
+    seed; network memory is bounded by batch_size, the state costs a few copies of (n, ...).
+    cuda_graph: replay the score call from CUDA graphs (one per batch shape; see
+    solvers._graph): no per-call launch overhead, same samples.  On a device other than CUDA it
+    warns and calls the score eagerly.  Pass a `solvers.GraphedScore(score_fn)` as score_fn
+    instead to keep the graphs across solves.
     """
     if solver not in SOLVERS:
         raise SolverError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
     spec = SOLVERS[solver]
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise SolverError(f"steps must be an integer >= 1, got {steps!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise SolverError(f"batch_size must be an integer >= 1 or None, got {batch_size!r}")
     allowed = [p for p in inspect.signature(spec.fn).parameters if p not in ("prob", "x")]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
@@ -122,10 +134,10 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
         if shape is not None and tuple(shape) != tuple(x_T.shape):
             raise SolverError(f"shape {tuple(shape)} does not match x_T's shape {tuple(x_T.shape)}")
         x = x_T.to(dtype=dtype or x_T.dtype, device=device if device is not None else x_T.device)
-    grid = grid or default_grid(solver, sde)
-    eps = default_eps(solver, sde) if eps is None else float(eps)
-    ts = time_grid(sde, steps, grid, eps)
-    prob = Problem(score_fn, sde, ts, x, generator, callback, check_finite)
+    ts, grid = resolve_grid(sde, default_grid(solver, sde) if grid is None else grid, steps, eps,
+                            default_eps(solver, sde))
+    fn = graphed(score_fn, x.device) if cuda_graph else score_fn
+    prob = Problem(fn, sde, ts, x, generator, callback, check_finite, batch_size)
     with torch.no_grad():
         x = spec.fn(prob, x, **options)
         if denoise:
@@ -136,4 +148,20 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
     return SampleResult(x=x, nfe=prob.nfe, t_grid=ts, solver=solver, grid=grid, schedule=prob.schedule)
 
 
-__all__ = ["sample", "available", "SampleResult", "SolverError", "SOLVERS", "GRIDS", "time_grid", "default_grid"]
+from . import optimize as _optimize  # noqa: E402
+from .optimize import GridFit  # noqa: E402
+
+
+def optimize_grid(score_fn: Callable, sde, **kwargs) -> GridFit:
+    """Fit `solver`'s time grid to a budget of `nfe` score evaluations: the grid minimizing its RMS
+    distance to a tight solution of the probability-flow ODE (see solvers.optimize.optimize_grid
+    for the method and every keyword), scored on fresh draws.
+
+        fit = solvers.optimize_grid(score_fn, sde, solver="dpmpp_2m", nfe=10, shape=(2,))
+        solvers.sample(score_fn, sde, shape=(n, 2), solver="dpmpp_2m", grid=fit.t_grid)
+    """
+    return _optimize.optimize_grid(score_fn, sde, sample=sample, **kwargs)
+
+
+__all__ = ["sample", "available", "SampleResult", "SolverError", "SOLVERS", "GRIDS", "time_grid", "default_grid",
+           "explicit_grid", "load_grid", "optimize_grid", "GridFit", "GraphedScore"]

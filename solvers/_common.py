@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 
+from scoresde import _rng
 from scoresde.convert import score_to_eps, x0_from_eps
 
 
@@ -33,11 +34,15 @@ class Problem:
     the noise source and the callback.  Solver functions receive this and stay short.
 
     Coefficient lists hold Python floats computed in float64, so the per-step arithmetic
-    costs no host–device synchronisation and no tensor allocation.
+    costs no host–device synchronisation and no tensor allocation; the batched time tensor of
+    each grid point is made once.  With `batch_size` the score is evaluated on at most that
+    many samples at a time (the state and the noise stay whole, so the samples are those of
+    one big batch).
     """
 
     def __init__(self, score_fn: Callable, sde, ts: torch.Tensor, x_like: torch.Tensor,
-                 generator: torch.Generator | None, callback: Callable | None, check_finite: bool = True):
+                 generator: torch.Generator | None, callback: Callable | None, check_finite: bool = True,
+                 batch_size: int | None = None):
         self.fn, self.sde, self.ts = score_fn, sde, ts
         self.K = ts.numel() - 1
         self.t = ts.tolist()
@@ -49,45 +54,62 @@ class Problem:
         self.schedule = "continuous"
         self.f, self.g2 = sde._f_coef(ts).tolist(), sde._g2(ts).tolist()
         self.B, self.dtype, self.device = x_like.shape[0], x_like.dtype, x_like.device
+        # bf16/fp16 states still get float32 times: 8 mantissa bits cannot tell grid points apart
+        self.t_dtype = self.dtype if self.dtype in (torch.float32, torch.float64) else torch.float32
         self.generator, self.callback = generator, callback
         self.check_finite = check_finite
-        # On the CPU a check costs nothing; on an accelerator it would sync every step, so the
-        # first bad step is recorded on the device and raised after the solve.
+        self.batch_size = batch_size
+        # On the CPU a check costs nothing; on an accelerator it would sync every step, so each
+        # call's all-finite flag stays on the device and the flags are read once after the solve.
         self.eager_check = self.device.type == "cpu"
         self.nfe = 0
         self.step = 0
-        self._bad = None  # deferred non-finite flag on accelerators (no sync per step)
+        self._flags = []  # (step, t, 0-d bool on the device), read by check_deferred
+        self._tb = {}  # grid time -> its (B,) tensor
 
     # -- the score, counted and checked --------------------------------------------------------
-    def score(self, x: torch.Tensor, t) -> torch.Tensor:
-        tb = (torch.full((self.B,), t, dtype=self.dtype, device=self.device) if isinstance(t, float)
-              else t.to(self.dtype).expand(self.B))
-        s = self.fn(x, tb)
+    def _t_batch(self, t) -> torch.Tensor:
+        if isinstance(t, float):
+            tb = self._tb.get(t)
+            if tb is None:
+                tb = self._tb[t] = torch.full((self.B,), t, dtype=self.t_dtype, device=self.device)
+            return tb
+        return t.to(device=self.device, dtype=self.t_dtype).expand(self.B)
+
+    def _checked(self, s, x: torch.Tensor, t) -> torch.Tensor:
         if not torch.is_tensor(s) or s.shape != x.shape:
             got = tuple(s.shape) if torch.is_tensor(s) else type(s).__name__
             raise SolverError(f"score_fn returned shape {got}, expected {tuple(x.shape)} (same as x), "
                               f"at step {self.step}, t={float(t):.6g}")
+        return s
+
+    def score(self, x: torch.Tensor, t) -> torch.Tensor:
+        tb, n = self._t_batch(t), self.batch_size
+        if n is None or x.shape[0] <= n:
+            s = self._checked(self.fn(x, tb), x, t)
+        else:
+            s = torch.cat([self._checked(self.fn(x[a:a + n], tb[a:a + n]), x[a:a + n], t)
+                           for a in range(0, x.shape[0], n)])
         self.nfe += 1
         if self.check_finite:
             if self.eager_check:
                 if not bool(torch.isfinite(s).all()):
                     self._raise_nonfinite(self.step, float(t))
-            else:  # record the first bad step on the device: no host sync, no copy per call
-                if self._bad is None:
-                    self._bad = torch.full((), -1, dtype=torch.long, device=self.device)
-                bad = ~torch.isfinite(s).all()
-                self._bad = torch.where((self._bad < 0) & bad, self.step, self._bad)
-        return s.to(x.dtype)
+            else:
+                self._flags.append((self.step, t, torch.isfinite(s).all()))
+        return s if s.dtype == x.dtype else s.to(x.dtype)
 
     def _raise_nonfinite(self, step: int, t: float):
         raise SolverError(f"score_fn returned NaN or inf at step {step} (t={t:.6g}); check the model "
                           f"and its inputs, or use float64")
 
     def check_deferred(self):
-        if self._bad is not None:
-            step = int(self._bad)
-            if step >= 0:
-                self._raise_nonfinite(step, self.t[step])
+        """Raise for the first call whose score was not finite (one host sync for the solve)."""
+        if self._flags:
+            ok = torch.stack([f for _, _, f in self._flags]).cpu()
+            if not bool(ok.all()):
+                step, t, _ = self._flags[int((~ok).nonzero()[0])]
+                self._raise_nonfinite(step, float(t))
 
     def eps(self, x: torch.Tensor, i: int) -> torch.Tensor:
         """ε̂ = −σ(t_i)·s(x, t_i), with the same σ a ScoreModel divided by."""
@@ -135,10 +157,8 @@ class Problem:
 
     # -- noise and progress -----------------------------------------------------------------------
     def noise(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.generator
-        if g is None or g.device == x.device:
-            return torch.randn(x.shape, generator=g, dtype=x.dtype, device=x.device)
-        return torch.randn(x.shape, generator=g, dtype=x.dtype, device=g.device).to(x.device)
+        """z ~ N(0, I) shaped like x, for the whole batch at once (drawn where the generator lives)."""
+        return _rng.randn(x.shape, self.generator, x.dtype, x.device)
 
     def done(self, i: int, x: torch.Tensor) -> None:
         """End of step i (x now at t_{i+1}): report to the callback."""

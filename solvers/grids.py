@@ -4,10 +4,19 @@ uniform   t_i = T + (i/K)(eps − T)
 quadratic t_i = (√T + (i/K)(√eps − √T))²                      denser near the data (DDIM)
 edm       r_i = (r_T^{1/ρ} + (i/K)(r_eps^{1/ρ} − r_T^{1/ρ}))^ρ, r = σ/m, ρ = 7 (Karras et al.)
 logsnr    λ_i uniform between λ(T) and λ(eps), λ = log(m/σ)     (DPM-Solver)
+
+A grid is also data: an explicit decreasing sequence T = t_0 > … > t_K ≥ 0, or a JSON file
+holding one (a list, or an object with a "t_grid" list, as `scoresde schedule` writes).
 """
 from __future__ import annotations
 
+import json
+import math
+import os
+
 import torch
+
+DEFAULT_STEPS = 50
 
 GRIDS = {
     "uniform": "uniform in t",
@@ -46,3 +55,71 @@ def time_grid(sde, steps: int, kind: str = "uniform", eps: float = 1e-3, rho: fl
         ts = sde.t_from_log_snr(lam_i)
     ts[0], ts[-1] = T, eps  # exact ends, free of bisection round-off
     return ts.to(device)
+
+
+def _error(msg):
+    from ._common import SolverError
+
+    return SolverError(msg)
+
+
+def load_grid(path: str) -> list[float]:
+    """The times stored in a JSON grid file: a list of numbers or {"t_grid": [...], ...}."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise _error(f"grid file {path!r} could not be read as JSON: {e}") from None
+    times = data.get("t_grid") if isinstance(data, dict) else data
+    if not isinstance(times, list):
+        raise _error(f"grid file {path!r} must hold a list of times or an object with a 't_grid' list")
+    return times
+
+
+def explicit_grid(sde, times) -> torch.Tensor:
+    """Check and return an explicit grid (float64): T = t_0 > t_1 > … > t_K ≥ 0 with K ≥ 1."""
+    try:
+        ts = torch.as_tensor(times.tolist() if torch.is_tensor(times) else list(times), dtype=torch.float64)
+    except (TypeError, ValueError) as e:
+        raise _error(f"an explicit grid must be a sequence of numbers, got {type(times).__name__}: {e}") from None
+    if ts.ndim != 1 or ts.numel() < 2:
+        raise _error(f"an explicit grid needs at least 2 times (T … eps) in a flat sequence, got shape "
+                     f"{tuple(ts.shape)}")
+    if not torch.isfinite(ts).all():
+        raise _error(f"an explicit grid must be finite, got {ts.tolist()}")
+    T = sde.T
+    if not math.isclose(float(ts[0]), T, rel_tol=1e-9, abs_tol=1e-12):
+        raise _error(f"an explicit grid must start at T = {T} (the prior), got t_0 = {float(ts[0])!r}")
+    if float(ts[-1]) < 0:
+        raise _error(f"an explicit grid must end at a time >= 0, got t_K = {float(ts[-1])!r}")
+    bad = (ts[1:] >= ts[:-1]).nonzero()
+    if bad.numel():
+        i = int(bad[0, 0])
+        raise _error(f"an explicit grid must be strictly decreasing; t_{i} = {float(ts[i])!r} is followed by "
+                     f"t_{i + 1} = {float(ts[i + 1])!r}")
+    ts[0] = T
+    return ts
+
+
+def resolve_grid(sde, grid, steps: int | None, eps: float | None, default_eps: float):
+    """(times, name) for `sample(grid=...)`: a named grid with `steps` and `eps`, or an explicit
+    sequence / JSON file, which implies both (a `steps` or `eps` that disagrees is an error)."""
+    if isinstance(grid, str) and grid in GRIDS:
+        steps = DEFAULT_STEPS if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise _error(f"steps must be an integer >= 1, got {steps!r}")
+        return time_grid(sde, steps, grid, default_eps if eps is None else float(eps)), grid
+    if isinstance(grid, (str, os.PathLike)):
+        if not str(grid).endswith(".json") and not os.path.isfile(grid):
+            raise _error(f"unknown time grid {grid!r}; choose one of: {', '.join(GRIDS)}, an explicit "
+                         f"sequence of times, or a .json file of them")
+        ts, name = explicit_grid(sde, load_grid(grid)), os.fspath(grid)
+    else:
+        ts, name = explicit_grid(sde, grid), "explicit"
+    if steps is not None and steps != ts.numel() - 1:
+        raise _error(f"steps={steps!r} disagrees with the explicit grid, which has {ts.numel() - 1} steps; "
+                     f"leave steps out")
+    if eps is not None and not math.isclose(float(eps), float(ts[-1]), rel_tol=1e-9, abs_tol=1e-15):
+        raise _error(f"eps={eps!r} disagrees with the explicit grid, which ends at {float(ts[-1])!r}; "
+                     f"leave eps out")
+    return ts, name

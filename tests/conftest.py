@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from fake_device import second_device
 from scoresde import SubVPSDE, VESDE, VPSDE
 
 SDE_FACTORIES = {
@@ -18,3 +19,31 @@ def any_sde(request):
 
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
+
+
+DEVICES = ["cpu", "other",
+           pytest.param("cuda", marks=[pytest.mark.gpu,
+                                       pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """A test that takes `device` runs on the CPU; on "other", a second device that is really the
+    CPU (tests/fake_device.py: any mixing of devices raises, as on CUDA, and the numbers are the
+    CPU's bit for bit); and on CUDA with `pytest -m gpu` where there is one."""
+    if request.param == "other":
+        with second_device() as dev:
+            yield dev
+    else:
+        yield torch.device(request.param)
+
+
+def assert_matches_cpu(got: torch.Tensor, want: torch.Tensor, device, rtol: float = 1e-6, atol: float = 1e-8):
+    """`got` (computed on `device`) is on that device and equals the CPU result `want`: bit for bit
+    on the CPU and its stand-in, to rtol/atol on CUDA (other kernels, other rounding)."""
+    assert got.device.type == torch.device(device).type, f"result on {got.device}, expected {device}"
+    got = got.detach().cpu()
+    if torch.device(device).type == "cuda":
+        torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
+    else:
+        assert torch.equal(got, want), (got - want).abs().max()

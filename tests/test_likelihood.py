@@ -73,12 +73,12 @@ def test_batching_gives_the_same_answer():
     assert torch.allclose(a, b, atol=1e-4)
 
 
-def test_float32_works():
+def test_float32_works(device):
     sde, data = VPSDE(), GaussianMixture.ring()
     x = data.sample(8, generator=gen(7))
-    out = log_likelihood(data.score_fn(sde), sde, x, rtol=1e-4, atol=1e-4)
-    assert out.logp.dtype == torch.float32
-    assert (out.logp.double() - data.log_prob(x.double())).abs().max() < 0.05
+    out = log_likelihood(data.score_fn(sde), sde, x.to(device), rtol=1e-4, atol=1e-4)
+    assert out.logp.dtype == torch.float32 and out.logp.device == x.to(device).device
+    assert (out.logp.double().cpu() - data.log_prob(x.double())).abs().max() < 0.05
 
 
 def test_bits_per_dim_hand_computed():

@@ -10,9 +10,9 @@ from scoresde.metrics import mode_metrics, quality, sliced_w2
 from scoresde.oracle import GaussianMixture
 
 
-def test_exact_samples_score_near_ideal():
+def test_exact_samples_score_near_ideal(device):
     data = GaussianMixture.ring()
-    q = quality(data.sample(4000, generator=gen(0)), data)
+    q = quality(data.sample(4000, generator=gen(0), device=device), data)
     assert abs(q["std_ratio"] - 1) < 0.02 and q["off_mode"] == 0 and q["mode_tv"] < 0.04
     assert q["mode_w2"] < 0.05 and q["sw2"] < 2 * q["sw2_floor"]
 

@@ -155,11 +155,11 @@ def test_reverse_and_pf_drift(any_sde):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_dtypes_are_kept(any_sde, dtype):
-    t = torch.rand(6, dtype=dtype, generator=gen(5)) * any_sde.T
+def test_dtypes_are_kept(any_sde, dtype, device):
+    t = (torch.rand(6, dtype=dtype, generator=gen(5)) * any_sde.T).to(device)
     m, s = any_sde.marginal(t)
-    assert m.dtype == dtype and s.dtype == dtype and torch.isfinite(s).all()
-    assert any_sde.drift(torch.ones(6, 2, dtype=dtype), t).dtype == dtype
+    assert m.dtype == dtype and s.dtype == dtype and torch.isfinite(s).all() and s.device == t.device
+    assert any_sde.drift(torch.ones(6, 2, dtype=dtype, device=device), t).dtype == dtype
 
 
 def test_log_snr_inverse(any_sde):

@@ -170,13 +170,14 @@ def test_interface_shapes_dtype_reproducibility(solver, dtype):
 @pytest.mark.parametrize("solver, nfe", [("ddpm", 10), ("ddim", 10), ("euler_maruyama", 10), ("euler", 10),
                                           ("heun", 20), ("euler_t", 10), ("heun_t", 20), ("dpmpp_2m", 10),
                                           ("pc", 20)])
-def test_nfe_counts(solver, nfe):
+def test_nfe_counts(solver, nfe, device):
     sde, data = VPSDE(), GaussianMixture.ring()
-    res = solvers.sample(data.score_fn(sde), sde, shape=(4, 2), solver=solver, steps=10, generator=gen(0))
-    assert res.nfe == nfe
+    res = solvers.sample(data.score_fn(sde), sde, shape=(4, 2), solver=solver, steps=10, generator=gen(0),
+                         device=device)
+    assert res.nfe == nfe and res.x.device.type == device.type
     if solver not in ("ddpm", "ddim"):
         assert solvers.sample(data.score_fn(sde), sde, shape=(4, 2), solver=solver, steps=10,
-                              generator=gen(0), denoise=True).nfe == nfe + 1
+                              generator=gen(0), denoise=True, device=device).nfe == nfe + 1
 
 
 def test_heun_landing_on_zero_noise_uses_euler_last_step():

@@ -1,0 +1,37 @@
+"""Config → ScoreModel: the one place a network is built, used by the trainer and the
+checkpoint loader alike (so loading a checkpoint never reaches into the trainer)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .config import Config
+from .data import Dataset, data_from_config
+from .nn import MLP, ScoreModel, UNet
+from .sde import make_sde
+
+
+def build_score_model(cfg: Config, shape: tuple) -> ScoreModel:
+    """The ScoreModel (ε-network + SDE) a config describes for samples of `shape`; the weights
+    are drawn from torch's global generator seeded with train.seed, so a config fixes them."""
+    sde = make_sde(cfg.sde.name, **cfg.sde_kwargs())
+    m, shape = cfg.model, tuple(shape)
+    torch.manual_seed(cfg.train.seed)
+    if m.arch == "mlp":
+        net = MLP(math.prod(shape), m.hidden, m.blocks, m.time_embedding, m.dropout)
+    else:
+        if len(shape) != 3 or shape[1] != shape[2]:
+            raise ValueError(f"model.arch = 'unet' needs square images (C, H, H), the data have shape {shape}")
+        if shape[1] % (2 ** (len(m.channel_mult) - 1)):
+            raise ValueError(f"image size {shape[1]} is not divisible by 2^{len(m.channel_mult) - 1} "
+                             f"(model.channel_mult = {m.channel_mult})")
+        net = UNet(shape[0], shape[1], m.channels, tuple(m.channel_mult), m.blocks,
+                   tuple(m.attention_resolutions), m.time_embedding, m.dropout)
+    return ScoreModel(net, sde, m.sigma_data)
+
+
+def build_model(cfg: Config) -> tuple[ScoreModel, Dataset]:
+    """The ScoreModel and the data set a config describes (weights seeded by train.seed)."""
+    data = data_from_config(cfg.data)
+    return build_score_model(cfg, data.shape), data

@@ -1,0 +1,485 @@
+"""Reliability: nothing lost, nothing silently wrong (issue 11's battery, one case per item).
+
+1. one run per folder          2. checkpoint integrity (fuzz)     3. one-line errors, exit 2
+4. config and CLI ranges       5. interrupt-safe training          6. no leftovers or duplicates
+7. compare/sample outputs whole, replaced only with --overwrite   8. progress that moves
+"""
+import io
+import json
+import os
+import pickle
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from scoresde import checkpoint as ckmod
+from scoresde.checkpoint import CheckpointError, load_checkpoint, load_score_model
+from scoresde.cli import cli
+from scoresde.config import RANGES, Config, ConfigError, from_dict
+from scoresde.train import Trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {"data": {"name": "ring", "batch_size": 16}, "model": {"hidden": 16, "blocks": 1},
+        "train": {"steps": 3, "warmup": 2, "ckpt_every": 0, "log_every": 1,
+                  "preview_every": 10 ** 6}}  # no preview PNGs: they would dominate these tests' time
+
+
+def tiny(**train) -> dict:
+    return {**TINY, "train": {**TINY["train"], **train}}
+
+
+def toml(raw: dict) -> str:
+    return "".join(f"[{sec}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in body.items()) for sec, body in raw.items())
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def one_line_error(r, code=2):
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == code, r.output
+    assert len(lines) == 1 and "Traceback" not in r.output, r.output
+    return lines[0]
+
+
+def log_steps(folder):
+    return [json.loads(ln) for ln in open(os.path.join(folder, "log.jsonl"))]
+
+
+def start_trainer(tmp_path, raw, out, *extra):
+    conf = tmp_path / "run.toml"
+    conf.write_text(toml(raw))
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return conf, subprocess.Popen([sys.executable, "-m", "scoresde.cli", "train", "--config", str(conf), "--out",
+                                   str(out), "--quiet", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, cwd=ROOT, env=env)
+
+
+def wait_for(cond, proc, timeout=120.0, poll=0.02):
+    t0 = time.time()
+    while not cond():
+        if proc.poll() is not None:
+            raise AssertionError(f"the trainer ended early: {proc.communicate()}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError("timed out")
+        time.sleep(poll)
+
+
+def logged(out, k):
+    def cond():
+        try:
+            return sum(1 for _ in open(out / "log.jsonl")) >= k
+        except FileNotFoundError:
+            return False
+    return cond
+
+
+# -- 2. checkpoint integrity: ≥ 500 random and damaged files, all refused in one line ----------------
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ck")
+    Trainer(from_dict(tiny(steps=2)), str(folder), progress=False).train()
+    return str(folder / "checkpoint.pt")
+
+
+def _signed(state) -> bytes:
+    """A payload with a valid header and checksum: only structural validation can refuse it."""
+    buf = io.BytesIO()
+    if isinstance(state, bytes):
+        buf.write(state)
+    else:
+        torch.save(state, buf)
+    payload = buf.getvalue()
+    import hashlib
+    return ckmod._header(ckmod.VERSION, hashlib.sha256(payload).hexdigest(), len(payload)) + payload
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > pwned.txt",))
+
+
+def _structural(good: dict) -> dict:
+    """Re-signed payloads with one thing wrong each."""
+    import copy
+    from scoresde.build import build_score_model
+    wide = build_score_model(from_dict({**tiny(), "model": {"hidden": 32, "blocks": 1}}), (2,)).net.state_dict()
+    k0 = next(iter(good["ema"]))
+    cases = {}
+
+    def case(name, **changes):
+        st = copy.deepcopy(good)
+        for key, val in changes.items():
+            if val is KeyError:
+                del st[key]
+            else:
+                st[key] = val(st) if callable(val) else val
+        cases[name] = st
+
+    case("ema_list", ema=lambda s: list(s["ema"].values()))
+    case("config_string", config="[train]\nsteps = 3")
+    case("config_bad_value", config=lambda s: {**s["config"], "train": {**s["config"]["train"], "lr": float("nan")}})
+    case("config_unknown_key", config=lambda s: {**s["config"], "optim": {}})
+    case("rng_garbage", rng="xyz")
+    case("rng_wrong_dtype", rng=lambda s: [[r.float() for r in s["rng"][0]]])
+    case("torch_rng_short", torch_rng=torch.zeros(7, dtype=torch.uint8))
+    case("step_negative", step=-5)
+    case("step_string", step="10")
+    case("shape_bad", shape=[0])
+    case("shape_string", shape="2")
+    case("other_architecture", model=wide, ema=wide)
+    case("missing_param", ema=lambda s: {k: v for k, v in s["ema"].items() if k != k0})
+    case("extra_param", model=lambda s: {**s["model"], "extra.weight": torch.zeros(3)})
+    case("wrong_shape", ema=lambda s: {**s["ema"], k0: torch.zeros(*s["ema"][k0].shape, 2)})
+    case("wrong_dtype", ema=lambda s: {**s["ema"], k0: s["ema"][k0].double()})
+    case("nan_weights", model=lambda s: {**s["model"], k0: torch.full_like(s["model"][k0], float("nan"))})
+    case("optimizer_list", optimizer=[1, 2])
+    case("optimizer_bad_state", optimizer=lambda s: {**s["optimizer"], "state": {0: {"exp_avg": torch.zeros(99)}}})
+    case("optimizer_bad_lr", optimizer=lambda s: {**s["optimizer"], "param_groups": [
+        {**g, "lr": "fast"} for g in s["optimizer"]["param_groups"]]})
+    case("optimizer_few_params", optimizer=lambda s: {**s["optimizer"], "param_groups": [
+        {**g, "params": g["params"][:1]} for g in s["optimizer"]["param_groups"]]})
+    case("no_format", format=KeyError)
+    case("old_version", version=1)
+    for key in ckmod.REQUIRED:
+        case(f"missing_{key}", **{key: KeyError})
+    cases["not_a_dict"] = [1, 2, 3]
+    cases["a_tensor"] = torch.zeros(3)
+    return cases
+
+
+def damaged_files(good_path: str, folder, rng: random.Random) -> dict:
+    """name -> bytes: random files, damaged copies, truncations, foreign files, re-signed bad payloads."""
+    blob = open(good_path, "rb").read()
+    head_len = blob.index(b"\n") + 1
+    files = {"empty": b"", "newline": b"\n", "header_only": blob[:head_len], "header_no_newline": blob[:head_len - 1]}
+    for i in range(160):  # random bytes, some behind a real-looking header
+        junk = rng.randbytes(rng.choice([1, 7, 100, 4096, rng.randrange(1, 5000)]))
+        files[f"random_{i}"] = (blob[:head_len] + junk) if i % 3 == 0 else junk
+    for i in range(210):  # overwrite 1-256 bytes anywhere (XOR with non-zero bytes: always a change)
+        b = bytearray(blob)
+        n = rng.choice([1, 1, 8, 64, 256])
+        at = rng.randrange(0, len(b) - n) if i % 4 else rng.randrange(0, head_len)
+        for j in range(at, min(at + n, len(b))):
+            b[j] ^= rng.randrange(1, 256)
+        files[f"overwrite_{i}"] = bytes(b)
+    for i in range(60):
+        files[f"truncate_{i}"] = blob[:rng.randrange(0, len(blob))]
+    for i in range(20):
+        files[f"append_{i}"] = blob + rng.randbytes(rng.randrange(1, 300))
+    for i in range(20):  # two files spliced
+        at = rng.randrange(head_len, len(blob))
+        files[f"splice_{i}"] = blob[:at] + blob[at + 1:] + b"\0"
+    good = torch.load(io.BytesIO(blob[head_len:]), weights_only=True)
+    for name, state in _structural(good).items():
+        files[f"signed_{name}"] = _signed(state)
+    buf = io.BytesIO()
+    torch.save(good, buf)
+    files["plain_torch_v1"] = buf.getvalue()
+    buf = io.BytesIO()
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, buf)
+    files["foreign_torch"] = buf.getvalue()
+    files["malicious_pickle"] = pickle.dumps(_Evil())
+    files["signed_malicious_pickle"] = _signed(pickle.dumps({"format": "scoresde-checkpoint", "x": _Evil()}, protocol=2))
+    files["npz"] = b"PK\x03\x04" + rng.randbytes(200)
+    for name, data in files.items():
+        (folder / f"{name}.pt").write_bytes(data)
+    return files
+
+
+def test_fuzz_500_damaged_checkpoints_are_refused_in_one_line(tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    files = damaged_files(tiny_ckpt, tmp_path, random.Random(0))
+    assert len(files) >= 500
+    outcomes = {"refused": 0}
+    for i, name in enumerate(sorted(files)):
+        path = str(tmp_path / f"{name}.pt")
+        loader = load_score_model if i % 10 == 0 else load_checkpoint
+        with pytest.raises(CheckpointError) as err:
+            loader(path)
+        msg = str(err.value)
+        assert "\n" not in msg and path in msg and len(msg) < 400, (name, msg)
+        outcomes["refused"] += 1
+    assert outcomes["refused"] == len(files)
+    assert not os.path.exists(tmp_path / "pwned.txt")
+    load_checkpoint(tiny_ckpt)  # the undamaged file still loads
+    # a few through the CLI: sample, likelihood, and train --resume
+    for name in ("empty", "overwrite_3", "truncate_5", "signed_ema_list", "signed_other_architecture",
+                 "signed_rng_garbage", "plain_torch_v1", "random_1"):
+        path = tmp_path / f"{name}.pt"
+        assert one_line_error(run("sample", "--model", path, "--n", 4, "--out", tmp_path / "s.npz")).startswith(
+            f"Error: checkpoint '{path}'")
+        assert "Error: checkpoint" in one_line_error(run("likelihood", "--checkpoint", path, "--n", 2))
+    run_dir = tmp_path / "resume"
+    run_dir.mkdir()
+    (run_dir / "checkpoint.pt").write_bytes(files["overwrite_7"])
+    (tmp_path / "c.toml").write_text(toml(tiny()))
+    assert "is damaged" in one_line_error(run("train", "--config", tmp_path / "c.toml", "--out", run_dir, "--resume"))
+
+
+def test_damaged_ema_bytes_are_caught_where_torch_would_load_them(tiny_ckpt, tmp_path):
+    """The issue's case: bytes overwritten inside a tensor keep the zip readable (torch.load
+    does not check CRCs); the checksum refuses the file."""
+    blob = bytearray(open(tiny_ckpt, "rb").read())
+    head = blob.index(b"\n") + 1
+    good = torch.load(io.BytesIO(bytes(blob[head:])), weights_only=True)
+    w = good["ema"][next(k for k, v in good["ema"].items() if v.numel() >= 64)]
+    raw = w.numpy().tobytes()
+    at = bytes(blob).index(raw[:64])
+    blob[at:at + 64] = bytes(64)
+    torch.load(io.BytesIO(bytes(blob[head:])), weights_only=True)  # torch alone accepts it
+    (tmp_path / "x.pt").write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="is damaged: the sha256"):
+        load_checkpoint(str(tmp_path / "x.pt"))
+
+
+# -- 1. one run per folder; 5. interrupts ------------------------------------------------------------
+
+def test_two_concurrent_trainers_second_exits_2_naming_the_holder(tmp_path):
+    out = tmp_path / "run"
+    conf, proc = start_trainer(tmp_path, tiny(steps=100000), out)
+    try:
+        wait_for(logged(out, 1), proc)
+        other = tmp_path / "other.toml"
+        other.write_text(toml(tiny(steps=100000, seed=1)))
+        for args in (["--config", other], ["--config", conf, "--resume"]):
+            line = one_line_error(run("train", "--out", out, "--quiet", *args))
+            assert f"is in use by pid {proc.pid} on host {socket.gethostname()}" in line, line
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "SIGTERM at step" in err, err
+    step = load_checkpoint(str(out / "checkpoint.pt"))["step"]
+    assert [r["step"] for r in log_steps(out)] == list(range(1, step + 1))
+    assert not os.path.exists(out / ".lock")
+
+
+def test_sigint_then_resume_reproduces_the_uninterrupted_losses_bit_for_bit(tmp_path):
+    out = tmp_path / "run"
+    conf, proc = start_trainer(tmp_path, tiny(steps=100000), out)
+    try:
+        wait_for(logged(out, 5), proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    k = load_checkpoint(str(out / "checkpoint.pt"))["step"]
+    assert err.strip() == f"Interrupted: SIGINT at step {k}: the checkpoint {out / 'checkpoint.pt'} holds steps " \
+                          f"1-{k}; continue with --resume"
+    r = run("train", "--config", conf, "--out", out, "--resume", "--steps", k + 6, "--quiet")
+    assert r.exit_code == 0 and f"trained steps {k} -> {k + 6}" in r.output, r.output
+    full = Trainer(from_dict(tiny(steps=k + 6)), str(tmp_path / "full"), progress=False).train()
+    logged_losses = [row["loss"] for row in log_steps(out)]
+    assert [row["step"] for row in log_steps(out)] == list(range(1, k + 7))
+    assert logged_losses == full  # json round-trips floats exactly: bit for bit
+
+
+def test_kill_9_during_a_checkpoint_write_then_clean_resume(tmp_path, caplog):
+    """Checkpointed every step (writing dominates a step): killed while a .tmp file is being written."""
+    raw = {**tiny(steps=100000, ckpt_every=1), "model": {"hidden": 64, "blocks": 2}}
+    out = tmp_path / "run"
+    conf, proc = start_trainer(tmp_path, raw, out)
+    try:
+        wait_for(logged(out, 2), proc)  # step 1 is checkpointed
+        writing = lambda: any(n.startswith(".tmp-") for n in os.listdir(out))  # noqa: E731
+        for _ in range(100):  # freeze it, and keep it frozen only if a write is under way
+            wait_for(writing, proc, poll=0.0005)
+            proc.send_signal(signal.SIGSTOP)
+            if writing():
+                break
+            proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert any(n.startswith(".tmp-") for n in os.listdir(out)) and os.path.exists(out / ".lock")
+    k = load_checkpoint(str(out / "checkpoint.pt"))["step"]
+    assert log_steps(out)[-1]["step"] >= k  # steps after the checkpoint were logged, and will be redone
+    r = CliRunner().invoke(cli, ["train", "--config", str(conf), "--out", str(out), "--resume", "--steps",
+                                 str(k + 3), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "took over a stale lock" in caplog.text and f"pid {proc.pid}" in caplog.text, caplog.text
+    assert "removed 1 temp file" in caplog.text, caplog.text
+    assert not [n for n in os.listdir(out) if n.startswith(".tmp-")] and not os.path.exists(out / ".lock")
+    rows = log_steps(out)
+    assert [row["step"] for row in rows] == list(range(1, k + 4))  # no step twice
+    full = Trainer(from_dict({**raw, "train": {**raw["train"], "steps": k + 3, "ckpt_every": 0}}),
+                   str(tmp_path / "full"), progress=False).train()
+    assert [row["loss"] for row in rows] == full
+
+
+def test_stale_lock_is_taken_over_and_a_live_one_in_this_process_refuses(tmp_path, caplog):
+    cfg = from_dict(tiny())
+    (tmp_path / ".lock").write_text("pid 999999 on host elsewhere since yesterday\n")
+    tr = Trainer(cfg, str(tmp_path), progress=False)
+    assert "took over a stale lock (pid 999999 on host elsewhere" in caplog.text
+    with pytest.raises(ValueError, match=f"in use by pid {os.getpid()}"):
+        Trainer(cfg, str(tmp_path), progress=False, resume=True)
+    tr.train()
+    assert not os.path.exists(tmp_path / ".lock")
+    Trainer(cfg, str(tmp_path), progress=False, resume=True).close()  # free again after train()
+
+
+def test_fresh_start_replaces_a_lost_runs_log(tmp_path):
+    (tmp_path / "log.jsonl").write_text('{"step": 50, "loss": 1.0}\n{"step": 100, "lo')
+    Trainer(from_dict(tiny(steps=3)), str(tmp_path), progress=False).train()
+    assert [r["step"] for r in log_steps(tmp_path)] == [1, 2, 3]
+
+
+# -- 3./4. one-line errors and ranges ------------------------------------------------------------------
+
+def test_every_numeric_config_key_has_a_range():
+    import dataclasses
+    cfg = Config()
+    for sec in dataclasses.fields(cfg):
+        for f in dataclasses.fields(getattr(cfg, sec.name)):
+            value = getattr(getattr(cfg, sec.name), f.name)
+            if isinstance(value, (int, float, list)) and not isinstance(value, bool):
+                assert (sec.name, f.name) in RANGES, f"{sec.name}.{f.name} has no allowed range"
+
+
+def _outside(rng):
+    lo, hi, lo_open, hi_open = rng[:4]
+    return [lo if lo_open else lo - 1] + ([hi if hi_open else hi + 1] if hi is not None else [])
+
+
+@pytest.mark.parametrize("key", sorted(RANGES))
+def test_each_range_refuses_its_edges_by_name(key):
+    sec, name = key
+    default = getattr(getattr(Config(), sec), name)
+    bad = _outside(RANGES[key]) + ([float("inf"), float("nan")] if isinstance(default, float) else [])
+    for v in bad:
+        v = [v] if isinstance(default, list) else (float(v) if isinstance(default, float) else int(v))
+        with pytest.raises(ConfigError, match=rf"{sec}\.{name} must be"):
+            from_dict({sec: {name: v}})
+
+
+@pytest.mark.parametrize("raw, match", [
+    ({"train": {"t_eps": 1.5}}, r"train.t_eps must be finite and in \(0, 1\)"),
+    ({"model": {"hidden": 0}}, "model.hidden must be >= 1"),
+    ({"train": {"lr": float("inf")}}, "train.lr must be finite and > 0"),
+    ({"train": {"lr": float("nan")}}, "train.lr must be finite and > 0, got nan"),
+    ({"train": {"log_every": 0}}, "train.log_every must be >= 1"),
+    ({"sde": {"sigma_min": 60.0}}, "sde.sigma_min must be < sde.sigma_max"),
+])
+def test_meaningless_settings_are_refused(raw, match):
+    with pytest.raises(ConfigError, match=match):
+        from_dict(raw)
+
+
+def test_cli_errors_name_the_option_given(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "adir").mkdir()
+    np.savez(tmp_path / "empty.npz")
+    np.save(tmp_path / "zero.npy", np.zeros((0, 2)))
+    np.save(tmp_path / "str.npy", np.array([["a", "b"]]))
+    cases = [
+        (["sample", "--model", "adir"], "--model 'adir' is a folder"),
+        (["likelihood", "--checkpoint", "nope.pt"], "--checkpoint 'nope.pt': no such checkpoint file"),
+        (["sample", "--seed", str(2 ** 64)], "--seed"),
+        (["compare", "--seed", "-1"], "--seed"),
+        (["likelihood", "--model", "oracle:gmm8", "--rtol", "inf"], "--rtol"),
+        (["likelihood", "--model", "oracle:gmm8", "--atol", "nan"], "--atol"),
+        (["likelihood", "--model", "oracle:gmm8", "--rtol", "1.5"], "--rtol"),
+        (["likelihood", "--model", "oracle:gmm8", "--data", "empty.npz"], "holds no arrays"),
+        (["likelihood", "--model", "oracle:gmm8", "--data", "zero.npy"], "got (0, 2)"),
+        (["likelihood", "--model", "oracle:gmm8", "--data", "str.npy"], "need a numeric array"),
+    ]
+    for args, expected in cases:
+        line = one_line_error(run(*args))
+        assert expected in line, (args, line)
+    assert "--model" not in one_line_error(run("likelihood", "--checkpoint", "nope.pt"))
+    big = run("sample", "--seed", str(2 ** 64 - 1), "--n", 4, "--steps", 2, "--quiet", "--out", "big.npz")
+    assert big.exit_code == 0, big.output
+
+
+def test_config_errors_and_a_diverging_loss_are_one_line_through_train(tmp_path):
+    for train, expected in [({"log_every": 0}, "train.log_every must be >= 1"),
+                            ({"lr": 1e30, "grad_clip": 0.0, "warmup": 0, "steps": 30}, "the loss became")]:
+        (tmp_path / "c.toml").write_text(toml(tiny(**train)))
+        line = one_line_error(run("train", "--config", tmp_path / "c.toml", "--out", tmp_path / str(len(train)),
+                                  "--quiet"))
+        assert expected in line, line
+
+
+def test_batch_larger_than_the_data_set_says_so_once(tmp_path, caplog):
+    np.save(tmp_path / "pts.npy", np.random.default_rng(0).normal(size=(10, 2)).astype(np.float32))
+    cfg = from_dict({**tiny(steps=3), "data": {"name": "file", "path": str(tmp_path / "pts.npy"), "batch_size": 32}})
+    Trainer(cfg, str(tmp_path / "run"), progress=False).train()
+    assert caplog.text.count("is larger than the data set (10 samples): batches are drawn with replacement") == 1
+
+
+# -- 7. outputs written whole ------------------------------------------------------------------------
+
+def test_compare_writes_its_folder_whole_and_overwrites_only_when_asked(tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    args = ["compare", "--solvers", "euler", "--steps", "2", "--n", "40", "--quiet", "--out", out]
+    assert run(*args, "--no-plots").exit_code == 0
+    (out / "stale.png").write_text("from an older run")
+    assert "--out" in one_line_error(run(*args)) and "--overwrite" in one_line_error(run(*args))
+    # interrupted while writing the figures: the old folder is untouched, no temp folder is left
+    import scoresde.plots
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scoresde.plots, "samples_panel", interrupted)
+    r = run(*args, "--overwrite")
+    assert r.exit_code == 130, r.output
+    assert sorted(os.listdir(out)) == ["results.csv", "results.json", "stale.png"]
+    assert sorted(os.listdir(tmp_path)) == ["cmp"]
+    monkeypatch.undo()
+    r = run(*args, "--overwrite", "--no-plots")
+    assert r.exit_code == 0, r.output
+    assert sorted(os.listdir(out)) == ["results.csv", "results.json"]  # one run's files, nothing older
+
+
+def test_sample_refuses_to_replace_outputs_without_overwrite(tmp_path):
+    out, png = tmp_path / "s.npz", tmp_path / "s.png"
+    base = ["sample", "--n", "8", "--steps", "2", "--quiet", "--out", out]
+    assert run(*base).exit_code == 0
+    before = out.read_bytes()
+    assert "--out" in one_line_error(run(*base, "--seed", "1"))
+    assert out.read_bytes() == before
+    png.write_text("x")
+    assert "--png" in one_line_error(run(*base[:-1], tmp_path / "new.npz", "--png", png))
+    assert run(*base, "--overwrite", "--seed", "1").exit_code == 0 and out.read_bytes() != before
+
+
+# -- 8. progress that moves ----------------------------------------------------------------------------
+
+def test_progress_moves_within_a_compare_run_and_over_likelihood_batches(monkeypatch):
+    import tqdm.auto
+
+    from scoresde.compare import run_compare
+    from scoresde.likelihood import log_likelihood
+    from scoresde.models import resolve_model
+
+    seen = []
+
+    class Recorder(tqdm.auto.tqdm):
+        def update(self, n=1):
+            super().update(n)
+            seen.append(self.n)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
+    model = resolve_model("oracle:gmm8")
+    run_compare(model, ["euler", "heun"], [5], n=20, progress=True)
+    assert seen[:5] == [1, 2, 3, 4, 5] and seen[-1] == 10  # one tick per solver step
+    chunks = []
+    x = model.oracle.sample(6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    log_likelihood(model.score_fn, model.sde, x, batch_size=2, rtol=1e-3, atol=1e-3, callback=chunks.append)
+    assert chunks == [2, 2, 2]
