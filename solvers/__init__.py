@@ -20,12 +20,16 @@ from scoresde.convert import x0_from_score
 from ._common import Problem, SampleResult, SolverError
 from ._graph import GraphedScore, graphed
 from .ancestral import ddim, ddpm
+from .deis import deis
 from .dpmpp import dpmpp_2m
+from .dpmpp_3m import dpmpp_3m
+from .dpmpp_sde import dpmpp_2m_sde
 from .euler_maruyama import euler_maruyama, predictor_corrector
 from .grids import GRIDS, explicit_grid, load_grid, resolve_grid, time_grid
 from .heun import euler, euler_t, heun, heun_t
 from .pf_ode import pf_ode
 from .sde_torchsde import torchsde_sde
+from .unipc import unipc
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,14 @@ SOLVERS = {
                          grid="quadratic", grid_by_sde={"ve": "edm"}),
     "dpmpp_2m": SolverSpec(dpmpp_2m, "DPM-Solver++(2M), multistep second order in log-SNR (Lu et al. 2022)",
                            grid="logsnr"),
+    "dpmpp_3m": SolverSpec(dpmpp_3m, "DPM-Solver++(3M), multistep third order in log-SNR (Lu et al. 2022b)",
+                           grid="logsnr"),
+    "dpmpp_2m_sde": SolverSpec(dpmpp_2m_sde, "SDE-DPM-Solver++(2M), stochastic multistep in log-SNR (Lu et al. "
+                                             "2022b); eta=1, solver_type=midpoint|heun", grid="logsnr"),
+    "unipc": SolverSpec(unipc, "UniPC: UniP-p predictor + UniC corrector in log-SNR (Zhao et al. 2023); "
+                               "order=1..3, variant=bh1|bh2", grid="logsnr"),
+    "deis": SolverSpec(deis, "ρAB-DEIS: variable-step Adams–Bashforth in σ/m on x/m (Zhang & Chen 2023); "
+                             "order=1..3", grid="edm"),
 }
 
 
