@@ -53,8 +53,12 @@ def quality_vs_nfe(rows: list[dict], path: str, title: str = "", band: dict | No
                        label=f"exact samples of this size\n(range of {band['draws']} draws)")
         ax.set_xscale("log")
         ticks = sorted({r["nfe"] for r in rows})
-        if len(ticks) <= 12:  # label the nfe actually used, as plain numbers
-            ax.set_xticks(ticks, [str(t) for t in ticks])
+        if len(ticks) <= 12:  # label the nfe actually used, as plain numbers, none crowding the last one
+            labels, last = [], 0
+            for t in ticks:
+                labels.append(str(t) if t >= 1.3 * last else "")
+                last = t if labels[-1] else last
+            ax.set_xticks(ticks, labels)
             ax.xaxis.set_minor_locator(plt.NullLocator())
         if key == "off_mode":
             ax.set_yscale("symlog", linthresh=0.1, linscale=0.5)  # linear below 0.1 %, where 0 must show
