@@ -47,3 +47,12 @@ def assert_matches_cpu(got: torch.Tensor, want: torch.Tensor, device, rtol: floa
         torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
     else:
         assert torch.equal(got, want), (got - want).abs().max()
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one intra-op thread (tiny tensors: a second thread only adds hand-offs)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

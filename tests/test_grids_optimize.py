@@ -14,13 +14,8 @@ from scoresde.oracle import GaussianMixture
 from conftest import gen
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The optimizer makes thousands of tiny solves: on a busy machine, intra-op threads only spin.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# The optimizer makes thousands of tiny solves: on a busy machine, intra-op threads only spin.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ring_setup(sde=None):

@@ -49,13 +49,8 @@ def tiny_cfg(data, steps=3):
                       "train": {"steps": steps, "warmup": 1, "ckpt_every": 0, "log_every": 1, "lr": 1e-3}})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: a second thread costs more in hand-offs than it saves."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# These tensors are tiny: a second thread costs more in hand-offs than it saves.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train_few(tmp_path, data, steps=3):
