@@ -19,19 +19,11 @@ from scoresde.models import resolve_model
 from scoresde.train import Trainer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Behaviour, not speed, is tested here; one torch thread keeps the run short on a busy shared CPU
-    (two threads waiting on each other there are 10-40x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(autouse=True)
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # a default --out lands here, not in the checkout
+def in_tmp(tmp_path, monkeypatch, one_thread):
+    """Every test in a temp folder (a default --out lands there, not in the checkout), on one torch
+    thread: behaviour, not speed, is tested, and on a busy shared CPU two threads are 10-40x slower."""
+    monkeypatch.chdir(tmp_path)
 
 
 def run(*args):
@@ -50,8 +42,8 @@ def one_error_line(r, message):
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
+@pytest.fixture
+def ckpts(tmp_path_factory, one_thread):
     """Barely trained checkpoints: the ring (an oracle is known) and moons (data only)."""
     out = {}
     for data in ("ring", "moons"):

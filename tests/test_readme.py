@@ -13,19 +13,9 @@ def blocks(lang: str) -> list[str]:
     return re.findall(rf"^```{lang}\n(.*?)^```", README, flags=re.S | re.M)
 
 
-@pytest.fixture
-def one_thread():
-    """These tests check behaviour, not speed; on the shared 2-core CPU two torch threads waiting on
-    each other made the tour 13x slower (148 s vs 11 s at a load average of 13), one thread never does."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_python_blocks_run_in_order(tmp_path, monkeypatch, one_thread):
+    # one thread: on the shared 2-core CPU two torch threads waiting on each other made the tour
+    # 13x slower (148 s vs 11 s at a load average of 13)
     code = blocks("python")
     assert len(code) >= 5
     monkeypatch.chdir(tmp_path)  # the tour writes runs/tiny here, not in the checkout
