@@ -32,12 +32,12 @@ def limit(x) -> float:
     return float(x[:, :2].abs().quantile(0.995)) * 1.2 + 1e-6
 
 
-def scatter(ax, x, lim):
+def scatter(ax, x, lim, fontsize=6):
+    """The first two coordinates on a square [-lim, lim]² with its axis scale (small tick labels)."""
     ax.scatter(x[:, 0], x[:, 1] if x.shape[1] > 1 else torch.zeros_like(x[:, 0]), s=1, alpha=0.4)
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.tick_params(labelsize=fontsize, length=2, pad=1)
     ax.set_aspect("equal")
 
 
@@ -58,14 +58,13 @@ def save_samples_png(x: torch.Tensor, path: str, title: str = "") -> None:
     """A single scatter (2-D) or image grid of samples."""
     plt = pyplot()
     x = host(x)
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = plt.subplots(figsize=(5, 5), layout="constrained")
     if x.ndim == 2:  # vectors: the first two coordinates
-        scatter(ax, x[:5000], limit(x))
+        scatter(ax, x[:5000], limit(x), fontsize=8)
     elif x.ndim == 4:
         ax.imshow(image_grid(x[:64]), cmap="gray")
         ax.axis("off")
     else:
         ax.hist(x.flatten().numpy(), bins=100)
     ax.set_title(title)
-    fig.tight_layout()
     save(fig, path)

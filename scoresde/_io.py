@@ -1,6 +1,7 @@
 """Atomic file writes: a temp file in the target's folder, fsync, then os.replace, so an
 interrupted run (Ctrl-C, a crash, a full disk) never leaves a half-written file behind; whole
-folders written the same way; the leftovers of killed writers removed; one run per folder."""
+folders written the same way; the leftovers of killed writers removed; one run per folder.
+The result gets the mode a plain open() would give (0o666 & ~umask), not mkstemp's private 0600."""
 from __future__ import annotations
 
 import contextlib
@@ -15,6 +16,13 @@ import time
 import zlib
 
 
+def _umask() -> int:
+    # the only portable way to read the umask is to set it; put it straight back
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str):
     """Yield a temp path beside `path`; on success it replaces `path`, on error it is removed."""
@@ -27,6 +35,7 @@ def atomic_path(path: str):
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -117,6 +126,7 @@ def atomic_dir(path: str, overwrite: bool = False):
     tmp = tempfile.mkdtemp(prefix=_prefix(), dir=parent)
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's folder is private (0700); the result is not
         if os.path.lexists(path):
             if not overwrite:
                 raise FileExistsError(f"{path!r} appeared while this run was writing; its results are "

@@ -73,8 +73,8 @@ def _read(path: str, map_location) -> dict:
         if head.startswith(b"PK\x03\x04"):
             raise _fail(path, "is a plain torch file with no scoresde header: written by another toolkit "
                               "or by an earlier scoresde (format 1, no checksum); retrain to get a checked file")
-        raise _fail(path, "is not a scoresde checkpoint (it does not begin with the scoresde header)" if head
-                    else "is empty (0 bytes)")
+        raise _fail(path, f"is not a scoresde checkpoint (it does not begin with the scoresde header); it is not "
+                          f"a torch file either (it starts with {head[:12]!r})" if head else "is empty (0 bytes)")
     if not m or head != _header(int(m[1]), m[2].decode(), n):
         raise _fail(path, "has a damaged header line")
     if int(m[1]) != VERSION:

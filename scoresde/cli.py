@@ -16,10 +16,8 @@ import threading
 import time
 
 import click
-import torch
 
-from . import __version__
-from .sde import make_sde
+from . import __version__  # torch is imported inside the commands, so --help answers fast
 
 SDE_CHOICES = ["vp", "vp-cosine", "subvp", "ve"]
 DEFAULT_SOLVERS = "ddpm,ddim,euler_maruyama,pc,euler,heun,dpmpp_2m,pf_ode"
@@ -109,7 +107,7 @@ def _parse_list(value: str, name: str, cast=str, allowed=None, minimum=None):
     return out
 
 
-def _device(name: str) -> torch.device:
+def _device(name: str) -> "torch.device":  # noqa: F821
     from ._checks import resolve_device
 
     try:
@@ -120,6 +118,7 @@ def _device(name: str) -> torch.device:
 
 def _resolve(model: str, sde_name: str | None, device, option: str = "--model"):
     from .models import resolve_model
+    from .sde import make_sde
 
     hint = "; or use oracle:gmm8, oracle:gaussian, oracle:gaussianD" if option == "--model" else ""
     if not model.startswith("oracle:") and os.path.isdir(model):
@@ -132,12 +131,67 @@ def _resolve(model: str, sde_name: str | None, device, option: str = "--model"):
 
 def _versions() -> dict:
     import numpy
+    import torch
     import torchdiffeq
     import torchsde
 
     return {"scoresde": __version__, "torch": torch.__version__, "torchdiffeq": torchdiffeq.__version__,
             "torchsde": torchsde.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
+
+
+def _coerce(text: str, default, what: str):
+    """A command-line string typed like the option's default in the solver's signature."""
+    if isinstance(default, bool):
+        low = text.strip().lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise CLIError(f"{what} takes true or false (default {default}), got {text!r}")
+    for typ, name in ((int, "an integer"), (float, "a number")):
+        if isinstance(default, typ):
+            try:
+                return typ(text)
+            except ValueError:
+                raise CLIError(f"{what} takes {name} (default {default!r}), got {text!r}") from None
+    return text
+
+
+def solver_option_values(pairs, solver_names: list[str]) -> dict:
+    """-o KEY=VALUE (every listed solver that takes KEY) and -o SOLVER.KEY=VALUE (that solver)
+    -> {solver: {key: value}}, typed from the defaults in each solver function's signature.
+    Unknown keys get the Python API's own message (solvers.check_options)."""
+    import solvers
+
+    out = {s: {} for s in solver_names}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        target, dot, key = key.strip().rpartition(".")
+        if not sep or not key:
+            raise CLIError(f"-o {pair!r}: write KEY=VALUE or SOLVER.KEY=VALUE")
+        if dot:
+            if target not in solver_names:
+                raise CLIError(f"-o {pair!r}: solver {target!r} is not being run (solvers: {', '.join(solver_names)})")
+            takers = [target]
+            solvers.check_options(target, {key: None})
+        else:
+            takers = [s for s in solver_names if key in solvers.solver_options(s)]
+            if not takers and len(solver_names) == 1:
+                solvers.check_options(solver_names[0], {key: None})
+            if not takers:
+                accepted = "; ".join(f"{s}: {', '.join(solvers.solver_options(s)) or 'none'}" for s in solver_names)
+                raise CLIError(f"-o {pair!r}: no solver being run takes option {key!r} ({accepted})")
+        for s in takers:
+            out[s][key] = _coerce(text, solvers.solver_options(s)[key], f"-o {pair!r}: option {key!r} of {s!r}")
+    return out
+
+
+def option_flag(f):
+    """-o/--option KEY=VALUE, repeatable: options of the solver function (see `scoresde solvers`)."""
+    return click.option("-o", "--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
+                        help="a solver option, e.g. -o eta=0.5, -o variance=beta, -o pf_ode.rtol=1e-4 "
+                             "(repeatable; `scoresde solvers` lists each solver's options)")(f)
 
 
 def batch_options(f):
@@ -215,7 +269,7 @@ def cli():
 
 @cli.command("solvers")
 def solvers_cmd():
-    """List the solvers and time grids with a one-line description each.
+    """List the solvers (with their -o options and defaults) and the time grids.
 
     Example: scoresde solvers
     """
@@ -226,59 +280,132 @@ def solvers_cmd():
     for name, spec in solvers.SOLVERS.items():
         grid = spec.grid if not spec.grid_by_sde else ", ".join(f"{k}: {v}" for k, v in spec.grid_by_sde.items())
         click.echo(f"  {name.ljust(w)}  [{grid}] {spec.description}")
+        opts = solvers.solver_options(name)
+        if opts:
+            click.echo(f"  {' ' * w}  options: " + ", ".join(f"-o {k}={v}" for k, v in opts.items()))
     click.echo("time grids:")
     for name, desc in solvers.GRIDS.items():
         click.echo(f"  {name.ljust(w)}  {desc}")
 
 
-@cli.command()
+# what the compare table's columns mean: printed under the table and in `compare --help`
+METRICS = {
+    "nfe": "score evaluations (network calls) the run used",
+    "wall_s": "seconds the run took",
+    "std_ratio": "per-mode std of the samples / the true std, over on-mode samples (ideal 1)",
+    "mode_w2": "within-mode W2: sliced W2 between each sample's whitened offset from its mode and N(0, I), "
+               "in mode stds; sees spread and shape (ideal 0; exact samples score a little above 0); "
+               "with off_mode it ranks the solvers",
+    "off_mode": "fraction of samples more than 5 mode stds from every mode (ideal 0)",
+    "mode_tv": "total variation between the samples' mode weights and the true ones (ideal 0)",
+    "sw2": "sliced W2 to a fresh data sample of size n, in data units; even exact samples score about "
+           "sw2_floor, so it ranks solvers only when there is no oracle",
+    "precision": "images: share of samples inside the k-NN (k = 3) manifold of the data (ideal: its floor)",
+    "recall": "images: share of data inside the k-NN manifold of the samples (ideal: its floor)",
+    "fd": "images, with --features: Fréchet distance of the feature network's outputs to the data's",
+}
+NETWORK_STEPS, ORACLE_STEPS = "10,20,50", "10,20,50,100,1000"
+NETWORK_N, ORACLE_N = 1000, 4000
+
+
+def metric_legend(cols, width: int = 88) -> str:
+    """The METRICS entries for these columns, wrapped under an aligned name."""
+    import textwrap
+
+    cols = [c for c in cols if c in METRICS]
+    w = max(map(len, cols))
+    return "\n".join(textwrap.fill(METRICS[c], width, initial_indent=f"  {c.ljust(w)}  ",
+                                   subsequent_indent=" " * (w + 4)) for c in cols)
+
+
+def _estimate_line(plan, threads: str) -> str:
+    adaptive = [r for r in plan.runs if r.measured]
+    probe = ", ".join(f"{r.solver} ~{r.nfe}" for r in adaptive)
+    return (f"plan: {len(plan.runs)} runs, {plan.total_nfe} score evaluations"
+            + (f" (adaptive {probe}, measured on a subset)" if adaptive else "")
+            + f"; one evaluation of n = {plan.n} takes {1e3 * plan.sec_per_eval:.3g} ms ({threads})"
+            + f" -> about {_duration(plan.estimate_s)} ({_duration(plan.eval_s)} of score evaluations, "
+              f"{_duration(plan.overhead_s)} of solver overhead, {_duration(plan.metric_s * len(plan.runs))} "
+              f"of metrics)")
+
+
+def _duration(s: float) -> str:
+    return "<0.1 s" if s < 0.1 else f"{s:.2g} s" if s < 10 else f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def _run_label(run) -> str:
+    return f"{run.solver} {run.steps} steps" if run.steps is not None else f"{run.solver} adaptive"
+
+
+COMPARE_HELP = f"""Run every (solver, steps) pair from the same noise and score the samples.
+
+Prints an aligned table (with a legend of its columns) and writes OUT/results.csv, OUT/results.json
+(settings, versions, seed), OUT/quality_vs_nfe.png and OUT/samples.png. Before the first run it
+prints the planned score evaluations and an estimate of the time (from one timed evaluation); one
+progress bar counts score evaluations, so its ETA is weighted by nfe. Defaults are sized to the
+model: an exact-score oracle is cheap and gets {ORACLE_STEPS} steps and n = {ORACLE_N}; a
+checkpoint gets {NETWORK_STEPS} steps and n = {NETWORK_N}.
+
+\b
+Columns:
+{metric_legend(list(METRICS), width=78)}
+
+\b
+Examples:
+  scoresde compare --sde ve --solvers heun,dpmpp_2m,pc --steps 10,20,50 --n 2000 --out results/ve
+  scoresde compare --model runs/ring_vp/checkpoint.pt --max-nfe 60 -o ddim.eta=0.5 -o pf_ode.rtol=1e-3
+"""
+
+
+@cli.command(help=COMPARE_HELP)
 @model_options
 @click.option("--solvers", "solver_list", default=DEFAULT_SOLVERS, metavar="A,B,...",
               help="comma-separated solver names (see `scoresde solvers`)")
 @click.option("--steps", default=None, metavar="K,K,...",
-              help="step counts to try [default: 10,20,50,100,1000; a grid file implies its own]")
+              help=f"step counts to try [default: {ORACLE_STEPS} for an oracle, {NETWORK_STEPS} for a checkpoint; "
+                   f"a grid file implies its own]")
 @click.option("--grid", type=GridParam(), default=None,
               help="time grid for every solver, or a .json file of times [default: each solver's own]")
-@click.option("--n", type=click.IntRange(min=2), default=4000, help="samples per run")
+@click.option("--n", type=click.IntRange(min=2), default=None,
+              help=f"samples per run [default: {ORACLE_N} for an oracle, {NETWORK_N} for a checkpoint]")
+@click.option("--max-nfe", type=click.IntRange(min=1), default=None,
+              help="skip runs that would use more score evaluations than this")
+@option_flag
 @click.option("--seed", type=SEED, default=0, help="seed for x_T and the noise (shared by all runs)")
 @click.option("--out", type=click.Path(file_okay=False), default="results/compare", help="output folder")
 @click.option("--device", default="cpu", metavar="auto|cpu|cuda", help="where to run")
+@click.option("--threads", default="auto", metavar="auto|N",
+              help="CPU threads; auto times one evaluation on torch's default count and on 1 and keeps the "
+                   "faster (on a busy shared CPU, 2 threads can be 10-40x slower than 1)")
 @click.option("--float64", is_flag=True, help="solve in float64")
 @batch_options
 @click.option("--no-plots", is_flag=True, help="skip the PNG figures")
-@click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--quiet", is_flag=True, help="no estimate and no progress bar")
 @click.option("--features", "features_path", default=None, type=click.Path(dir_okay=False), metavar="PATH",
               help="image models: also a Fréchet distance in the features of this TorchScript module "
                    "(images (B, C, H, W) on [-1, 1] -> (B, F))")
 @click.option("--overwrite", is_flag=True, help="replace an existing OUT folder")
-def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, float64, batch_size, cuda_graph,
-            no_plots, quiet, features_path, overwrite):
-    """Run every (solver, steps) pair from the same noise and score the samples.
+def compare(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs, seed, out, device, threads, float64,
+            batch_size, cuda_graph, no_plots, quiet, features_path, overwrite):
+    import math
 
-    Prints an aligned table and writes OUT/results.csv, OUT/results.json (settings, versions,
-    seed), OUT/quality_vs_nfe.png and OUT/samples.png.  The folder is written whole: into a
-    temp folder renamed to OUT at the end; an existing OUT is replaced only with --overwrite.
+    import torch
 
-    \b
-    An image model is scored in pixel space against held-out data (or its training images):
-    sliced W2 and k-NN precision/recall (k = 3), each with its floor, the value for two disjoint
-    data samples; --features adds a Fréchet distance in a network's feature space.
-
-    \b
-    Example:
-      scoresde compare --sde ve --solvers heun,dpmpp_2m,pc --steps 10,20,50 --n 2000 --out results/ve
-      scoresde compare --model runs/cifar10/checkpoint.pt --solvers heun,dpmpp_2m --steps 10,20 --n 1000 \\
-          --features my_features.pt
-    """
     import solvers
 
-    from .compare import best_at_nfe, run_compare
+    from .compare import best_at_nfe, far_from_data, fastest_thread_count, perfect_sampler_band, run_compare
     from ._io import atomic_dir, check_new_output, write_csv, write_json
+    from .plots import run_title
 
     check_new_output(out, overwrite, "--out")
     names = _parse_list(solver_list, "solvers", allowed=solvers.available())
+    options = solver_option_values(option_pairs, names)
+    if threads != "auto" and not (threads.isdigit() and int(threads) >= 1):
+        raise CLIError(f"--threads {threads!r}: give auto or a whole number >= 1")
+    is_oracle = model.startswith("oracle:")
     implied = _grid_steps(grid)
-    steps_list = _parse_list(steps or str(implied or "10,20,50,100,1000"), "steps", cast=int, minimum=1)
+    steps_list = _parse_list(steps or str(implied or (ORACLE_STEPS if is_oracle else NETWORK_STEPS)), "steps",
+                             cast=int, minimum=1)
     if implied is not None and steps_list != [implied]:
         raise CLIError(f"--steps {steps} disagrees with --grid {grid}, which has {implied} steps; leave --steps out")
     dev = _device(device)
@@ -290,44 +417,104 @@ def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, flo
         if len(resolved.shape) != 3:
             raise CLIError(f"--features scores images; model {model} makes samples of shape {resolved.shape}")
         feature_net = load_feature_net(features_path)
+    n = n or (ORACLE_N if is_oracle else NETWORK_N)
+    dtype = torch.float64 if float64 else torch.float32
+    thread_note, threads_before = dev.type, torch.get_num_threads()
+    if dev.type == "cpu":
+        if threads == "auto":
+            probe = resolved.sde.prior_sample((n, *resolved.shape), generator=torch.Generator().manual_seed(seed),
+                                              dtype=dtype)
+            fastest_thread_count(resolved.score_fn, probe, batch_size=batch_size)
+        else:
+            torch.set_num_threads(int(threads))
+        k = torch.get_num_threads()
+        thread_note = f"cpu, {k} thread{'s' * (k > 1)}"
+    title = run_title(model, resolved.sde.config(), n, seed, (resolved.info or {}).get("step"))
+    seen = {}
+
+    def on_plan(plan):
+        seen["plan"] = plan
+        if not plan.runs:
+            cheapest = min(plan.skipped, key=lambda r: r.nfe)
+            raise CLIError(f"--max-nfe {max_nfe}: every run needs more; the cheapest is {_run_label(cheapest)} "
+                           f"({cheapest.nfe} nfe)")
+        click.echo(title)
+        if plan.skipped:
+            click.echo(f"skipping {len(plan.skipped)} run(s) over --max-nfe {max_nfe}: "
+                       + ", ".join(f"{_run_label(r)} ({'~' * r.measured}{r.nfe} nfe)" for r in plan.skipped),
+                       err=True)
+        if not quiet:
+            click.echo(_estimate_line(plan, thread_note), err=True)
+
     t0 = time.perf_counter()
-    rows, samples = run_compare(resolved, names, steps_list, n=n, seed=seed, grid=grid, device=dev,
-                                dtype=torch.float64 if float64 else torch.float32, progress=not quiet,
-                                feature_net=feature_net, batch_size=batch_size, cuda_graph=cuda_graph)
+    try:
+        rows, samples = run_compare(resolved, names, steps_list, n=n, seed=seed, grid=grid, device=dev, dtype=dtype,
+                                    progress=not quiet, options=options, feature_net=feature_net,
+                                    batch_size=batch_size, cuda_graph=cuda_graph, max_nfe=max_nfe, on_plan=on_plan)
+    finally:  # the thread count is process-wide: leave it as found (the CLI may run in-process)
+        torch.set_num_threads(threads_before)
+    wall = time.perf_counter() - t0
+    plan = seen["plan"]
+    from .compare import MIN_METRIC_SAMPLES
+
+    if n < MIN_METRIC_SAMPLES and len(resolved.shape) != 3:  # the metrics would be noise: none shown or saved
+        rows = [{k: r[k] for k in ("solver", "grid", "schedule", "steps", "nfe", "wall_s") if k in r} for r in rows]
     cols = [c for c in ("solver", "grid", "schedule", "steps", "nfe", "wall_s", "std_ratio", "mode_w2", "off_mode",
                         "mode_tv", "sw2", "precision", "recall", "fd") if any(c in r for r in rows)]
-    click.echo(f"model {model}  sde {resolved.sde!r}  n={n}  seed={seed}  device={dev}")
     click.echo(format_table(rows, cols))
+    click.echo(metric_legend(cols))
+    band = perfect_sampler_band(resolved, n, seed)
     if "precision_floor" in rows[0]:
         floors = ", ".join(f"{k} {rows[0][k + '_floor']:.4g}" for k in ("sw2", "precision", "recall", "fd")
                            if k + "_floor" in rows[0])
         click.echo(f"floors (two disjoint samples of size {n} of {(resolved.info or {}).get('reference')}): {floors}")
     elif "sw2_floor" in rows[0]:
         click.echo(f"sw2 floor (two exact data samples of size {n}): {rows[0]['sw2_floor']:.4g}")
-    for budget in (5, 10, 20):
-        best = best_at_nfe(rows, budget)
-        if best:
-            detail = ", ".join(f"{k} {best[k]:.4g}" for k in ("mode_w2", "std_ratio", "off_mode", "sw2") if k in best)
-            click.echo(f"best at <= {budget} nfe: {best['solver']} ({best['grid']} grid, {best['steps']} steps, "
-                       f"{best['nfe']} nfe; {detail})")
-        else:
-            click.echo(f"best at <= {budget} nfe: no run fits (use --steps with fewer steps)")
+    if band is not None:
+        click.echo(f"exact samples of size {n} score {band['metric']} {band['lo']:.3g} to {band['hi']:.3g} "
+                   f"({band['draws']} draws): a perfect sampler lands in this range")
+    if "sw2" not in cols:
+        click.echo(f"no quality metrics: they need at least {MIN_METRIC_SAMPLES} samples per run (got --n {n})"
+                   if n < MIN_METRIC_SAMPLES else "no quality metrics: this model has no ground truth to score against")
+    else:
+        for budget in (5, 10, 20):
+            best = best_at_nfe(rows, budget)
+            if best:
+                detail = ", ".join(f"{k} {best[k]:.4g}" for k in ("mode_w2", "std_ratio", "off_mode", "sw2") if k in best)
+                click.echo(f"best at <= {budget} nfe: {best['solver']} ({best['grid']} grid, {best['steps']} steps, "
+                           f"{best['nfe']} nfe; {detail})")
+            else:
+                click.echo(f"best at <= {budget} nfe: no run fits (use --steps with fewer steps)")
+        best = best_at_nfe(rows, math.inf)
+        why = far_from_data(best, band)
+        if why:
+            click.echo(f"WARNING: even the best run ({best['solver']}, {best['nfe']} nfe) is far from the data: {why}. "
+                       f"If the runs with the most steps are no better, the model, not the solver, is at fault "
+                       f"(train longer, or check the loss).")
+    click.echo(f"total {wall:.1f} s (estimated {_duration(plan.estimate_s)})")
     settings = dict(model=model, sde=resolved.sde.config(), solvers=names, steps=steps_list, grid=grid, n=n,
-                    seed=seed, device=str(dev), float64=float64, features=features_path, batch_size=batch_size,
+                    seed=seed, device=str(dev), threads=thread_note, float64=float64, max_nfe=max_nfe,
+                    options={k: v for k, v in options.items() if v}, features=features_path, batch_size=batch_size,
                     cuda_graph=cuda_graph)
     with atomic_dir(out, overwrite) as tmp:
         write_csv(os.path.join(tmp, "results.csv"), rows)
         write_json(os.path.join(tmp, "results.json"),
-                   dict(settings=settings, versions=_versions(), wall_total_s=time.perf_counter() - t0, rows=rows))
+                   dict(settings=settings, versions=_versions(), wall_total_s=wall, sec_per_eval=plan.sec_per_eval,
+                        estimated_s=plan.estimate_s, perfect_sampler=band,
+                        skipped=[dict(solver=r.solver, steps=r.steps, nfe=r.nfe) for r in plan.skipped], rows=rows))
         written = ["results.csv", "results.json"]
         if not no_plots:
             from .plots import quality_vs_nfe, samples_panel
 
-            quality_vs_nfe(rows, os.path.join(tmp, "quality_vs_nfe.png"), title=f"{model} / {resolved.sde!r}")
-            ref = resolved.oracle.sample(n, generator=torch.Generator().manual_seed(seed)) if resolved.oracle else None
-            if ref is None and resolved.data is not None and len(resolved.shape) == 3:  # images: show real ones beside
-                ref = resolved.data[:16]
-            samples_panel(samples, os.path.join(tmp, "samples.png"), reference=ref)
+            quality_vs_nfe(rows, os.path.join(tmp, "quality_vs_nfe.png"), title=title, band=band)
+            if resolved.oracle is not None:
+                ref = resolved.oracle.sample(n, generator=torch.Generator().manual_seed(seed))
+            elif resolved.data is not None:  # images: a few real ones beside the samples; vectors: n points
+                ref = resolved.data[:16] if len(resolved.shape) == 3 else resolved.data[:n]
+            else:
+                ref = None
+            nfe = {(r["solver"], r["steps"] if r["steps"] != "" else None): r["nfe"] for r in rows}
+            samples_panel(samples, os.path.join(tmp, "samples.png"), reference=ref, nfe=nfe, title=title)
             written += ["quality_vs_nfe.png", "samples.png"]
     click.echo(f"wrote {', '.join(os.path.join(out, w) for w in written)}")
 
@@ -348,15 +535,19 @@ def compare(model, sde_name, solver_list, steps, grid, n, seed, out, device, flo
 @batch_options
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.option("--overwrite", is_flag=True, help="replace existing --out / --png files")
+@option_flag
 def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, device, batch_size, cuda_graph, quiet,
-           overwrite):
+           overwrite, option_pairs):
     """Draw samples with one solver and save them as .npz (x, nfe, t_grid, settings).
 
     \b
     Example:
       scoresde sample --model oracle:gmm8 --solver dpmpp_2m --steps 20 --n 5000 --out ring.npz --png ring.png
+      scoresde sample --solver ddim -o eta=0.5 --steps 50 --out ddim.npz
     """
     import numpy as np
+    import torch
+
     import solvers
     from tqdm.auto import tqdm
 
@@ -366,6 +557,7 @@ def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, dev
         raise CLIError(f"--solver: unknown solver {solver!r}; choose from: {', '.join(solvers.available())}")
     if not out.endswith(".npz"):
         raise CLIError(f"--out {out!r}: the output must be a .npz file")
+    options = solver_option_values(option_pairs, [solver])[solver]
     check_new_output(out, overwrite, "--out")
     if png:
         check_new_output(png, overwrite, "--png")
@@ -380,20 +572,22 @@ def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, dev
     t0 = time.perf_counter()
     res = solvers.sample(resolved.score_fn, resolved.sde, shape=(n, *resolved.shape), solver=solver,
                          steps=None if implied else steps, grid=grid, generator=g, device=dev, denoise=denoise,
-                         batch_size=batch_size, cuda_graph=cuda_graph, callback=lambda info: bar.update(1))
+                         batch_size=batch_size, cuda_graph=cuda_graph, callback=lambda info: bar.update(1), **options)
     bar.close()
     wall = time.perf_counter() - t0
     x = res.x.detach().float().cpu()
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.savez(f, x=x.numpy(), nfe=res.nfe, t_grid=res.t_grid.cpu().numpy(),
                  settings=json.dumps(dict(model=model, sde=resolved.sde.config(), solver=solver, steps=steps,
-                                          grid=res.grid, n=n, seed=seed, denoise=denoise)))
+                                          grid=res.grid, n=n, seed=seed, denoise=denoise, options=options)))
     msg = f"{n} samples, {res.nfe} nfe, {wall:.2f} s -> {out}"
-    if resolved.oracle is not None:
-        from .metrics import quality
+    from .compare import MIN_METRIC_SAMPLES, score_samples
 
-        q = quality(x, resolved.oracle, seed=seed)
+    q = score_samples(x, resolved, seed=seed) if n >= MIN_METRIC_SAMPLES and len(resolved.shape) != 3 else {}
+    if q:
         msg += "  (" + ", ".join(f"{k} {v:.4g}" for k, v in q.items()) + ")"
+    elif n < MIN_METRIC_SAMPLES and (resolved.oracle is not None or resolved.data is not None):
+        msg += f"  (no quality metrics: they need at least {MIN_METRIC_SAMPLES} samples, got --n {n})"
     if png:
         from .plots import save_samples_png
 
@@ -426,6 +620,8 @@ def schedule(model, sde_name, solver, nfe, denoise, out, n_fit, n_eval, max_eval
       scoresde schedule --model oracle:gmm8 --sde ve --solver dpmpp_2m --nfe 10 --out ve10.json
       scoresde compare --sde ve --solvers dpmpp_2m --grid ve10.json
     """
+    import torch
+
     import solvers
 
     from ._io import write_json
@@ -454,8 +650,9 @@ def schedule(model, sde_name, solver, nfe, denoise, out, n_fit, n_eval, max_eval
 @click.option("--resume", is_flag=True, help="continue from OUT/checkpoint.pt")
 @click.option("--device", default=None, metavar="auto|cpu|cuda", help="overrides train.device")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="overrides train.steps (total steps)")
+@click.option("--no-preview", is_flag=True, help="skip the preview PNGs (by default one at the end: a few seconds)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def train(config_path, out, resume, device, steps, quiet):
+def train(config_path, out, resume, device, steps, no_preview, quiet):
     """Train an ε-network by denoising score matching; EMA weights, atomic checkpoints.
 
     One run per folder: OUT/.lock names the running trainer, and a second one exits 2.
@@ -477,7 +674,7 @@ def train(config_path, out, resume, device, steps, quiet):
         cfg.train.steps = steps
     init_distributed()
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, out, device=device, resume=resume, progress=not quiet)
+    trainer = Trainer(cfg, out, device=device, resume=resume, progress=not quiet, previews=not no_preview)
     start = trainer.step
     if start >= cfg.train.steps:
         trainer.close()
@@ -488,7 +685,8 @@ def train(config_path, out, resume, device, steps, quiet):
         tail = losses[-min(len(losses), 100):]
         click.echo(f"trained steps {start} -> {trainer.step} on {trainer.device} in {wall:.1f} s "
                    f"({(trainer.step - start) / wall:.1f} steps/s); loss (mean of last {len(tail)}) "
-                   f"{sum(tail) / len(tail):.4f}; checkpoint {os.path.join(out, 'checkpoint.pt')}")
+                   f"{sum(tail) / len(tail):.4f}; checkpoint {os.path.join(out, 'checkpoint.pt')}"
+                   + (f"; preview {trainer.last_preview}" if trainer.last_preview else ""))
 
 
 @cli.command()
@@ -498,7 +696,8 @@ def train(config_path, out, resume, device, steps, quiet):
               help="forward SDE for an oracle [default: vp]")
 @click.option("--data", default=None, metavar="SOURCE",
               help="'model' (exact draws from the oracle), a data set name (ring, moons, digits-test, …), "
-                   "or a .npy/.npz file [default: the oracle's draws, or the checkpoint's held-out data]")
+                   "or a .npy/.npz file (FILE.npz:NAME picks an array) [default: the oracle's draws, or the "
+                   "checkpoint's held-out data]")
 @click.option("--method", type=click.Choice(["exact", "hutchinson"]), default=None,
               help="divergence [default: exact up to 64 dimensions, hutchinson above (images)]")
 @click.option("--probes", type=click.IntRange(min=1), default=1, help="Hutchinson probes per sample")
@@ -529,6 +728,7 @@ def likelihood(model, checkpoint, sde_name, data, method, probes, probe, n, bits
     """
     import math
 
+    import torch
     from tqdm.auto import tqdm
 
     from ._io import write_json
@@ -551,7 +751,8 @@ def likelihood(model, checkpoint, sde_name, data, method, probes, probe, n, bits
             if data is None:  # a checkpoint's own held-out split (digits, cifar10, data.holdout); toys draw afresh
                 ds = data_from_config(resolved.info["data_config"], "test")
             else:
-                ds = make_dataset("file", data, "all") if data.endswith((".npy", ".npz")) else make_dataset(data)
+                is_file = data.endswith((".npy", ".npz")) or ".npz:" in data  # FILE.npz:NAME picks an array
+                ds = make_dataset("file", data, "all") if is_file else make_dataset(data)
         except ValueError as e:
             raise CLIError(f"--data: {e}" + ("; or pass --data FILE.npy" if data is None else "")) from None
         x = ds.head(n, g)

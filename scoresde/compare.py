@@ -2,20 +2,34 @@
 samples: the engine behind `scoresde compare` and experiments/solver_benchmark.py."""
 from __future__ import annotations
 
+import statistics
 import time
-from typing import Iterable
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 import torch
 
-from .metrics import ImageReference, quality, sw2_with_floor
+from .metrics import ImageReference, mode_metrics, quality, sliced_w2, sw2_with_floor
 from .models import ResolvedModel
 
-ADAPTIVE_SOLVERS = ("pf_ode",)  # ignore `steps` (one run, nfe reported)
+ADAPTIVE_SOLVERS = ("pf_ode",)  # with an adaptive method they ignore `steps` (one run, nfe reported)
+# Below this many samples of vector data the metrics' own sampling noise (eight mode weights from a
+# dozen samples each, a sliced-W2 floor ~ n^-1/2) is as large as the differences between solvers.
+# (Image metrics are printed with their floors at the same n, which shows their noise.)
+MIN_METRIC_SAMPLES = 100
+ADAPTIVE_PROBE = 128  # samples used to measure an adaptive solver's nfe before the full run
+FLOOR_DRAWS = 8  # independent exact samples that give the perfect-sampler band
 
 
 def _sync(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
+
+
+def _reference_split(model: ResolvedModel, n: int, seed: int):
+    """Disjoint size-n slices of the model's reference data (a fixed permutation per seed)."""
+    perm = torch.randperm(model.data.shape[0], generator=torch.Generator().manual_seed(seed), device="cpu")
+    return [model.data[perm[j * n:(j + 1) * n]] for j in range(model.data.shape[0] // n)]
 
 
 def image_reference(model: ResolvedModel, n: int, seed: int = 0, feature_net=None) -> ImageReference | None:
@@ -35,76 +49,232 @@ def image_reference(model: ResolvedModel, n: int, seed: int = 0, feature_net=Non
 def score_samples(x: torch.Tensor, model: ResolvedModel, seed: int = 0, reference: ImageReference | None = None
                   ) -> dict:
     """Quality of samples against the model's ground truth (oracle metrics, image metrics
-    against `reference`, or sliced W2 to data)."""
+    against `reference`, or sliced W2 to data); {} when there is none.  (Below
+    MIN_METRIC_SAMPLES samples the numbers are mostly noise: the CLI does not show them.)"""
     if reference is not None:
         return reference.score(x)
     if model.oracle is not None:
         return quality(x, model.oracle, seed=seed)
     if model.data is not None and model.data.shape[0] >= 2 * x.shape[0]:
-        g = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(model.data.shape[0], generator=g)
-        n = x.shape[0]
-        return sw2_with_floor(x, model.data[perm[:n]], model.data[perm[n:2 * n]], seed)
+        ref, ref2 = _reference_split(model, x.shape[0], seed)[:2]
+        return sw2_with_floor(x, ref, ref2, seed)
     return {}
+
+
+def perfect_sampler_band(model: ResolvedModel, n: int, seed: int = 0, draws: int = FLOOR_DRAWS) -> dict | None:
+    """What an exact sampler scores on the ranking metric at this n: the metric of `draws`
+    independent exact samples (oracle: mode_w2 of fresh mixture draws; data-only: sliced W2 of
+    other data slices to the same reference, with the same projections as score_samples).
+    Returns {metric, mean, lo, hi, draws} with lo/hi the smallest and largest draw, or None."""
+    vals, metric = [], None
+    if n < MIN_METRIC_SAMPLES:
+        return None
+    if model.oracle is not None:
+        metric = "mode_w2"
+        g = torch.Generator().manual_seed(seed + 7919)
+        vals = [mode_metrics(model.oracle.sample(n, generator=g, dtype=torch.float64), model.oracle)["mode_w2"]
+                for _ in range(draws)]
+    elif model.data is not None and len(model.shape) != 3 and model.data.shape[0] >= 3 * n:  # images: own metrics
+        metric = "sw2"
+        ref, *others = _reference_split(model, n, seed)
+        vals = [sliced_w2(y, ref, generator=torch.Generator().manual_seed(seed + 1)) for y in others[:draws]]
+    if not vals:
+        return None
+    return {"metric": metric, "mean": statistics.fmean(vals), "lo": min(vals), "hi": max(vals), "draws": len(vals)}
+
+
+def is_explicit(grid) -> bool:
+    """A grid file or sequence of times, which brings its own steps (not a named grid)."""
+    import solvers
+
+    return grid is not None and not (isinstance(grid, str) and grid in solvers.GRIDS)
+
+
+def is_adaptive(solver: str, options: dict | None = None) -> bool:
+    """True when the solver picks its own steps (pf_ode with an adaptive torchdiffeq method)."""
+    from ._ode import ADAPTIVE
+    import solvers
+
+    if solver not in ADAPTIVE_SOLVERS:
+        return False
+    return (options or {}).get("method", solvers.solver_options(solver)["method"]) in ADAPTIVE
+
+
+@dataclass
+class Run:
+    """One planned run: steps None for an adaptive solver; nfe is the predicted count (exact for
+    fixed-step solvers, measured on ADAPTIVE_PROBE samples for adaptive ones)."""
+    solver: str
+    steps: int | None
+    nfe: int
+    measured: bool = False  # nfe from a probe run (approximate) rather than an exact replay
+    overhead_s: float = 0.0  # the replay's wall time: the solver's own per-step cost, without the model
+
+
+@dataclass
+class Plan:
+    runs: list[Run]
+    skipped: list[Run] = field(default_factory=list)
+    sec_per_eval: float = float("nan")  # one score evaluation on the full batch
+    n: int = 0
+    metric_s: float = 0.0  # scoring one run's samples
+
+    @property
+    def total_nfe(self) -> int:
+        return sum(r.nfe for r in self.runs)
+
+    @property
+    def eval_s(self) -> float:
+        """Score-evaluation time of the whole plan: Σ nfe × seconds per evaluation."""
+        return self.total_nfe * self.sec_per_eval
+
+    @property
+    def overhead_s(self) -> float:
+        """The solvers' own time (loops, noise, arithmetic), from the replays."""
+        return sum(r.overhead_s for r in self.runs)
+
+    @property
+    def estimate_s(self) -> float:
+        return self.eval_s + self.overhead_s + self.metric_s * len(self.runs)
+
+
+def plan_runs(model: ResolvedModel, solver_names: Iterable[str], steps_list: Iterable[int], x_T: torch.Tensor,
+              grid: str | None = None, options: dict | None = None) -> list[Run]:
+    """Every (solver, steps) pair in order, with the score evaluations it will use.
+
+    An explicit grid (file or sequence) replaces steps_list.  A fixed-step solver's nfe depends
+    only on its grid, so it is replayed on one sample with a stand-in score (−x, the score of
+    N(0, I)): the count is exact, no network is called, and the replay's wall time is the
+    solver's own overhead.  An adaptive solve is run with the model itself on the first
+    ADAPTIVE_PROBE samples of x_T.  Both also warm up the solver code, so first-call costs do
+    not land in a run's wall time."""
+    import solvers
+
+    options = options or {}
+    explicit = is_explicit(grid)
+    runs = []
+    for name in solver_names:
+        opts = options.get(name, {})
+        g = torch.Generator(device=x_T.device).manual_seed(0)
+        if is_adaptive(name, opts):  # the probe's time, with its cheaper small-batch calls, stands for the overhead
+            t0 = time.perf_counter()
+            res = solvers.sample(model.score_fn, model.sde, x_T=x_T[:ADAPTIVE_PROBE], solver=name,
+                                 steps=None if explicit else 1, grid=grid, generator=g, **opts)
+            runs.append(Run(name, None, res.nfe, measured=True, overhead_s=time.perf_counter() - t0))
+            continue
+        for k in [None] if explicit else steps_list:
+            t0 = time.perf_counter()
+            res = solvers.sample(lambda x, t: -x, model.sde, x_T=x_T[:1], solver=name, steps=k, grid=grid,
+                                 generator=g, **opts)
+            runs.append(Run(name, res.t_grid.numel() - 1, res.nfe, overhead_s=time.perf_counter() - t0))
+    return runs
+
+
+def seconds_per_eval(score_fn: Callable, x: torch.Tensor, t: float = 0.5, repeats: int = 3,
+                     batch_size: int | None = None) -> float:
+    """Median wall time of one score evaluation on the batch x at time t (in chunks of
+    batch_size, as the runs evaluate it), after an untimed call."""
+    tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+    chunks = list(zip(x.split(batch_size or x.shape[0]), tt.split(batch_size or x.shape[0])))
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 1):
+            _sync(x.device)
+            t0 = time.perf_counter()
+            for xc, tc in chunks:
+                score_fn(xc, tc)
+            _sync(x.device)
+            if i:
+                times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def fastest_thread_count(score_fn: Callable, x: torch.Tensor, batch_size: int | None = None) -> tuple[int, float]:
+    """Set torch's CPU thread count to whichever of its current value and 1 evaluates the score
+    faster on x; returns (threads, seconds per evaluation).  On a shared, oversubscribed CPU the
+    intra-op threads wait for each other and a small network can run 10–40× slower on 2 threads
+    than on 1; on an idle machine the default usually wins and is kept."""
+    default = torch.get_num_threads()
+    t_default = seconds_per_eval(score_fn, x, repeats=1, batch_size=batch_size)  # a 10x gap shows in one call
+    if default == 1:
+        return 1, t_default
+    torch.set_num_threads(1)
+    t_one = seconds_per_eval(score_fn, x, repeats=1, batch_size=batch_size)
+    if t_one < t_default:
+        return 1, t_one
+    torch.set_num_threads(default)
+    return default, t_default
 
 
 def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: Iterable[int], n: int = 4000,
                 seed: int = 0, grid: str | None = None, device="cpu", dtype=torch.float32,
                 progress: bool = True, options: dict | None = None, feature_net=None,
-                batch_size: int | None = None, cuda_graph: bool = False):
+                batch_size: int | None = None, cuda_graph: bool = False, max_nfe: int | None = None,
+                on_plan: Callable[[Plan], None] | None = None):
     """Returns (rows, samples): one dict per run and {(solver, steps): x on CPU}.
 
     Every run starts from the same x_T (drawn once from the prior with `seed`) and uses a
     generator seeded with `seed` for its noise, so differences are the solvers' own.  Image
     models are scored in pixel space against their reference data and, with feature_net (a
     module images → features), by the Fréchet distance of its features.
-    batch_size bounds the network's batch (same samples, see solvers.sample); cuda_graph
-    replays the network from CUDA graphs kept across the runs (captured during the warm-up)."""
-    import solvers
+    options: {solver: {key: value}}.  batch_size bounds the network's batch (same samples, see
+    solvers.sample); cuda_graph replays the network from CUDA graphs kept across the runs.
+    Runs predicted to use more than `max_nfe` score evaluations are skipped.  Before the first
+    run, on_plan(Plan) receives the runs, the skipped ones and the measured costs (for an
+    up-front estimate).  The progress bar counts score evaluations, so its ETA weighs every run
+    by its nfe."""
     from tqdm.auto import tqdm
+
+    import solvers
 
     solver_names, steps_list = list(solver_names), sorted(set(int(s) for s in steps_list))
     options = options or {}
     reference = image_reference(model, n, seed, feature_net)
     if feature_net is not None and reference is None:
         raise ValueError("a feature network scores images; this model has no image reference data")
-    explicit = grid is not None and grid not in solvers.GRIDS  # a grid file or sequence brings its steps
-    if explicit:
-        steps_list = [None]
+    explicit = is_explicit(grid)
     g = torch.Generator(device=device).manual_seed(seed)
     x_T = model.sde.prior_sample((n, *model.shape), generator=g, dtype=dtype, device=device)
-    plan = [(s, None if s in ADAPTIVE_SOLVERS else k) for s in solver_names
-            for k in ([None] if s in ADAPTIVE_SOLVERS else steps_list)]
     score_fn = solvers.graphed(model.score_fn, device) if cuda_graph else model.score_fn
-    for s in solver_names:  # warm-up: first-call costs are not the solver's
-        solvers.sample(score_fn, model.sde, x_T=x_T[:8], solver=s, steps=None if explicit else 2, grid=grid,
-                       generator=torch.Generator(device=device).manual_seed(0), **options.get(s, {}))
-    if cuda_graph:  # one evaluation at the runs' batch shapes captures their graphs
-        solvers.sample(score_fn, model.sde, x_T=x_T, solver="euler", steps=1, batch_size=batch_size)
+    planned = plan_runs(model, solver_names, steps_list, x_T, grid, options)
+    over = [r for r in planned if max_nfe is not None and r.nfe > max_nfe]
+    # also the network's warm-up on the full batch, so no run pays first-call costs
+    # (with cuda_graph, also the capture at the runs' batch shapes)
+    plan = Plan([r for r in planned if r not in over], over,
+                seconds_per_eval(score_fn, x_T, 0.5 * model.sde.T, batch_size=batch_size), n)
+    t0 = time.perf_counter()
+    score_samples(x_T.detach().float().cpu(), model, seed=seed, reference=reference)  # what scoring a run costs
+    plan.metric_s = time.perf_counter() - t0
+    if on_plan is not None:
+        on_plan(plan)
     rows, samples = [], {}
-    # one bar over every solver step of every run, so it moves within a long run too (an adaptive
-    # solve or an explicit grid counts as one unit: its step count is known only when it is done)
-    bar = tqdm(total=sum(k or 1 for _, k in plan), desc="compare", unit="step", disable=not progress, leave=False)
-    for name, steps in plan:
-        bar.set_postfix_str(f"{name} {steps or ('grid' if explicit else 'adaptive')}")
-        done = bar.n + (steps or 1)
-        tick = (lambda info: bar.update(1) if bar.n < done else None) if progress else None
+    bar = tqdm(total=plan.total_nfe, unit="nfe", desc="compare", disable=not progress, leave=False, smoothing=0)
+    for run in plan.runs:
+        name, steps = run.solver, run.steps
+        bar.set_postfix_str(f"{name} {steps or 'adaptive'}")
+        counted, expected = [0], [run.nfe]
+
+        def tick(info):
+            if info["nfe"] > expected[0]:  # an adaptive run needs more than its probe: grow the total first
+                bar.total += info["nfe"] - expected[0]
+                expected[0] = info["nfe"]
+            bar.update(info["nfe"] - counted[0])
+            counted[0] = info["nfe"]
+
         _sync(device)
         t0 = time.perf_counter()
-        res = solvers.sample(score_fn, model.sde, x_T=x_T, solver=name,
-                             steps=None if explicit else steps or 1, grid=grid,
-                             generator=torch.Generator(device=device).manual_seed(seed), callback=tick,
-                             batch_size=batch_size,
-                             **options.get(name, {}))
+        res = solvers.sample(score_fn, model.sde, x_T=x_T, solver=name, steps=None if explicit else steps or 1,
+                             grid=grid, generator=torch.Generator(device=device).manual_seed(seed), callback=tick,
+                             batch_size=batch_size, **options.get(name, {}))
         _sync(device)
         wall = time.perf_counter() - t0
-        bar.update(done - bar.n)
+        bar.total += res.nfe - expected[0]  # an adaptive run that needed fewer than its probe
+        bar.update(res.nfe - counted[0])
+        bar.refresh()  # show the finished run (and a corrected total) even between tqdm's update intervals
         x = res.x.detach().float().cpu()
-        adaptive = name in ADAPTIVE_SOLVERS
-        steps = None if adaptive else res.t_grid.numel() - 1
         samples[(name, steps)] = x
-        row = {"solver": name, "grid": "adaptive" if adaptive else res.grid, "schedule": res.schedule,
-               "steps": "" if adaptive else steps, "nfe": res.nfe, "wall_s": wall}
+        row = {"solver": name, "grid": "adaptive" if steps is None else res.grid, "schedule": res.schedule,
+               "steps": "" if steps is None else steps, "nfe": res.nfe, "wall_s": wall}
         row.update(score_samples(x, model, seed=seed, reference=reference))
         rows.append(row)
     bar.close()
@@ -125,3 +295,30 @@ def best_at_nfe(rows: list[dict], budget: int) -> dict | None:
     """The best row (by ranking_key) among runs using at most `budget` score evaluations."""
     cands = [r for r in rows if r["nfe"] <= budget]
     return min(cands, key=ranking_key) if cands else None
+
+
+# When even the best run is this far off, no solver setting in the grid is close to the data.
+# off_mode: exact samples fall > 5 mode stds from every mode with probability e^(-12.5) ≈ 4e-6
+#   (2-D); a 10 000-step ring model has 1–3 % off-mode at 10–20 nfe and 0.04 % converged, so
+#   5 % is beyond what a usable model and solver produce.
+# mode_w2: for Gaussians W2(N(0, 1), N(0, s²)) = |s − 1|, so 0.25 is a 25 % error in the spread
+#   of the modes (or a shape error as large); converged solvers on that model score ≈ 0.09.
+# sw2 (data-only models): sw2² ≈ floor² + bias², so sw2 > 2 × floor means a bias of √3 ≈ 1.7
+#   times the sampling noise of the data itself.
+FAR = {"off_mode": 0.05, "mode_w2": 0.25, "sw2_over_floor": 2.0}
+
+
+def far_from_data(row: dict | None, band: dict | None = None) -> str | None:
+    """Why this row's samples are far from the data (thresholds in FAR), or None."""
+    if not row:
+        return None
+    why = []
+    if row.get("off_mode", 0) > FAR["off_mode"]:
+        why.append(f"{100 * row['off_mode']:.1f} % of samples off every mode (> {100 * FAR['off_mode']:g} %)")
+    if row.get("mode_w2", 0) > FAR["mode_w2"]:
+        why.append(f"mode_w2 {row['mode_w2']:.3g} (> {FAR['mode_w2']:g}, a {100 * FAR['mode_w2']:g} % spread error)")
+    if "mode_w2" not in row and "sw2" in row:
+        floor = band["mean"] if band and band["metric"] == "sw2" else row.get("sw2_floor")
+        if floor and row["sw2"] > FAR["sw2_over_floor"] * floor:
+            why.append(f"sliced W2 {row['sw2']:.3g} (> {FAR['sw2_over_floor']:g} x the data-vs-data floor {floor:.3g})")
+    return "; ".join(why) or None

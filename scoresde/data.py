@@ -258,32 +258,41 @@ def read_cifar10(folder: str, split: str = "train") -> torch.Tensor:
 
 
 def _read_npy(path: str):
-    """The raw numpy array in a .npy or .npz file (.npz: key 'x' or the first array); pickled
-    objects are refused."""
+    """The raw numpy array in a .npy or .npz file; pickled objects are refused.  From a .npz:
+    the array named by 'file.npz:NAME', else 'x', else its only array; several arrays and none
+    named x is an error that lists them."""
     import numpy as np
 
+    path, sep, key = path.partition(".npz:")
+    path += ".npz" if sep else ""
     if not os.path.exists(path):
         raise ValueError(f"data file {path!r}: no such file")
     if not path.endswith((".npy", ".npz")):
         raise ValueError(f"data file {path!r}: expected a .npy or .npz file")
+    names = []
     try:
         if path.endswith(".npz"):
             with np.load(path, allow_pickle=False) as z:
-                arr = (z["x"] if "x" in z.files else z[z.files[0]]) if z.files else None
+                names = z.files
+                key = key or ("x" if "x" in names or len(names) != 1 else names[0])
+                arr = z[key] if key in names else None
         else:
             arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise ValueError(f"data file {path!r} cannot be read: {e}") from None
     if arr is None:
-        raise ValueError(f"data file {path!r} holds no arrays")
+        if not names:
+            raise ValueError(f"data file {path!r} holds no arrays")
+        raise ValueError(f"data file {path!r} has no array {key!r}; it holds {', '.join(names)}: choose one as "
+                         f"{path}:NAME, e.g. {path}:{names[0]}")
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
         raise ValueError(f"data file {path!r}: need a numeric array, got dtype {getattr(arr, 'dtype', type(arr))}")
     return arr
 
 
 def load_array(path: str) -> torch.Tensor:
-    """A finite float array (N >= 1, ...) from a .npy or .npz file (.npz: key 'x' or the first
-    array); pickled objects are refused."""
+    """A finite float array (N >= 1, ...) from a .npy or .npz file (see _read_npy for which
+    array of a .npz); pickled objects are refused."""
     x = torch.as_tensor(_read_npy(path), dtype=torch.float32)
     if x.ndim < 2 or x.shape[0] == 0 or x[0].numel() == 0 or not torch.isfinite(x).all():
         raise ValueError(f"data file {path!r}: need a finite array of shape (N >= 1, ...), got {tuple(x.shape)}")

@@ -6,48 +6,91 @@ import torch
 from ._figures import host, image_grid, save_samples_png
 from ._figures import limit as _limit, pyplot as _plt, save as _save, scatter as _scatter
 
-__all__ = ["quality_vs_nfe", "samples_panel", "save_samples_png", "image_grid"]
+__all__ = ["quality_vs_nfe", "samples_panel", "save_samples_png", "image_grid", "sde_label", "run_title"]
 
 
-def quality_vs_nfe(rows: list[dict], path: str, title: str = "") -> None:
-    """One line per solver: sliced W2 (and per-mode std ratio when known) against nfe."""
+def sde_label(cfg: dict) -> str:
+    """'VP SDE (linear β 0.1→20)' from an SDE's config() dict, for titles and headers."""
+    name = cfg.get("name", "?")
+    if name == "ve":
+        return f"VE SDE (σ {cfg['sigma_min']:g}→{cfg['sigma_max']:g})"
+    label = {"vp": "VP", "subvp": "sub-VP"}.get(name, name)
+    if cfg.get("schedule") == "cosine":
+        return f"{label} SDE (cosine schedule)"
+    return f"{label} SDE (β {cfg['beta_min']:g}→{cfg['beta_max']:g})"
+
+
+def run_title(model: str, sde_cfg: dict, n: int, seed: int, step: int | None = None) -> str:
+    """One readable line naming what a figure shows: model (and training step), SDE, n, seed."""
+    trained = f", step {step}" if step is not None else ""
+    return f"{model}{trained} · {sde_label(sde_cfg)} · n = {n} · seed {seed}"
+
+
+METRIC_AXES = {"mode_w2": "within-mode W2 (mode stds; ranks solvers)",
+               "sw2": "sliced W2 to data (data units)",
+               "off_mode": "off every mode (% of samples)"}
+
+
+def quality_vs_nfe(rows: list[dict], path: str, title: str = "", band: dict | None = None) -> None:
+    """One line per solver against nfe: the ranking metric (mode_w2 when an oracle is known,
+    else sliced W2 to data) and, with an oracle, the off-mode percentage.
+
+    band (see compare.perfect_sampler_band): the range the ranking metric of exact samples of
+    the same size falls in, drawn as a shaded strip; a perfect sampler's points scatter inside
+    it, so a point at or just below it is sampling noise, not a sampler beating the data."""
     plt = _plt()
-    keys = [k for k in ("sw2", "std_ratio") if any(k in r for r in rows)]
-    if not keys:
-        keys = ["wall_s"]
-    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.2), squeeze=False)
+    keys = [k for k in ("mode_w2", "off_mode") if any(k in r for r in rows)] or \
+           [k for k in ("sw2",) if any(k in r for r in rows)] or ["wall_s"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.4), squeeze=False, layout="constrained")
     for ax, key in zip(axes[0], keys):
+        scale = 100.0 if key == "off_mode" else 1.0
         for name in dict.fromkeys(r["solver"] for r in rows):
-            pts = sorted((r["nfe"], r[key]) for r in rows if r["solver"] == name and key in r)
-            ax.plot(*zip(*pts), marker="o", label=name)
-        if key == "sw2" and "sw2_floor" in rows[0]:
-            ax.axhline(rows[0]["sw2_floor"], color="k", ls="--", lw=1, label="floor (data vs data)")
-        if key == "std_ratio":
-            ax.axhline(1.0, color="k", ls="--", lw=1)
+            pts = sorted((r["nfe"], scale * r[key]) for r in rows if r["solver"] == name and key in r)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=4, label=name)
+        if band is not None and band["metric"] == key:
+            ax.axhspan(band["lo"], band["hi"], color="0.6", alpha=0.35, lw=0,
+                       label=f"exact samples of this size\n(range of {band['draws']} draws)")
         ax.set_xscale("log")
-        if key == "sw2":
+        ticks = sorted({r["nfe"] for r in rows})
+        if len(ticks) <= 12:  # label the nfe actually used, as plain numbers, none crowding the last one
+            labels, last = [], 0
+            for t in ticks:
+                labels.append(str(t) if t >= 1.3 * last else "")
+                last = t if labels[-1] else last
+            ax.set_xticks(ticks, labels)
+            ax.xaxis.set_minor_locator(plt.NullLocator())
+        if key == "off_mode":
+            ax.set_yscale("symlog", linthresh=0.1, linscale=0.5)  # linear below 0.1 %, where 0 must show
+            top = max([100 * r["off_mode"] for r in rows if "off_mode" in r], default=1)
+            ax.set_ylim(0, min(100, max(1, 3 * top)))
+        elif key != "wall_s":
             ax.set_yscale("log")
         ax.set_xlabel("score evaluations (nfe)")
-        ax.set_ylabel({"sw2": "sliced W2 to data", "std_ratio": "per-mode std / true std"}.get(key, key))
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
+        ax.set_ylabel(METRIC_AXES.get(key, key))
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
     _save(fig, path)
 
 
-def samples_panel(samples: dict, path: str, reference: torch.Tensor | None = None, max_points: int = 2000) -> None:
-    """Scatter panels (2-D data) or image grids, one per (solver, steps), rows = solvers."""
+def samples_panel(samples: dict, path: str, reference: torch.Tensor | None = None, max_points: int = 2000,
+                  nfe: dict | None = None, title: str = "") -> None:
+    """Scatter panels (2-D data, shared axis scale) or image grids: one row per solver, its runs
+    left to right, then the data; each panel names its steps and, given nfe = {(solver, steps):
+    nfe}, its score evaluations."""
     plt = _plt()
-    solvers = list(dict.fromkeys(k[0] for k in samples))
-    steps = list(dict.fromkeys(k[1] for k in samples))
-    ncol = len(steps) + (reference is not None)
-    fig, axes = plt.subplots(len(solvers), ncol, figsize=(2.2 * ncol, 2.2 * len(solvers)), squeeze=False)
+    rows = {}
+    for key in samples:
+        rows.setdefault(key[0], []).append(key)
+    ncol = max(map(len, rows.values())) + (reference is not None)
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(2.3 * ncol, 2.3 * len(rows) + 0.3), squeeze=False,
+                             layout="constrained")
     samples = {k: host(v) for k, v in samples.items()}
     reference = host(reference) if reference is not None else None
     first = next(iter(samples.values()))
     is_2d = first.ndim == 2  # vectors: scatter the first two coordinates
-    lim = _limit(first) if is_2d else None
+    lim = _limit(reference if reference is not None and is_2d else first) if is_2d else None
 
     def show(ax, x):
         if is_2d:
@@ -58,16 +101,21 @@ def samples_panel(samples: dict, path: str, reference: torch.Tensor | None = Non
                 ax.imshow(image_grid(x), cmap="gray")
             ax.axis("off")
 
-    for i, s in enumerate(solvers):
-        for j, k in enumerate(steps):
+    for i, keys in enumerate(rows.values()):
+        for j in range(ncol - (reference is not None)):
             ax = axes[i][j]
-            if (s, k) in samples:
-                show(ax, samples[(s, k)])
-                ax.set_title(f"{s} {k if k is not None else 'adaptive'}", fontsize=8)
-            else:
+            if j >= len(keys):
                 ax.axis("off")
+                continue
+            s, k = keys[j]
+            show(ax, samples[keys[j]])
+            label = f"{s}, {k} steps" if k is not None else f"{s}, adaptive"
+            if nfe and keys[j] in nfe:
+                label += f", {nfe[keys[j]]} nfe"
+            ax.set_title(label, fontsize=7)
         if reference is not None:
             show(axes[i][-1], reference)
-            axes[i][-1].set_title("data", fontsize=8)
-    fig.tight_layout()
+            axes[i][-1].set_title("data", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
     _save(fig, path)

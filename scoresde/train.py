@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -28,6 +29,7 @@ from .losses import ddpm_loss, dsm_loss
 from .nn import ScoreModel
 
 CKPT = "checkpoint.pt"
+PREVIEW_N, PREVIEW_STEPS = 2000, 30  # points (2-D data; images: 64) and Heun steps of a preview
 # keys a resumed run may change: the length, and the switches that change speed, not the model
 # (not where the data are drawn: a CPU generator's state does not continue on a CUDA one)
 RESUMABLE = ("train.steps", "train.bf16", "train.compile", "train.compile_mode", "train.channels_last",
@@ -55,8 +57,9 @@ class Trainer:
     holds the folder's lock (OUT/.lock) from construction until train() returns or close()."""
 
     def __init__(self, cfg: Config, out_dir: str, device: str | None = None, resume: bool = False,
-                 progress: bool = True):
+                 progress: bool = True, previews: bool = True):
         self.cfg, self.out = cfg, out_dir
+        self.previews, self.last_preview = previews, None  # previews=False: no preview PNGs at all
         self.rank, self.world = _dist()
         dev = resolve_device(device or cfg.train.device)
         if dev.type == "cuda" and self.world > 1:
@@ -334,7 +337,7 @@ class Trainer:
                     break
                 if c.ckpt_every and self.step % c.ckpt_every == 0:
                     self.save()
-                if c.preview_every and self.step % c.preview_every == 0:
+                if self.previews and c.preview_every and self.step % c.preview_every == 0:
                     self.preview()
             if pending:
                 losses.extend(torch.stack(pending).float().cpu().tolist())
@@ -344,7 +347,11 @@ class Trainer:
                 raise TrainingInterrupted(f"{halt['signal']} at step {self.step}: the checkpoint "
                                           f"{os.path.join(self.out, CKPT)} holds steps 1-{self.step}; continue "
                                           f"with --resume")
-            if self.step >= total and not c.preview_every:
+            if self.previews and self.step >= total and not c.preview_every:
+                if self.progress:  # it takes seconds: say what is happening and how to skip it
+                    tqdm.write(f"end of training: sampling a preview (EMA weights, heun {PREVIEW_STEPS} steps) into "
+                               f"{os.path.join(self.out, 'previews')} (previews=False / --no-preview skips it)",
+                               file=sys.stderr)
                 self.preview()
         finally:
             for sig, old in handlers.items():
@@ -378,8 +385,8 @@ class Trainer:
         if flag.item():
             agreed["signal"] = stop.get("signal", "a signal on another rank")
 
-    def preview(self, n: int = 2000, steps: int = 30) -> str | None:
-        """Sample from the EMA model (Heun, 30 steps) and save previews/step_<7-digit step>.png."""
+    def preview(self, n: int = PREVIEW_N, steps: int = PREVIEW_STEPS) -> str | None:
+        """Sample from the EMA model (Heun) and save previews/step_<7-digit step>.png."""
         if self.rank != 0:
             return None
         import solvers
@@ -393,6 +400,7 @@ class Trainer:
         path = os.path.join(self.out, "previews", f"step_{self.step:07d}.png")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         save_samples_png(res.x.float().cpu(), path, title=f"{self.data.name}, step {self.step}, EMA, heun {steps}")
+        self.last_preview = path
         return path
 
 

@@ -86,6 +86,23 @@ def available() -> list[str]:
     return list(SOLVERS)
 
 
+def solver_options(solver: str) -> dict:
+    """The keyword options a solver takes, with their defaults: {name: default}."""
+    if solver not in SOLVERS:
+        raise SolverError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
+    params = inspect.signature(SOLVERS[solver].fn).parameters.values()
+    return {p.name: p.default for p in params if p.name not in ("prob", "x")}
+
+
+def check_options(solver: str, options) -> None:
+    """Raise SolverError naming any option the solver does not take, and those it does."""
+    allowed = solver_options(solver)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise SolverError(f"unknown option(s) {', '.join(map(repr, unknown))} for solver {solver!r}; "
+                          f"it accepts: {', '.join(allowed) or 'none'}")
+
+
 def default_eps(solver: str, sde) -> float:
     return 0.0 if SOLVERS[solver].to_zero else sde.default_eps
 
@@ -117,11 +134,7 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
     spec = SOLVERS[solver]
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise SolverError(f"batch_size must be an integer >= 1 or None, got {batch_size!r}")
-    allowed = [p for p in inspect.signature(spec.fn).parameters if p not in ("prob", "x")]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise SolverError(f"unknown option(s) {', '.join(map(repr, unknown))} for solver {solver!r}; "
-                          f"it accepts: {', '.join(allowed) or 'none'}")
+    check_options(solver, options)
     if x_T is None:
         if shape is None:
             raise SolverError("give either shape=(B, ...) or x_T")
@@ -163,5 +176,6 @@ def optimize_grid(score_fn: Callable, sde, **kwargs) -> GridFit:
     return _optimize.optimize_grid(score_fn, sde, sample=sample, **kwargs)
 
 
-__all__ = ["sample", "available", "SampleResult", "SolverError", "SOLVERS", "GRIDS", "time_grid", "default_grid",
-           "explicit_grid", "load_grid", "optimize_grid", "GridFit", "GraphedScore"]
+__all__ = ["sample", "available", "solver_options", "check_options", "SampleResult", "SolverError", "SOLVERS",
+           "GRIDS", "time_grid", "default_grid", "explicit_grid", "load_grid", "optimize_grid", "GridFit",
+           "GraphedScore"]

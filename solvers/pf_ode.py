@@ -3,7 +3,6 @@ integrated from T to eps with torchdiffeq."""
 from __future__ import annotations
 
 import torch
-from torchdiffeq import odeint
 
 from scoresde._ode import ADAPTIVE, FIXED, inside_interval
 
@@ -21,6 +20,8 @@ def pf_velocity_t(prob, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def pf_ode(prob, x, *, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5):
     """Adaptive methods (dopri5 default, rtol/atol) ignore `steps` and report their nfe;
     fixed-step methods step exactly on the chosen time grid."""
+    from torchdiffeq import odeint  # here, not at the top: it costs ~1 s of import (scipy) that `solvers` need not pay
+
     if method not in ADAPTIVE + FIXED:
         raise SolverError(f"unknown torchdiffeq method {method!r}; choose one of: {', '.join(ADAPTIVE + FIXED)}")
     if prob.sigma[-1] <= 0:

@@ -478,7 +478,8 @@ def test_progress_moves_within_a_compare_run_and_over_likelihood_batches(monkeyp
     monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
     model = resolve_model("oracle:gmm8")
     run_compare(model, ["euler", "heun"], [5], n=20, progress=True)
-    assert seen[:5] == [1, 2, 3, 4, 5] and seen[-1] == 10  # one tick per solver step
+    # one tick per solver step, counted in score evaluations (heun's steps take two): 5 + 2 × 5
+    assert seen[:5] == [1, 2, 3, 4, 5] and seen[-1] == 15
     chunks = []
     x = model.oracle.sample(6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     log_likelihood(model.score_fn, model.sde, x, batch_size=2, rtol=1e-3, atol=1e-3, callback=chunks.append)
