@@ -143,7 +143,8 @@ class Problem:
 
     def at_sigma_tilde(self, st: float) -> tuple[float, float, float]:
         """(t, m(t), σ(t)) at the time where σ/m = st (λ = −log st), for steps off the grid."""
-        t = self.sde.t_from_log_snr(torch.tensor(-math.log(st), dtype=torch.float64))
+        # a host-side scalar: the coefficients stay Python floats, so no device sync per step
+        t = self.sde.t_from_log_snr(torch.tensor(-math.log(st), dtype=torch.float64, device="cpu"))
         return float(t), math.exp(float(self.sde._log_mean_coef(t))), float(self.sde._std(t))
 
     def use_schedule(self, schedule: str) -> None:
