@@ -1,11 +1,10 @@
 """Solvers against the DDPM algorithm written out, closed-form flows, measured orders and the ring."""
 
-import numpy as np
 import pytest
 import torch
 
 import solvers
-from conftest import SDE_FACTORIES, gen
+from conftest import SDE_FACTORIES, gen, measured_order
 from scoresde import VPSDE
 from scoresde.metrics import mode_metrics, sliced_w2
 from scoresde.oracle import GaussianMixture
@@ -63,15 +62,7 @@ ORDERS = [("euler", "uniform", {}, 1.0), ("heun", "uniform", {}, 2.0), ("heun", 
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
 @pytest.mark.parametrize("solver, grid, opts, order", ORDERS)
 def test_convergence_order(sde_name, solver, grid, opts, order):
-    sde = SDE_FACTORIES[sde_name]()
-    data = GaussianMixture.gaussian(4)
-    xT = sde.prior_sample((64, 4), generator=gen(0), dtype=torch.float64)
-    eps = sde.default_eps
-    truth = data.flow(xT, sde.T, eps, sde)
-    Ks = [20, 40, 80, 160]
-    errs = [(solvers.sample(data.score_fn(sde), sde, x_T=xT, solver=solver, steps=K, grid=grid, eps=eps,
-                            **opts).x - truth).abs().max().item() for K in Ks]
-    slope = -np.polyfit(np.log(Ks), np.log(errs), 1)[0]
+    slope, errs = measured_order(SDE_FACTORIES[sde_name](), solver, grid, opts)
     assert abs(slope - order) < 0.3 * order, f"{solver}/{grid}: measured order {slope:.2f}, errors {errs}"
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import solvers
-from conftest import SDE_FACTORIES, gen
+from conftest import SDE_FACTORIES, gen, measured_order
 from scoresde.oracle import GaussianMixture
 
 RING = GaussianMixture.ring()
@@ -26,14 +26,7 @@ NEW_ORDERS = [("dpmpp_3m", "edm", {}, 3.0), ("dpmpp_3m", "edm", {"match_anchors"
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
 @pytest.mark.parametrize("solver, grid, opts, order", NEW_ORDERS)
 def test_convergence_order(sde_name, solver, grid, opts, order):
-    sde = SDE_FACTORIES[sde_name]()
-    data = GaussianMixture.gaussian(4)
-    xT = sde.prior_sample((64, 4), generator=gen(0), dtype=torch.float64)
-    truth = data.flow(xT, sde.T, sde.default_eps, sde)
-    Ks = [20, 40, 80, 160]
-    errs = [(solvers.sample(data.score_fn(sde), sde, x_T=xT, solver=solver, steps=K, grid=grid, **opts).x
-             - truth).abs().max().item() for K in Ks]
-    slope = -np.polyfit(np.log(Ks), np.log(errs), 1)[0]
+    slope, errs = measured_order(SDE_FACTORIES[sde_name](), solver, grid, opts)
     assert abs(slope - order) < 0.3 * order, f"{solver}{opts}/{grid}: measured order {slope:.2f}, errors {errs}"
 
 
