@@ -6,10 +6,12 @@ off-mode fraction, scoresde.metrics.mode_metrics; exact samples score ≈ 0.03),
 draws: the tuning seed picks the best configuration of each family, and the table reports that
 configuration on the evaluation seed, which nothing was tuned on (grids are fitted on the tuning
 seed too).  Families:
-  ours (defaults)   each solver with its default grid, eps and final step; steps = the most that fit
+  ours (defaults)   each solver called with nothing but its name and the most steps that fit (its
+                    default grid — the shipped tuned one where it exists, fitted on seed 2026 draws
+                    by experiments/tuned_grids.py — eps and final step)
   ours (named)      every solver × named grid × Tweedie denoise on/off × the two largest step counts
-  ours (optimized)  solvers.optimize_grid for every deterministic (solver, denoise) pair (--fit-top N:
-                    only the N best by their named-grid score)
+  ours (optimized)  solvers.optimize_grid (1024 fitting draws) for every deterministic (solver, denoise)
+                    pair (--fit-top N: only the N best by their default or named-grid score)
   k-diffusion       euler, heun, dpm_2, lms, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde (Karras ρ = 7,
                     exponential and uniform-in-t "vp" σ schedules) and dpm_fast
   diffusers         DPMSolverMultistep (orders 2, 3), UniPC (bh1, bh2), DEIS (orders 2, 3), Euler,
@@ -35,6 +37,9 @@ scipy, torchdiffeq and torchsde, so it is loaded alone when the full package doe
 
     pip install -e ".[bench]"          # diffusers, k-diffusion (see pyproject)
     python experiments/anchor_comparison.py [--sdes vp,subvp,ve] [--n 4000] [--tune-seed 0 --eval-seed 1]
+    # or one process per SDE, then one report:
+    for s in vp subvp ve; do python experiments/anchor_comparison.py --sdes $s --tag .$s & done; wait
+    python experiments/anchor_comparison.py --report-only --merge .vp,.subvp,.ve
 
 Writes results/anchor_comparison.md and .csv, and the fitted grids to results/anchor_grids.json
 (usable with --grid after copying one out); without the anchors it prints why and exits 0.
@@ -267,9 +272,13 @@ def main():
     ap.add_argument("--fit-evals", type=int, default=None, help="optimizer evaluations per fit")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these tiny solves)")
     ap.add_argument("--report-only", action="store_true", help="re-render the tables from the last CSV")
+    ap.add_argument("--tag", default="", help="suffix of the output files, to run SDEs in parallel processes "
+                                              "(e.g. --sdes vp --tag .vp)")
+    ap.add_argument("--merge", default=None, metavar="TAG,TAG,...",
+                    help="with --report-only: render one report from the CSVs of these tags")
     args = ap.parse_args()
     if args.report_only:
-        return report_from_csv()
+        return report_from_csv(args.merge.split(",") if args.merge else [args.tag])
     if args.tune_seed == args.eval_seed:
         ap.error("--tune-seed and --eval-seed must differ")
     torch.set_num_threads(args.threads)
@@ -301,9 +310,20 @@ def main():
             cells[budget].append(r)
             rows.append(r)
 
-        # ours, named grids (and the defaults among them)
+        # ours, defaults: nothing but the solver and the steps (the tuned grid where one ships)
         for name in [s for s in solvers.available() if s not in SKIP_OURS]:
-            default_grid = solvers.default_grid(name, sde)
+            for b in BUDGETS:
+                try:
+                    K, nfe = steps_for_nfe(solvers.sample, score, sde, name, b, probe, None, None, False, {})
+                except solvers.SolverError:
+                    continue
+
+                def run(x, seed, name=name, K=K):
+                    return solvers.sample(score, sde, x_T=x, solver=name, steps=K,
+                                          generator=torch.Generator().manual_seed(seed)).x
+                record(b, "ours (defaults)", f"{name} {solvers.default_grid(name, sde)} K={K}", nfe, run)
+        # ours, named grids
+        for name in [s for s in solvers.available() if s not in SKIP_OURS]:
             for grid in solvers.GRIDS:
                 for den in (False, True):
                     eps = solvers.default_eps(name, sde)
@@ -320,11 +340,10 @@ def main():
                                                  generator=torch.Generator().manual_seed(0)).nfe
                             cfg = f"{name} {grid} K={k}{' +denoise' if den else ''}"
                             record(b, "ours (named)", cfg, nfe, run)
-                            if grid == default_grid and not den and k == K:
-                                record(b, "ours (defaults)", cfg, nfe, run)
         # ours, fitted grids for the best deterministic (solver, denoise) pairs on the tuning seed
         for b in BUDGETS:
-            ranked = sorted((r for r in cells[b] if r["family"] == "ours (named)"), key=lambda r: r["tune"])
+            ranked = sorted((r for r in cells[b] if r["family"] in ("ours (named)", "ours (defaults)")),
+                            key=lambda r: r["tune"])
             pairs, fitted = [], 0
             for r in ranked:
                 name, den = r["config"].split()[0], r["config"].endswith("+denoise")
@@ -333,7 +352,7 @@ def main():
                 pairs.append((name, den))
                 try:
                     fit = solvers.optimize_grid(score, sde, solver=name, nfe=b, shape=(2,), denoise=den,
-                                                seed=args.tune_seed, max_evals=args.fit_evals)
+                                                seed=args.tune_seed, max_evals=args.fit_evals, n_fit=1024)
                 except solvers.SolverError:  # stochastic: no pathwise fit
                     continue
 
@@ -372,15 +391,15 @@ def main():
                            lambda x, seed, run=run, k=k: to_data(*run(x, seed, k), bridge))
         print(f"{sde_name}: {len([r for r in rows if r['sde'] == sde_name])} runs, "
               f"{time.perf_counter() - t_start:.0f} s so far", flush=True)
-    write_csv(out_path("anchor_comparison.csv"), [{k: v for k, v in r.items() if k != "grid"} for r in rows])
-    write_text(out_path("anchor_grids.json"), json.dumps(
+    write_csv(out_path(f"anchor_comparison{args.tag}.csv"), [{k: v for k, v in r.items() if k != "grid"} for r in rows])
+    write_text(out_path(f"anchor_grids{args.tag}.json"), json.dumps(
         [dict(sde=r["sde"], nfe=r["nfe"], config=r["config"], t_grid=r["grid"]) for r in rows if r.get("grid")],
         indent=1) + "\n")
     header = (f"n = {args.n}; metric: within-mode W2 + off-mode fraction (exact samples ≈ 0.03); each family's "
               f"configuration chosen on seed {args.tune_seed}, reported on seed {args.eval_seed}. "
               f"Machine: {machine()}; {time.perf_counter() - t_start:.0f} s."
               + (f" Not installed: {', '.join(missing)}." if missing else ""))
-    report(rows, header, checks)
+    report(rows, header, checks, args.tag)
 
 
 def pick(rows, **where):
@@ -389,7 +408,7 @@ def pick(rows, **where):
     return min(cands, key=lambda r: r["tune"]) if cands else None
 
 
-def report(rows, header: str, checks=()):
+def report(rows, header: str, checks=(), tag: str = ""):
     """README tables from the rows: ours vs anchors per (SDE, nfe), and the defaults' evidence."""
     fams = ("ours (defaults)", "ours (named)", "ours (optimized)", "k-diffusion", "diffusers")
     table, lines = [], []
@@ -424,18 +443,26 @@ def report(rows, header: str, checks=()):
     md += [f"- {c}" for c in checks] + ["", "Per family (config chosen on the tuning seed):", ""] + lines
     md += ["", "## Each solver's defaults against its best named configuration (evaluation seed)", "",
            markdown_table(evidence, list(evidence[0]))]
-    write_text(out_path("anchor_comparison.md"), "\n".join(md) + "\n")
+    write_text(out_path(f"anchor_comparison{tag}.md"), "\n".join(md) + "\n")
     print(markdown_table(table, list(table[0])))
-    print("wrote", out_path("anchor_comparison.md"), "and", out_path("anchor_comparison.csv"))
+    print("wrote", out_path(f"anchor_comparison{tag}.md"))
 
 
-def report_from_csv():
+def report_from_csv(tags):
     import csv
 
-    rows = list(csv.DictReader(open(out_path("anchor_comparison.csv"))))
+    rows, headers, checks = [], [], []
+    for tag in tags:
+        rows += list(csv.DictReader(open(out_path(f"anchor_comparison{tag}.csv"))))
+        md = out_path(f"anchor_comparison{tag}.md")
+        if os.path.exists(md):  # the run's header line (seeds, machine, wall time) and bridge checks
+            lines = open(md).read().splitlines()
+            headers.append(lines[2])
+            start = next((i + 2 for i, ln in enumerate(lines) if ln.startswith("Bridge checks")), len(lines))
+            checks += [ln[2:] for ln in itertools.takewhile(lambda ln: ln.startswith("- "), lines[start:])]
     for r in rows:
         r["budget"], r["nfe"], r["tune"], r["eval"] = int(r["budget"]), int(r["nfe"]), float(r["tune"]), float(r["eval"])
-    report(rows, "(re-rendered from results/anchor_comparison.csv)")
+    report(rows, "\n\n".join(headers) or "(re-rendered from the CSV)", checks, tags[0] if len(tags) == 1 else "")
 
 
 if __name__ == "__main__":

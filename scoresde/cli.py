@@ -206,12 +206,12 @@ def batch_options(f):
 class GridParam(click.ParamType):
     """A named time grid, or a .json file of explicit times (as `scoresde schedule` writes)."""
 
-    name = "uniform|quadratic|edm|logsnr|FILE.json"
+    name = "tuned|uniform|quadratic|edm|logsnr|FILE.json"
 
     def convert(self, value, param, ctx):
         import solvers
 
-        if value in solvers.GRIDS:
+        if value in solvers.GRID_NAMES:
             return value
         if str(value).endswith(".json"):
             if not os.path.isfile(value):
@@ -221,7 +221,7 @@ class GridParam(click.ParamType):
             except ValueError as e:
                 self.fail(str(e), param, ctx)
             return value
-        self.fail(f"{value!r} is not one of {', '.join(map(repr, solvers.GRIDS))} or a .json grid file "
+        self.fail(f"{value!r} is not one of {', '.join(map(repr, solvers.GRID_NAMES))} or a .json grid file "
                   f"(see `scoresde schedule`)", param, ctx)
 
 
@@ -229,7 +229,7 @@ def _grid_steps(grid: str | None) -> int | None:
     """Steps implied by a grid file, else None."""
     import solvers
 
-    return None if grid is None or grid in solvers.GRIDS else len(solvers.load_grid(grid)) - 1
+    return None if grid is None or grid in solvers.GRID_NAMES else len(solvers.load_grid(grid)) - 1
 
 
 def model_options(f):
@@ -276,15 +276,21 @@ def solvers_cmd():
     import solvers
 
     w = max(map(len, solvers.SOLVERS))
+    tuned_for = {}
+    for sde, fam in solvers.tuned.table().items():
+        for name in fam:
+            tuned_for.setdefault(name, []).append(sde)
     click.echo("solvers (default grid in brackets, per SDE where they differ):")
     for name, spec in solvers.SOLVERS.items():
         grid = spec.grid if not spec.grid_by_sde else ", ".join(f"{k}: {v}" for k, v in spec.grid_by_sde.items())
+        if tuned_for.get(name):
+            grid = f"tuned on {', '.join(tuned_for[name])}; else {grid}"
         click.echo(f"  {name.ljust(w)}  [{grid}] {spec.description}")
         opts = solvers.solver_options(name)
         if opts:
             click.echo(f"  {' ' * w}  options: " + ", ".join(f"-o {k}={v}" for k, v in opts.items()))
     click.echo("time grids:")
-    for name, desc in solvers.GRIDS.items():
+    for name, desc in solvers.GRID_NAMES.items():
         click.echo(f"  {name.ljust(w)}  {desc}")
 
 

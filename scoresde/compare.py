@@ -87,7 +87,7 @@ def is_explicit(grid) -> bool:
     """A grid file or sequence of times, which brings its own steps (not a named grid)."""
     import solvers
 
-    return grid is not None and not (isinstance(grid, str) and grid in solvers.GRIDS)
+    return grid is not None and not (isinstance(grid, str) and grid in solvers.GRID_NAMES)
 
 
 def is_adaptive(solver: str, options: dict | None = None) -> bool:

@@ -30,6 +30,7 @@ from .heun import euler, euler_t, heun, heun_t
 from .pf_ode import pf_ode
 from .sde_torchsde import torchsde_sde
 from .unipc import unipc
+from . import tuned as _tuned
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,16 @@ class SolverSpec:
 
 
 def default_grid(solver: str, sde) -> str:
-    """The solver's default grid for this SDE ('vp', 'subvp', 've'; see experiments/solver_benchmark.py)."""
+    """The solver's default grid for this SDE: 'tuned' where a fitted shape ships for it
+    (solvers/tuned.py, experiments/tuned_grids.py), else its named grid for the SDE family
+    ('vp', 'subvp', 've'; chosen by experiments/solver_benchmark.py --grid-study)."""
+    if _tuned.has_tuned(solver, sde):
+        return "tuned"
+    return named_default_grid(solver, sde)
+
+
+def named_default_grid(solver: str, sde) -> str:
+    """The solver's default among the named grids (what 'tuned' falls back to)."""
     spec = SOLVERS[solver]
     return (spec.grid_by_sde or {}).get(sde.config()["name"], spec.grid)
 
@@ -81,6 +91,11 @@ SOLVERS = {
 }
 
 
+#: every grid name `sample(grid=...)` and the CLI accept: the named grids and 'tuned'
+GRID_NAMES = {"tuned": "fitted per solver and SDE family on the ring oracle (solvers.tuned); the default where "
+                       "one ships", **GRIDS}
+
+
 def available() -> list[str]:
     """Names accepted by `sample(solver=...)`."""
     return list(SOLVERS)
@@ -107,6 +122,15 @@ def default_eps(solver: str, sde) -> float:
     return 0.0 if SOLVERS[solver].to_zero else sde.default_eps
 
 
+def _tuned_times(solver: str, sde, steps, eps) -> torch.Tensor:
+    if not _tuned.has_tuned(solver, sde):
+        have = sorted({s for fam in _tuned.table().values() for s in fam})
+        raise SolverError(f"no tuned grid for solver {solver!r} on {sde!r}; tuned grids ship for the VP (linear), "
+                          f"sub-VP and VE SDEs and the solvers {', '.join(have) or 'none'}; use a named grid")
+    ts, _ = resolve_grid(sde, "uniform", steps, eps, default_eps(solver, sde))  # checks steps and eps
+    return _tuned.tuned_grid(solver, sde, ts.numel() - 1, float(ts[-1]))
+
+
 def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = None, solver: str = "heun",
            steps: int | None = None, grid=None, eps: float | None = None,
            generator: torch.Generator | None = None, denoise: bool = False, callback: Callable | None = None,
@@ -114,7 +138,8 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
            batch_size: int | None = None, cuda_graph: bool = False, **options) -> SampleResult:
     """Draw samples by integrating from t = T (x_T ~ prior, or the given x_T) down to t = eps.
 
-    grid: 'uniform', 'quadratic', 'edm', 'logsnr' (default per solver and SDE), or an explicit
+    grid: 'tuned' (the default where one ships: a shape fitted per solver and SDE family, see
+    solvers.tuned), 'uniform', 'quadratic', 'edm', 'logsnr' (the default otherwise), or an explicit
     decreasing sequence of times from T (or a .json file of them), which implies steps and eps;
     steps: default 50 for a named grid; eps: end time (default 0 for ddpm/ddim, else
     sde.default_eps); denoise: finish with Tweedie's x̂_0 = (x + σ²s)/m at eps
@@ -147,8 +172,11 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
         if shape is not None and tuple(shape) != tuple(x_T.shape):
             raise SolverError(f"shape {tuple(shape)} does not match x_T's shape {tuple(x_T.shape)}")
         x = x_T.to(dtype=dtype or x_T.dtype, device=device if device is not None else x_T.device)
-    ts, grid = resolve_grid(sde, default_grid(solver, sde) if grid is None else grid, steps, eps,
-                            default_eps(solver, sde))
+    grid = default_grid(solver, sde) if grid is None else grid
+    if isinstance(grid, str) and grid == "tuned":
+        ts = _tuned_times(solver, sde, steps, eps)
+    else:
+        ts, grid = resolve_grid(sde, grid, steps, eps, default_eps(solver, sde))
     fn = graphed(score_fn, x.device) if cuda_graph else score_fn
     prob = Problem(fn, sde, ts, x, generator, callback, check_finite, batch_size)
     with torch.no_grad():
@@ -177,5 +205,5 @@ def optimize_grid(score_fn: Callable, sde, **kwargs) -> GridFit:
 
 
 __all__ = ["sample", "available", "solver_options", "check_options", "SampleResult", "SolverError", "SOLVERS",
-           "GRIDS", "time_grid", "default_grid", "explicit_grid", "load_grid", "optimize_grid", "GridFit",
+           "GRIDS", "GRID_NAMES", "time_grid", "default_grid", "named_default_grid", "explicit_grid", "load_grid", "optimize_grid", "GridFit",
            "GraphedScore"]

@@ -111,7 +111,7 @@ def resolve_grid(sde, grid, steps: int | None, eps: float | None, default_eps: f
         return time_grid(sde, steps, grid, default_eps if eps is None else float(eps)), grid
     if isinstance(grid, (str, os.PathLike)):
         if not str(grid).endswith(".json") and not os.path.isfile(grid):
-            raise _error(f"unknown time grid {grid!r}; choose one of: {', '.join(GRIDS)}, an explicit "
+            raise _error(f"unknown time grid {grid!r}; choose one of: tuned, {', '.join(GRIDS)}, an explicit "
                          f"sequence of times, or a .json file of them")
         ts, name = explicit_grid(sde, load_grid(grid)), os.fspath(grid)
     else:

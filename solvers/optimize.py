@@ -31,6 +31,7 @@ from ._common import SolverError
 from .grids import GRIDS, time_grid
 
 RHO = 7.0
+SIMPLEX_STEP = 0.3
 
 
 @dataclass
@@ -204,8 +205,12 @@ def optimize_grid(score_fn: Callable, sde, *, sample: Callable, solver: str = "d
         theta = _theta_from_grid(sde, grids[start])
         budget = max_evals or 150 * (K - 1)
         while evals < budget:  # restart from the last simplex's best: Nelder–Mead stalls on ridges
+            # scipy's default simplex steps 5 % of each θ_j and 2.5e-4 where θ_j = 0 (the edm grid is
+            # θ = 0): too small to leave the start; 0.3 changes a step's share by ~35 %
+            simplex = np.vstack([theta, theta + SIMPLEX_STEP * np.eye(theta.size)])
             out = minimize(objective, theta, method="Nelder-Mead",
-                           options=dict(maxfev=budget - evals, xatol=1e-3, fatol=1e-6 * best_err, adaptive=K > 4))
+                           options=dict(maxfev=budget - evals, xatol=1e-3, fatol=1e-6 * best_err, adaptive=K > 4,
+                                        initial_simplex=simplex))
             if out.fun >= best_err * (1 - 1e-4):
                 break
             theta, best_ts, best_err = out.x, param.grid(out.x), float(out.fun)

@@ -282,6 +282,7 @@ CPU_BY_DESIGN = {
     "scoresde/sde.py": {"VPSDE._discrete_tables", "VESDE.discrete_sigmas", "SDE.t_from_log_snr"},
     # ^ float64 tables read as Python floats (as_tensor keeps a tensor's device)
     "solvers/grids.py": {"time_grid", "explicit_grid"}, "solvers/_common.py": {"discrete_vp_tables"},
+    "solvers/tuned.py": {"tuned_grid"},
     "solvers/optimize.py": {"_Param.__init__", "_Param.grid"},
     # ^ float64 grids and off-grid times on the CPU: solvers read them as Python floats
     "scoresde/metrics.py": {"_directions"},  # drawn on the CPU (same on every device), then moved

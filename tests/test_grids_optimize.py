@@ -54,7 +54,7 @@ def test_explicit_grid_equals_the_named_one(as_type, tmp_path):
     ([1.0, 0.5, 0.001], dict(steps=5), r"steps=5 disagrees with the explicit grid, which has 2 steps"),
     ([1.0, 0.5, 0.001], dict(eps=0.01), r"eps=0.01 disagrees with the explicit grid, which ends at 0.001"),
     ("nothere.json", {}, "grid file 'nothere.json' could not be read"),
-    ("cosine", {}, "unknown time grid 'cosine'; choose one of: uniform, quadratic, edm, logsnr, an explicit"),
+    ("cosine", {}, "unknown time grid 'cosine'; choose one of: tuned, uniform, quadratic, edm, logsnr, an explicit"),
 ])
 def test_bad_explicit_grids_are_named(grid, kw, match):
     sde, score = ring_setup()
@@ -184,7 +184,7 @@ def test_schedule_then_sample_and_compare_with_the_file(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("args, message", [
     (["sample", "--grid", "nothere.json"], "grid file 'nothere.json' does not exist"),
-    (["compare", "--grid", "cosine"], "'cosine' is not one of 'uniform'"),
+    (["compare", "--grid", "cosine"], "'cosine' is not one of 'tuned', 'uniform'"),
     (["sample", "--grid", "g.json", "--steps", "7"], "--steps 7 disagrees with --grid g.json, which has 2 steps"),
     (["compare", "--grid", "g.json", "--steps", "7"], "disagrees with --grid g.json"),
     (["schedule", "--out", "g.txt"], "must be a .json file"),

@@ -208,7 +208,7 @@ def _sample(**kw):
     (dict(solver="rk45"), r"unknown solver 'rk45'; choose one of: ddpm, ddim, euler_maruyama"),
     (dict(steps=0), "steps must be an integer >= 1, got 0"),
     (dict(steps=2.5), "steps must be an integer >= 1, got 2.5"),
-    (dict(grid="cosine"), "unknown time grid 'cosine'; choose one of: uniform"),
+    (dict(grid="cosine"), "unknown time grid 'cosine'; choose one of: tuned, uniform"),
     (dict(eps=1.5), r"eps must satisfy 0 <= eps < T"),
     (dict(solver="euler", grid="logsnr", eps=0.0), "needs a finite log-SNR at eps"),
     (dict(shape=None), r"give either shape=\(B, ...\) or x_T"),

@@ -153,8 +153,8 @@ def test_dpmpp_2m_sde_is_k_diffusions_sampler(sde_name, eta, solver_type):
 def test_dpmpp_2m_sde_without_noise_is_dpmpp_2m():
     sde = SDE_FACTORIES["vp"]()
     xT = sde.prior_sample((128, 2), generator=gen(0), dtype=torch.float64)
-    a = run(sde, "dpmpp_2m_sde", xT, steps=20, eta=0.0).x
-    b = run(sde, "dpmpp_2m", xT, steps=20, lower_order_final=False).x
+    a = run(sde, "dpmpp_2m_sde", xT, steps=20, grid="logsnr", eta=0.0).x
+    b = run(sde, "dpmpp_2m", xT, steps=20, grid="logsnr", lower_order_final=False).x
     assert (a - b).abs().max() <= 1e-10
 
 
