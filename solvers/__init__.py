@@ -65,8 +65,9 @@ SOLVERS = {
     "euler_maruyama": SolverSpec(euler_maruyama, "Euler–Maruyama on the reverse SDE (native loop)"),
     "torchsde": SolverSpec(torchsde_sde, "the reverse SDE via torchsde.sdeint; method=euler|milstein|srk|"
                                          "euler_heun|heun|midpoint"),
-    "pc": SolverSpec(predictor_corrector, "predictor–corrector: Langevin corrector + EM predictor "
-                                          "(Song et al. 2021); snr=0.16"),
+    "pc": SolverSpec(predictor_corrector, "predictor–corrector: Langevin corrector + reverse-diffusion predictor "
+                                          "(Song et al. 2021, Alg. 2/3); snr=0.16, predictor=reverse_diffusion|"
+                                          "euler_maruyama"),
     "pf_ode": SolverSpec(pf_ode, "probability-flow ODE via torchdiffeq; method=dopri5 (adaptive, rtol/atol) "
                                  "or a fixed-step method on the grid"),
     "euler": SolverSpec(euler, "EDM's Euler: steps in σ/m on x/m, dx̃/dσ̃ = (x̃ − D)/σ̃ (Karras et al. 2022); "
