@@ -15,7 +15,11 @@ and its first-order discretization on the grid, in σ̃ = σ/m and x̃ = x/m:
 
 D = x̂_0, x_0 ~ data, x̃_σ̃ = x_0 + σ̃·z₁, x̃_{σ̃_i} = x̃_σ̃ + √(σ̃_i² − σ̃²)·z₂; estimated with
 importance sampling over σ̃ on draws fixed for the whole fit.  It needs data samples, not a
-reference solve, and depends on the solver only through K and eps.
+reference solve, and depends on the solver only through K and eps.  The bound is loose where
+σ̃ is far below the data's scale (a step there costs about as much as its ratio σ̃_i/σ̃_{i+1}
+says, whatever its effect on the samples), so minimizing it to the end moves steps there; AYS
+stop early for that reason (their App. A.3), which max_evals does here
+(experiments/klub_grids.py measures it).
 
 Both share the fitting below.  The interior times are parametrized by the increments of the
 monotone map c(t) = (σ/m)^{1/ρ} (EDM's coordinate, ρ = 7; finite at σ = 0):
