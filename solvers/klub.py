@@ -119,7 +119,7 @@ class KLUB:
         if not self.c > 0:
             raise ValueError(f"the data's spread c must be > 0, got {self.c!r}")
         t_min = sde.default_eps if t_min is None else t_min
-        self.st_min = float(sigma_tilde(sde, torch.tensor([t_min], dtype=torch.float64)))
+        self.st_min = float(sigma_tilde(sde, torch.tensor([t_min], dtype=torch.float64, device="cpu")))
 
     def _D(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = t.reshape(-1)
@@ -135,7 +135,7 @@ class KLUB:
         lo = float(st[-1]) if st[-1] > 0 else self.st_min
         b_all, a_all = st[:-1], st[1:].clamp_min(lo)
         live = (b_all > lo).nonzero().flatten()
-        out = torch.zeros(self.K, dtype=torch.float64)
+        out = torch.zeros(self.K, dtype=torch.float64, device="cpu")  # grid math is host-side float64
         if live.numel() == 0:
             return out
         a, b, c = a_all[live], b_all[live], self.c

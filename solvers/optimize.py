@@ -204,10 +204,15 @@ def _data_draws(data, shape, generator: torch.Generator, dtype, device):
     if torch.is_tensor(data):
         if data.shape[0] < 2:
             raise SolverError(f"data needs at least 2 samples (half to fit on, half held out), got {data.shape[0]}")
-        perm = torch.randperm(data.shape[0], generator=generator)
+        where = generator.device  # indices are drawn where the generator lives, then follow the data
+        perm = torch.randperm(data.shape[0], generator=generator, device=where)
         pools = perm[: data.shape[0] // 2], perm[data.shape[0] // 2:]
-        return tuple((lambda n, p=p: checked(data[p[torch.randint(p.numel(), (n,), generator=generator)]], n))
-                     for p in pools)
+
+        def pick(p, n):
+            i = p[torch.randint(p.numel(), (n,), generator=generator, device=where)]
+            return checked(data[i.to(data.device)], n)
+
+        return tuple((lambda n, p=p: pick(p, n)) for p in pools)
     if not callable(data):
         raise SolverError(f"data must be a tensor of samples (N, ...) or a callable n -> samples, "
                           f"got {type(data).__name__}")
