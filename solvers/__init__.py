@@ -196,10 +196,13 @@ from .optimize import GridFit  # noqa: E402
 
 def optimize_grid(score_fn: Callable, sde, **kwargs) -> GridFit:
     """Fit `solver`'s time grid to a budget of `nfe` score evaluations: the grid minimizing its RMS
-    distance to a tight solution of the probability-flow ODE (see solvers.optimize.optimize_grid
-    for the method and every keyword), scored on fresh draws.
+    distance to a tight solution of the probability-flow ODE, or with objective="klub" (any solver,
+    meant for the stochastic ones; data= samples x_0) the KL upper bound of Align Your Steps (see
+    solvers.optimize.optimize_grid for the method and every keyword), scored on fresh draws.
 
         fit = solvers.optimize_grid(score_fn, sde, solver="dpmpp_2m", nfe=10, shape=(2,))
+        fit = solvers.optimize_grid(score_fn, sde, solver="ddpm", nfe=10, objective="klub", data=oracle.sample,
+                                    shape=(2,))
         solvers.sample(score_fn, sde, shape=(n, 2), solver="dpmpp_2m", grid=fit.t_grid)
     """
     return _optimize.optimize_grid(score_fn, sde, sample=sample, **kwargs)
