@@ -272,6 +272,8 @@ def main():
     ap.add_argument("--fit-evals", type=int, default=None, help="optimizer evaluations per fit")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these tiny solves)")
     ap.add_argument("--report-only", action="store_true", help="re-render the tables from the last CSV")
+    ap.add_argument("--defaults-only", action="store_true",
+                    help="rerun only the 'ours (defaults)' family into the tag's existing CSV (after a defaults change)")
     ap.add_argument("--tag", default="", help="suffix of the output files, to run SDEs in parallel processes "
                                               "(e.g. --sdes vp --tag .vp)")
     ap.add_argument("--merge", default=None, metavar="TAG,TAG,...",
@@ -294,6 +296,13 @@ def main():
     data = GaussianMixture.ring(8, 4.0, 0.2)
     seeds = {"tune": args.tune_seed, "eval": args.eval_seed}
     rows, checks = [], []
+    if args.defaults_only:
+        import csv
+
+        old = list(csv.DictReader(open(out_path(f"anchor_comparison{args.tag}.csv"))))
+        for r in old:
+            r["budget"], r["nfe"], r["tune"], r["eval"] = int(r["budget"]), int(r["nfe"]), float(r["tune"]), float(r["eval"])
+        rows = [r for r in old if r["family"] != "ours (defaults)"]
     for sde_name in args.sdes.split(","):
         sde = make_sde(sde_name)
         score = data.score_fn(sde)
@@ -321,7 +330,9 @@ def main():
                 def run(x, seed, name=name, K=K):
                     return solvers.sample(score, sde, x_T=x, solver=name, steps=K,
                                           generator=torch.Generator().manual_seed(seed)).x
-                record(b, "ours (defaults)", f"{name} {solvers.default_grid(name, sde)} K={K}", nfe, run)
+                record(b, "ours (defaults)", f"{name} {solvers.default_grid(name, sde, K)} K={K}", nfe, run)
+        if args.defaults_only:
+            continue
         # ours, named grids
         for name in [s for s in solvers.available() if s not in SKIP_OURS]:
             for grid in solvers.GRIDS:
@@ -391,6 +402,9 @@ def main():
                            lambda x, seed, run=run, k=k: to_data(*run(x, seed, k), bridge))
         print(f"{sde_name}: {len([r for r in rows if r['sde'] == sde_name])} runs, "
               f"{time.perf_counter() - t_start:.0f} s so far", flush=True)
+    if args.defaults_only:
+        write_csv(out_path(f"anchor_comparison{args.tag}.csv"), rows)
+        return report_from_csv([args.tag])
     write_csv(out_path(f"anchor_comparison{args.tag}.csv"), [{k: v for k, v in r.items() if k != "grid"} for r in rows])
     write_text(out_path(f"anchor_grids{args.tag}.json"), json.dumps(
         [dict(sde=r["sde"], nfe=r["nfe"], config=r["config"], t_grid=r["grid"]) for r in rows if r.get("grid")],

@@ -25,7 +25,7 @@ from .dpmpp import dpmpp_2m
 from .dpmpp_3m import dpmpp_3m
 from .dpmpp_sde import dpmpp_2m_sde
 from .euler_maruyama import euler_maruyama, predictor_corrector
-from .grids import GRIDS, explicit_grid, load_grid, resolve_grid, time_grid
+from .grids import DEFAULT_STEPS, GRIDS, explicit_grid, load_grid, resolve_grid, time_grid
 from .heun import euler, euler_t, heun, heun_t
 from .pf_ode import pf_ode
 from .sde_torchsde import torchsde_sde
@@ -43,11 +43,12 @@ class SolverSpec:
     grid_by_sde: dict | None = None
 
 
-def default_grid(solver: str, sde) -> str:
-    """The solver's default grid for this SDE: 'tuned' where a fitted shape ships for it
-    (solvers/tuned.py, experiments/tuned_grids.py), else its named grid for the SDE family
-    ('vp', 'subvp', 've'; chosen by experiments/solver_benchmark.py --grid-study)."""
-    if _tuned.has_tuned(solver, sde):
+def default_grid(solver: str, sde, steps: int | None = None) -> str:
+    """The solver's default grid for this SDE and step count: 'tuned' where its fitted shape is the
+    default (solvers.tuned.DEFAULT_FOR, K up to the largest fitted; steps=None: the default 50
+    steps), else its named grid for the SDE family ('vp', 'subvp', 've'; chosen by
+    experiments/solver_benchmark.py --grid-study)."""
+    if _tuned.is_default(solver, sde, DEFAULT_STEPS if steps is None else steps):
         return "tuned"
     return named_default_grid(solver, sde)
 
@@ -93,8 +94,8 @@ SOLVERS = {
 
 
 #: every grid name `sample(grid=...)` and the CLI accept: the named grids and 'tuned'
-GRID_NAMES = {"tuned": "fitted per solver and SDE family on the ring oracle (solvers.tuned); the default where "
-                       "one ships", **GRIDS}
+GRID_NAMES = {"tuned": "fitted per solver and SDE family on the ring oracle (solvers.tuned); the default of "
+                       + ", ".join(sorted(_tuned.DEFAULT_FOR)) + " up to 20 steps", **GRIDS}
 
 
 def available() -> list[str]:
@@ -173,7 +174,7 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
         if shape is not None and tuple(shape) != tuple(x_T.shape):
             raise SolverError(f"shape {tuple(shape)} does not match x_T's shape {tuple(x_T.shape)}")
         x = x_T.to(dtype=dtype or x_T.dtype, device=device if device is not None else x_T.device)
-    grid = default_grid(solver, sde) if grid is None else grid
+    grid = default_grid(solver, sde, steps) if grid is None else grid
     if isinstance(grid, str) and grid == "tuned":
         ts = _tuned_times(solver, sde, steps, eps)
     else:

@@ -152,11 +152,13 @@ def test_optimizer_counts_nfe_per_solver_and_fits_denoise():
     (dict(solver="heun", nfe=1, eps=0.001), "needs more than nfe=1 evaluations"),
 ])
 def test_optimizer_bad_input_is_named(kw, match):
+    expect_optimizer_error(dict(solver="dpmpp_2m", nfe=3, shape=(2,), n_fit=8, n_eval=8, max_evals=2), kw, match)
+
+
+def expect_optimizer_error(args, kw, match):
     sde, score = ring_setup()
-    args = dict(solver="dpmpp_2m", nfe=3, shape=(2,), n_fit=8, n_eval=8, max_evals=2)
-    args.update(kw)
     with pytest.raises(solvers.SolverError, match=match):
-        solvers.optimize_grid(score, sde, **args)
+        solvers.optimize_grid(score, sde, **{**args, **kw})
 
 
 # -- command line ---------------------------------------------------------------------------------
@@ -296,11 +298,7 @@ def test_klub_fit_beats_the_named_grids_on_fresh_draws_and_is_seeded():
     (dict(data=torch.zeros(8, 2)), "data= and klub_t_min= belong to objective='klub'"),
 ])
 def test_klub_bad_input_is_named(kw, match):
-    sde, score = ring_setup()
-    args = dict(solver="ddpm", nfe=4, shape=(2,), n_fit=1, n_eval=1, max_evals=2)
-    args.update(kw)
-    with pytest.raises(solvers.SolverError, match=match):
-        solvers.optimize_grid(score, sde, **args)
+    expect_optimizer_error(dict(solver="ddpm", nfe=4, shape=(2,), n_fit=1, n_eval=1, max_evals=2), kw, match)
 
 
 @pytest.mark.slow

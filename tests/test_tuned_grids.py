@@ -52,12 +52,18 @@ def test_other_step_counts_and_end_times_give_valid_grids(sde_name, steps):
 def test_it_is_the_default_and_equals_the_explicit_grid():
     sde = VPSDE()
     score = GaussianMixture.ring().score_fn(sde)
-    res = solvers.sample(score, sde, shape=(32, 2), solver="unipc", steps=9, generator=gen(1))
-    assert res.grid == "tuned" and solvers.default_grid("unipc", sde) == "tuned"
-    want = tuned.tuned_grid("unipc", sde, 9, sde.default_eps)
+    res = solvers.sample(score, sde, shape=(32, 2), solver="deis", steps=9, generator=gen(1))
+    assert res.grid == "tuned" and solvers.default_grid("deis", sde, 9) == "tuned"
+    want = tuned.tuned_grid("deis", sde, 9, sde.default_eps)
     assert torch.equal(res.t_grid, want)
-    again = solvers.sample(score, sde, shape=(32, 2), solver="unipc", grid=want, generator=gen(1))
+    again = solvers.sample(score, sde, shape=(32, 2), solver="deis", grid=want, generator=gen(1))
     assert torch.equal(res.x, again.x)
+    # beyond the fitted step counts, and for solvers whose tuned grid did not transfer: the named grid
+    assert solvers.sample(score, sde, shape=(8, 2), solver="deis", steps=21, generator=gen()).grid == "edm"
+    assert solvers.default_grid("deis", sde) == "edm"  # steps=None is 50
+    assert solvers.sample(score, sde, shape=(8, 2), solver="unipc", steps=9, generator=gen()).grid == "logsnr"
+    assert solvers.sample(score, sde, shape=(8, 2), solver="unipc", steps=9, grid="tuned", generator=gen()).grid \
+        == "tuned"
 
 
 def test_solvers_and_sdes_without_a_table_keep_their_named_default():
@@ -73,7 +79,7 @@ def test_solvers_and_sdes_without_a_table_keep_their_named_default():
 
 
 @pytest.mark.parametrize("sde_name, solver", [("vp", "dpmpp_2m"), ("subvp", "unipc"), ("ve", "deis")])
-def test_the_tuned_default_beats_the_named_default_on_fresh_draws(sde_name, solver):
+def test_the_tuned_grid_beats_the_named_default_on_fresh_ring_draws(sde_name, solver):
     """Pathwise error to the ODE's dopri5 solution at 10 nfe from draws the fit never saw."""
     sde = SDES[sde_name]()
     score = GaussianMixture.ring().score_fn(sde)
@@ -89,7 +95,8 @@ def test_the_tuned_default_beats_the_named_default_on_fresh_draws(sde_name, solv
 
 def test_the_cli_takes_and_lists_the_tuned_grid(tmp_path):
     out = CliRunner().invoke(cli, ["solvers"])
-    assert out.exit_code == 0 and "tuned on vp, subvp, ve" in out.output and "tuned " in out.output
+    assert out.exit_code == 0 and "tuned up to 20 steps on vp, subvp, ve" in out.output
+    assert "grid=tuned available" in out.output and "tuned " in out.output
     out = CliRunner().invoke(cli, ["sample", "--solver", "ddpm", "--grid", "tuned", "--steps", "3",
                                    "--n", "8", "--out", str(tmp_path / "s.npz")])
     assert out.exit_code != 0 and "no tuned grid for solver 'ddpm'" in out.output
