@@ -20,7 +20,7 @@ import click
 from . import __version__  # torch is imported inside the commands, so --help answers fast
 
 SDE_CHOICES = ["vp", "vp-cosine", "subvp", "ve"]
-DEFAULT_SOLVERS = "ddpm,ddim,euler_maruyama,pc,euler,heun,dpmpp_2m,pf_ode"
+DEFAULT_SOLVERS = "ddpm,ddim,euler_maruyama,pc,euler,heun,dpmpp_2m,dpmpp_3m,deis,pf_ode"
 
 
 class CLIError(click.ClickException):
@@ -313,7 +313,7 @@ METRICS = {
     "recall": "images: share of data inside the k-NN manifold of the samples (ideal: its floor)",
     "fd": "images, with --features: Fréchet distance of the feature network's outputs to the data's",
 }
-NETWORK_STEPS, ORACLE_STEPS = "10,20,50", "10,20,50,100,1000"
+NETWORK_STEPS, ORACLE_STEPS = "10,20,50", "5,10,20,50,100,1000"
 NETWORK_N, ORACLE_N = 1000, 4000
 
 
