@@ -316,3 +316,18 @@ def test_help_does_not_import_torch(args):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(__file__)))
     assert "Usage:" in out.stdout and "torch loaded: False" in out.stdout, out.stdout + out.stderr
+
+
+def test_compare_plans_many_steps_on_ve():
+    """The nfe replay's stand-in score must stay finite where the prior is wide (VE: σ = 50);
+    −x alone grew past float32 at 100 steps and stopped `compare --sde ve` before its first run."""
+    import torch
+
+    from scoresde.compare import plan_runs
+    from scoresde.models import resolve_model
+    from scoresde.sde import make_sde
+
+    model = resolve_model("oracle:gmm8", sde=make_sde("ve"))
+    x_T = model.sde.prior_sample((4, 2), generator=torch.Generator().manual_seed(0))
+    runs = plan_runs(model, ["ddpm", "euler_maruyama", "pc", "heun"], [100, 1000], x_T)
+    assert [r.nfe for r in runs] == [100, 1000, 100, 1000, 200, 2000, 200, 2000]
