@@ -297,12 +297,7 @@ def main():
     seeds = {"tune": args.tune_seed, "eval": args.eval_seed}
     rows, checks = [], []
     if args.defaults_only:
-        import csv
-
-        old = list(csv.DictReader(open(out_path(f"anchor_comparison{args.tag}.csv"))))
-        for r in old:
-            r["budget"], r["nfe"], r["tune"], r["eval"] = int(r["budget"]), int(r["nfe"]), float(r["tune"]), float(r["eval"])
-        rows = [r for r in old if r["family"] != "ours (defaults)"]
+        rows = [r for r in read_rows(args.tag) if r["family"] != "ours (defaults)"]
     for sde_name in args.sdes.split(","):
         sde = make_sde(sde_name)
         score = data.score_fn(sde)
@@ -462,20 +457,26 @@ def report(rows, header: str, checks=(), tag: str = ""):
     print("wrote", out_path(f"anchor_comparison{tag}.md"))
 
 
-def report_from_csv(tags):
+def read_rows(tag: str) -> list[dict]:
+    """The rows of results/anchor_comparison{tag}.csv, numbers as numbers."""
     import csv
 
+    rows = list(csv.DictReader(open(out_path(f"anchor_comparison{tag}.csv"))))
+    for r in rows:
+        r["budget"], r["nfe"], r["tune"], r["eval"] = int(r["budget"]), int(r["nfe"]), float(r["tune"]), float(r["eval"])
+    return rows
+
+
+def report_from_csv(tags):
     rows, headers, checks = [], [], []
     for tag in tags:
-        rows += list(csv.DictReader(open(out_path(f"anchor_comparison{tag}.csv"))))
+        rows += read_rows(tag)
         md = out_path(f"anchor_comparison{tag}.md")
         if os.path.exists(md):  # the run's header line (seeds, machine, wall time) and bridge checks
             lines = open(md).read().splitlines()
             headers.append(lines[2])
             start = next((i + 2 for i, ln in enumerate(lines) if ln.startswith("Bridge checks")), len(lines))
             checks += [ln[2:] for ln in itertools.takewhile(lambda ln: ln.startswith("- "), lines[start:])]
-    for r in rows:
-        r["budget"], r["nfe"], r["tune"], r["eval"] = int(r["budget"]), int(r["nfe"]), float(r["tune"]), float(r["eval"])
     report(rows, "\n\n".join(headers) or "(re-rendered from the CSV)", checks, tags[0] if len(tags) == 1 else "")
 
 

@@ -144,10 +144,10 @@ def plan_runs(model: ResolvedModel, solver_names: Iterable[str], steps_list: Ite
 
     An explicit grid (file or sequence) replaces steps_list.  A fixed-step solver's nfe depends
     only on its grid, so it is replayed on one sample with a stand-in score (−x/(m² + σ²), the
-    score of N(0, I) data; −x alone diverged on VE, whose prior has σ = 50): the count is exact, no network is called, and the replay's wall time is the
-    solver's own overhead.  An adaptive solve is run with the model itself on the first
-    ADAPTIVE_PROBE samples of x_T.  Both also warm up the solver code, so first-call costs do
-    not land in a run's wall time."""
+    score of N(0, I) data; −x alone diverged on VE, whose prior has σ = 50): the count is exact,
+    no network is called, and the replay's wall time is the solver's own overhead.  An adaptive
+    solve is run with the model itself on the first ADAPTIVE_PROBE samples of x_T.  Both also warm
+    up the solver code, so first-call costs do not land in a run's wall time."""
     import solvers
 
     options = options or {}

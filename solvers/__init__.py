@@ -25,7 +25,7 @@ from .dpmpp import dpmpp_2m
 from .dpmpp_3m import dpmpp_3m
 from .dpmpp_sde import dpmpp_2m_sde
 from .euler_maruyama import euler_maruyama, predictor_corrector
-from .grids import DEFAULT_STEPS, GRIDS, explicit_grid, load_grid, resolve_grid, time_grid
+from .grids import DEFAULT_STEPS, GRIDS, explicit_grid, load_grid, resolve_grid, steps_and_eps, time_grid
 from .heun import euler, euler_t, heun, heun_t
 from .pf_ode import pf_ode
 from .sde_torchsde import torchsde_sde
@@ -129,8 +129,7 @@ def _tuned_times(solver: str, sde, steps, eps) -> torch.Tensor:
         have = sorted({s for fam in _tuned.table().values() for s in fam})
         raise SolverError(f"no tuned grid for solver {solver!r} on {sde!r}; tuned grids ship for the VP (linear), "
                           f"sub-VP and VE SDEs and the solvers {', '.join(have) or 'none'}; use a named grid")
-    ts, _ = resolve_grid(sde, "uniform", steps, eps, default_eps(solver, sde))  # checks steps and eps
-    return _tuned.tuned_grid(solver, sde, ts.numel() - 1, float(ts[-1]))
+    return _tuned.tuned_grid(solver, sde, *steps_and_eps(sde, steps, eps, default_eps(solver, sde)))
 
 
 def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = None, solver: str = "heun",
@@ -210,5 +209,5 @@ def optimize_grid(score_fn: Callable, sde, **kwargs) -> GridFit:
 
 
 __all__ = ["sample", "available", "solver_options", "check_options", "SampleResult", "SolverError", "SOLVERS",
-           "GRIDS", "GRID_NAMES", "time_grid", "default_grid", "named_default_grid", "explicit_grid", "load_grid", "optimize_grid", "GridFit",
-           "GraphedScore"]
+           "GRIDS", "GRID_NAMES", "time_grid", "default_grid", "named_default_grid", "explicit_grid", "load_grid",
+           "optimize_grid", "GridFit", "GraphedScore"]

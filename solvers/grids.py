@@ -26,7 +26,31 @@ GRIDS = {
 }
 
 
-def time_grid(sde, steps: int, kind: str = "uniform", eps: float = 1e-3, rho: float = 7.0,
+RHO = 7.0
+
+
+def edm_coord(sde, ts: torch.Tensor, rho: float = RHO) -> torch.Tensor:
+    """c(t) = (σ/m)^{1/ρ} = exp(−λ/ρ), EDM's coordinate of the noise level; 0 where σ = 0."""
+    return torch.exp(-sde._log_snr(ts) / rho)
+
+
+def check_eps(sde, eps: float) -> None:
+    if not 0 <= eps < sde.T:
+        raise _error(f"eps must satisfy 0 <= eps < T = {sde.T}, got {eps!r}")
+
+
+def steps_and_eps(sde, steps: int | None, eps: float | None, default_eps: float) -> tuple[int, float]:
+    """The checked (steps, eps) of a grid built from a rule (a named or the tuned grid):
+    steps default DEFAULT_STEPS, an integer >= 1; eps default `default_eps`, 0 <= eps < T."""
+    steps = DEFAULT_STEPS if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise _error(f"steps must be an integer >= 1, got {steps!r}")
+    eps = default_eps if eps is None else float(eps)
+    check_eps(sde, eps)
+    return steps, eps
+
+
+def time_grid(sde, steps: int, kind: str = "uniform", eps: float = 1e-3, rho: float = RHO,
               device=None) -> torch.Tensor:
     """K+1 = steps+1 decreasing times from sde.T to eps (float64)."""
     from ._common import SolverError
@@ -34,8 +58,7 @@ def time_grid(sde, steps: int, kind: str = "uniform", eps: float = 1e-3, rho: fl
     if kind not in GRIDS:
         raise SolverError(f"unknown time grid {kind!r}; choose one of: {', '.join(GRIDS)}")
     T = sde.T
-    if not 0 <= eps < T:
-        raise SolverError(f"eps must satisfy 0 <= eps < T = {T}, got {eps!r}")
+    check_eps(sde, eps)
     u = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
     if kind == "uniform":
         ts = T + u * (eps - T)
@@ -105,10 +128,8 @@ def resolve_grid(sde, grid, steps: int | None, eps: float | None, default_eps: f
     """(times, name) for `sample(grid=...)`: a named grid with `steps` and `eps`, or an explicit
     sequence / JSON file, which implies both (a `steps` or `eps` that disagrees is an error)."""
     if isinstance(grid, str) and grid in GRIDS:
-        steps = DEFAULT_STEPS if steps is None else steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise _error(f"steps must be an integer >= 1, got {steps!r}")
-        return time_grid(sde, steps, grid, default_eps if eps is None else float(eps)), grid
+        steps, eps = steps_and_eps(sde, steps, eps, default_eps)
+        return time_grid(sde, steps, grid, eps), grid
     if isinstance(grid, (str, os.PathLike)):
         if not str(grid).endswith(".json") and not os.path.isfile(grid):
             raise _error(f"unknown time grid {grid!r}; choose one of: tuned, {', '.join(GRIDS)}, an explicit "

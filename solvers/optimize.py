@@ -42,10 +42,9 @@ import torch
 from scoresde.convert import x0_from_score
 
 from ._common import SolverError
-from .grids import GRIDS, time_grid
+from .grids import GRIDS, edm_coord, time_grid
 from .klub import KLUB
 
-RHO = 7.0
 SIMPLEX_STEP = 0.3
 
 
@@ -87,11 +86,6 @@ _FIELDS = {"pathwise": ("error", "init_error", "named_errors", "fit_error"),
 OBJECTIVES = tuple(_FIELDS)
 
 
-def _coord(sde, ts: torch.Tensor) -> torch.Tensor:
-    """c(t) = (σ/m)^{1/ρ} = exp(−λ/ρ), 0 where σ = 0."""
-    return torch.exp(-sde._log_snr(ts) / RHO)
-
-
 class _Param:
     """θ ∈ R^{K−1} ↦ grid.  t(c) is read off a dense monotone table (piecewise linear), which is
     exact at the table points and ~1000× cheaper than bisection; any monotone map serves as a
@@ -101,7 +95,7 @@ class _Param:
         self.T, self.eps = sde.T, eps
         u = torch.linspace(0, 1, table, dtype=torch.float64)
         self.t_tab = eps + (sde.T - eps) * u ** 2  # dense near the data, where the grids are
-        self.c_tab = _coord(sde, self.t_tab).numpy()
+        self.c_tab = edm_coord(sde, self.t_tab).numpy()
         self.t_tab = self.t_tab.numpy()
         self.c0, self.cK = float(self.c_tab[-1]), float(self.c_tab[0])
 
@@ -116,7 +110,7 @@ class _Param:
 
 
 def _theta_from_grid(sde, ts: torch.Tensor) -> np.ndarray:
-    c = _coord(sde, ts).numpy()
+    c = edm_coord(sde, ts).numpy()
     K = c.size - 1
     delta = 1e-3 / K
     w = np.maximum(((c[:-1] - c[1:]) / (c[0] - c[-1]) - delta) / (1 - K * delta), 1e-12)

@@ -23,8 +23,9 @@ import os
 import numpy as np
 import torch
 
+from .grids import RHO, edm_coord
+
 PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tuned_grids.json")
-RHO = 7.0
 #: Solvers whose default grid is the tuned one (up to the largest fitted K).  The rule, applied to
 #: `python experiments/tuned_grids.py --check` on three data sets the grids were not fitted to (5×5
 #: grid of modes, 16-D mixture, standard normal; VP, sub-VP, VE; 5–20 nfe): the tuned grid beats the
@@ -45,14 +46,9 @@ def sde_key(sde) -> str | None:
     return cfg["name"] if cfg["name"] in ("vp", "subvp", "ve") else None
 
 
-def coord(sde, ts: torch.Tensor) -> torch.Tensor:
-    """c(t) = (σ/m)^{1/ρ} = exp(−λ/ρ); 0 where σ = 0."""
-    return torch.exp(-sde._log_snr(ts) / RHO)
-
-
 def shape_of(sde, ts: torch.Tensor) -> list[float]:
     """u_i = (c(T) − c(t_i)) / (c(T) − c(t_K)) of a grid: what the table stores."""
-    c = coord(sde, ts.to(torch.float64))
+    c = edm_coord(sde, ts.to(torch.float64))
     return ((c[0] - c) / (c[0] - c[-1])).tolist()
 
 
@@ -74,10 +70,9 @@ def has_tuned(solver: str, sde) -> bool:
     return key is not None and solver in table().get(key, {})
 
 
-def is_default(solver: str, sde, steps: int | None) -> bool:
+def is_default(solver: str, sde, steps: int) -> bool:
     """Whether `sample` uses the tuned grid when no grid is given (see DEFAULT_FOR)."""
-    return (solver in DEFAULT_FOR and has_tuned(solver, sde) and steps is not None
-            and steps <= max(table()[sde_key(sde)][solver]))
+    return solver in DEFAULT_FOR and has_tuned(solver, sde) and steps <= max(table()[sde_key(sde)][solver])
 
 
 def tuned_grid(solver: str, sde, steps: int, eps: float) -> torch.Tensor:
@@ -87,7 +82,7 @@ def tuned_grid(solver: str, sde, steps: int, eps: float) -> torch.Tensor:
     K_fit = min(shapes, key=lambda k: (abs(math.log(k / steps)), -k))
     u_fit = np.asarray(shapes[K_fit], dtype=np.float64)
     u = np.interp(np.linspace(0, 1, steps + 1), np.linspace(0, 1, u_fit.size), u_fit)
-    ends = coord(sde, torch.tensor([sde.T, eps], dtype=torch.float64))
+    ends = edm_coord(sde, torch.tensor([sde.T, eps], dtype=torch.float64))
     c = ends[0] - torch.as_tensor(u) * (ends[0] - ends[1])
     ts = sde.t_from_log_snr(-RHO * torch.log(c[1:-1]))
     return torch.cat([torch.tensor([sde.T], dtype=torch.float64), ts, torch.tensor([eps], dtype=torch.float64)])
