@@ -46,6 +46,16 @@ def coefs(sde, ts):
     return m, s, [math.log(a / b) for a, b in zip(m, s)], x0
 
 
+def solve_with_coefs(sde_name, solver, n, K, grid, **kw):
+    """Our `solver` from a float64 prior draw (n samples, seed 0) on K steps of `grid`, and the
+    closed-form coefficients of that grid for the transcription to replay:
+    (sde, x_T, result, m, σ, λ, x̂_0)."""
+    sde = SDE_FACTORIES[sde_name]()
+    xT = sde.prior_sample((n, 2), generator=gen(0), dtype=torch.float64)
+    res = run(sde, solver, xT, steps=K, grid=grid, **kw)
+    return (sde, xT, res, *coefs(sde, res.t_grid.tolist()))
+
+
 def lagrange_exp_weights(nodes, h):
     """∫_0^h e^{u−h} ℓ_j(u) du for the Lagrange basis on `nodes` (in u = λ − λ_i), by 12-point
     Gauss–Legendre (exact to round-off for these smooth integrands)."""
@@ -62,12 +72,8 @@ def lagrange_exp_weights(nodes, h):
 def test_dpmpp_3m_is_the_exponential_integrator_of_the_quadratic_interpolant(sde_name):
     """x_{i+1} = (σ_{i+1}/σ_i)x_i + m_{i+1}·∫_0^h e^{u−h} P(u) du, P the interpolant of x̂_0 in λ
     through the last 1, 2, 3 points (warm-up), orders as in dpmpp_3m's docstring."""
-    sde = SDE_FACTORIES[sde_name]()
-    xT = sde.prior_sample((128, 2), generator=gen(0), dtype=torch.float64)
     K = 16
-    res = run(sde, "dpmpp_3m", xT, steps=K, grid="edm")
-    ts = res.t_grid.tolist()
-    m, s, lam, x0 = coefs(sde, ts)
+    sde, xT, res, m, s, lam, x0 = solve_with_coefs(sde_name, "dpmpp_3m", 128, K, "edm")
     x, hist = xT, []
     for i in range(K):
         hist = (hist + [(lam[i], x0(x, i))])[-3:]
@@ -89,12 +95,8 @@ def test_dpmpp_3m_is_the_exponential_integrator_of_the_quadratic_interpolant(sde
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
 def test_dpmpp_3m_match_anchors_is_dpm_solvers_formula(sde_name):
     """DPM-Solver's `multistep_dpm_solver_third_update` (dpmsolver++), as its code writes it."""
-    sde = SDE_FACTORIES[sde_name]()
-    xT = sde.prior_sample((128, 2), generator=gen(0), dtype=torch.float64)
     K = 16
-    res = run(sde, "dpmpp_3m", xT, steps=K, grid="logsnr", match_anchors=True)
-    ts = res.t_grid.tolist()
-    m, s, lam, x0 = coefs(sde, ts)
+    sde, xT, res, m, s, lam, x0 = solve_with_coefs(sde_name, "dpmpp_3m", 128, K, "logsnr", match_anchors=True)
     x, ms = xT, []
     for i in range(K):
         ms.append(x0(x, i))
@@ -122,13 +124,9 @@ def test_dpmpp_3m_match_anchors_is_dpm_solvers_formula(sde_name):
 def test_dpmpp_2m_sde_is_k_diffusions_sampler(sde_name, eta, solver_type):
     """k-diffusion's `sample_dpmpp_2m_sde` in EDM's variables (x̃ = x/m, σ̃ = σ/m), with our
     convention of no noise on the last step."""
-    sde = SDE_FACTORIES[sde_name]()
-    xT = sde.prior_sample((128, 2), generator=gen(0), dtype=torch.float64)
     K = 12
-    res = run(sde, "dpmpp_2m_sde", xT, steps=K, grid="logsnr", eta=eta, solver_type=solver_type,
-              generator=gen(3))
-    ts = res.t_grid.tolist()
-    m, s, _, x0 = coefs(sde, ts)
+    sde, xT, res, m, s, _, x0 = solve_with_coefs(sde_name, "dpmpp_2m_sde", 128, K, "logsnr", eta=eta,
+                                                 solver_type=solver_type, generator=gen(3))
     sig = [b / a for a, b in zip(m, s)]
     g = gen(3)
     x, old, h_last = xT / m[0], None, None
@@ -163,12 +161,8 @@ def test_dpmpp_2m_sde_without_noise_is_dpmpp_2m():
 def test_deis_is_variable_step_adams_bashforth_in_sigma(sde_name, order):
     """x̃_{i+1} = x̃_i + ∫ P(σ̃) dσ̃, P the polynomial through the last `order` (σ̃, ε̂) pairs,
     integrated with numpy's polyfit/polyint (order 1 is EDM's Euler)."""
-    sde = SDE_FACTORIES[sde_name]()
-    xT = sde.prior_sample((64, 2), generator=gen(0), dtype=torch.float64)
     K = 16
-    res = run(sde, "deis", xT, steps=K, grid="edm", order=order)
-    ts = res.t_grid.tolist()
-    m, s, _, x0 = coefs(sde, ts)
+    sde, xT, res, m, s, _, x0 = solve_with_coefs(sde_name, "deis", 64, K, "edm", order=order)
     sig = [b / a for a, b in zip(m, s)]
     x, hist = xT / m[0], []
     for i in range(K):
@@ -190,12 +184,9 @@ def test_deis_is_variable_step_adams_bashforth_in_sigma(sde_name, order):
 def test_unipc_is_the_papers_predictor_corrector(sde_name, order, variant):
     """UniPC (Zhao et al. 2023, Alg. 2/3 with the data prediction): written out here as a
     predict–evaluate–correct loop over explicit R·ρ = g/B systems."""
-    sde = SDE_FACTORIES[sde_name]()
-    xT = sde.prior_sample((64, 2), generator=gen(0), dtype=torch.float64)
     K = 16
-    res = run(sde, "unipc", xT, steps=K, grid="logsnr", order=order, variant=variant)
-    ts = res.t_grid.tolist()
-    m, s, lam, x0 = coefs(sde, ts)
+    sde, xT, res, m, s, lam, x0 = solve_with_coefs(sde_name, "unipc", 64, K, "logsnr", order=order,
+                                                   variant=variant)
 
     def phis(hh, n):  # g_k = hh·φ_{k+1}(hh)·k!, k = 1..n, from φ_1 = (e^{hh} − 1)/hh
         phi = [math.expm1(hh) / hh]
