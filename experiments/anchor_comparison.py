@@ -1,7 +1,7 @@
 """Ours against diffusers and k-diffusion at 5, 10 and 20 score evaluations, side by side.
 
 Same oracle (the 8-mode ring with its exact score), same x_T, same metric (within-mode W2 +
-off-mode fraction, scoresde.metrics.mode_metrics; exact samples score ≈ 0.03), same nfe
+off-mode fraction, scoresde.evaluation.metrics.mode_metrics; exact samples score ≈ 0.03), same nfe
 (counted at the score call), for VP, sub-VP and VE.  Every configuration runs on two prior
 draws: the tuning seed picks the best configuration of each family, and the table reports that
 configuration on the evaluation seed, which nothing was tuned on (grids are fitted on the tuning
@@ -65,7 +65,7 @@ import solvers  # noqa: E402
 from _util import machine, markdown_table, out_path  # noqa: E402
 from scoresde._io import write_csv, write_text  # noqa: E402
 from scoresde.convert import x0_from_score  # noqa: E402
-from scoresde.metrics import mode_metrics  # noqa: E402
+from scoresde.evaluation.metrics import mode_metrics  # noqa: E402
 from scoresde.oracle import GaussianMixture  # noqa: E402
 from scoresde.sde import make_sde  # noqa: E402
 from solvers.optimize import steps_for_nfe  # noqa: E402

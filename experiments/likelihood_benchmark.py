@@ -62,8 +62,8 @@ def digits_bpd(n=200, repeats=3):
     ck = os.path.join(ROOT, "runs", "digits_vp", "checkpoint.pt")
     if not os.path.exists(ck):
         return None
-    from scoresde.checkpoint import load_score_model
-    from scoresde.data import digits
+    from scoresde.training.checkpoint import load_score_model
+    from scoresde.training.data import digits
 
     model = load_score_model(ck)
     ds = digits("test")  # held out: the model never saw these 200

@@ -18,11 +18,11 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch  # noqa: E402
 
 import solvers  # noqa: E402
-from scoresde.metrics import mode_metrics  # noqa: E402
+from scoresde.evaluation.metrics import mode_metrics  # noqa: E402
 from _util import machine, markdown_table, out_path  # noqa: E402
 from scoresde._io import write_csv, write_text  # noqa: E402
-from scoresde.compare import best_at_nfe, ranking_key, run_compare  # noqa: E402
-from scoresde.models import resolve_model  # noqa: E402
+from scoresde.evaluation.compare import best_at_nfe, ranking_key, run_compare  # noqa: E402
+from scoresde.evaluation.resolve import resolve_model  # noqa: E402
 from scoresde.sde import make_sde  # noqa: E402
 
 COLS = ["solver", "grid", "steps", "nfe", "wall_s", "std_ratio", "mode_w2", "off_mode", "mode_tv", "sw2"]

@@ -26,7 +26,7 @@ import solvers  # noqa: E402
 from _util import machine, markdown_table, out_path  # noqa: E402
 from scoresde import VPSDE  # noqa: E402
 from scoresde._io import write_text  # noqa: E402
-from scoresde.nn import MLP, ScoreModel  # noqa: E402
+from scoresde.training.nn import MLP, ScoreModel  # noqa: E402
 
 OPTIONS = {"pf_ode": {"method": "rk4"}}  # a fixed-step pf_ode; the adaptive one is not a per-step loop
 

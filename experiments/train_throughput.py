@@ -32,10 +32,10 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
 from _util import machine, markdown_table, out_path  # noqa: E402
 from scoresde._io import write_csv, write_json, write_text  # noqa: E402
-from scoresde.config import from_dict  # noqa: E402
-from scoresde.losses import dsm_loss  # noqa: E402
-from scoresde.build import build_model  # noqa: E402
-from scoresde.train import Trainer  # noqa: E402
+from scoresde.training.config import from_dict  # noqa: E402
+from scoresde.training.losses import dsm_loss  # noqa: E402
+from scoresde.training.build import build_model  # noqa: E402
+from scoresde.training.trainer import Trainer  # noqa: E402
 
 MODELS = {
     "digits": dict(data={"name": "digits"},

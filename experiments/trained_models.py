@@ -14,12 +14,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import solvers  # noqa: E402
 from _util import machine, markdown_table, out_path  # noqa: E402
 from scoresde._io import write_text  # noqa: E402
-from scoresde.checkpoint import load_checkpoint, load_score_model  # noqa: E402
-from scoresde.compare import run_compare  # noqa: E402
-from scoresde.config import load_config  # noqa: E402
-from scoresde.metrics import mode_metrics  # noqa: E402
-from scoresde.plots import quality_vs_nfe, samples_panel  # noqa: E402
-from scoresde.train import Trainer  # noqa: E402
+from scoresde.training.checkpoint import load_checkpoint, load_score_model  # noqa: E402
+from scoresde.evaluation.compare import run_compare  # noqa: E402
+from scoresde.training.config import load_config  # noqa: E402
+from scoresde.evaluation.metrics import mode_metrics  # noqa: E402
+from scoresde.evaluation.plots import quality_vs_nfe, samples_panel  # noqa: E402
+from scoresde.training.trainer import Trainer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLS = ["solver", "grid", "steps", "nfe", "wall_s", "std_ratio", "mode_w2", "off_mode", "mode_tv", "sw2"]

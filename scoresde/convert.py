@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import bcast
+from scoresde._checks import bcast
 
 
 def _as(c, x):

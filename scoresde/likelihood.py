@@ -19,9 +19,9 @@ from typing import Callable
 import torch
 from torchdiffeq import odeint
 
-from . import _rng
-from ._checks import bcast
-from ._ode import ADAPTIVE, inside_interval
+from scoresde import _rng
+from scoresde._checks import bcast
+from scoresde._ode import ADAPTIVE, inside_interval
 
 
 @dataclass

@@ -15,9 +15,9 @@ import math
 
 import torch
 
-from . import _rng
-from ._checks import check_int, check_positive
-from .sde import SDE
+from scoresde import _rng
+from scoresde._checks import check_int, check_positive
+from scoresde.sde import SDE
 
 
 class GaussianMixture:

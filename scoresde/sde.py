@@ -17,8 +17,8 @@ import math
 
 import torch
 
-from . import _rng
-from ._checks import as_time, bcast, check_int, check_less, check_positive
+from scoresde import _rng
+from scoresde._checks import as_time, bcast, check_int, check_less, check_positive
 
 
 class SDE(abc.ABC):

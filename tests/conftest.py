@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from fake_device import second_device
-from scoresde import SubVPSDE, VESDE, VPSDE
+from scoresde import SubVPSDE
+from scoresde import VESDE
+from scoresde import VPSDE
 
 SDE_FACTORIES = {
     "vp": lambda: VPSDE(),

@@ -11,12 +11,12 @@ import torch
 from click.testing import CliRunner
 
 import solvers
-from scoresde import plots
+from scoresde.evaluation import plots
 from scoresde.cli import METRICS, NETWORK_N, ORACLE_N, cli
-from scoresde.compare import FAR, MIN_METRIC_SAMPLES, far_from_data, perfect_sampler_band, score_samples
-from scoresde.config import from_dict
-from scoresde.models import resolve_model
-from scoresde.train import Trainer
+from scoresde.evaluation.compare import FAR, MIN_METRIC_SAMPLES, far_from_data, perfect_sampler_band, score_samples
+from scoresde.training.config import from_dict
+from scoresde.evaluation.resolve import resolve_model
+from scoresde.training.trainer import Trainer
 
 
 @pytest.fixture(autouse=True)
@@ -156,7 +156,7 @@ def test_data_only_models_rank_by_sliced_w2_against_its_band(ckpts, monkeypatch,
     model = resolve_model(ckpts["moons"])
     band = perfect_sampler_band(model, 500, seed=0)
     assert band["metric"] == "sw2" and band["draws"] == 8
-    from scoresde.data import make_dataset
+    from scoresde.training.data import make_dataset
     exact = make_dataset("moons").reference(500, torch.Generator().manual_seed(99))  # fresh, independent draws
     assert 0.7 * band["lo"] < score_samples(exact, model)["sw2"] < 1.5 * band["hi"]
     figs = capture_figures(monkeypatch)
@@ -278,7 +278,7 @@ def test_npz_without_x_lists_its_arrays(tmp_path):
     one_error_line(run("likelihood", "--model", "oracle:gmm8", "--data", f"{path}:c"), "has no array 'c'; it holds a, b")
     r = run("likelihood", "--model", "oracle:gmm8", "--data", f"{path}:b", "--n", 1, "--rtol", 1e-2, "--atol", 1e-2)
     assert r.exit_code == 0 and "n=1" in r.output, r.output
-    from scoresde.data import load_array
+    from scoresde.training.data import load_array
     assert float(load_array(f"{path}:b")[0, 0]) == 0.5
     np.savez(tmp_path / "one.npz", pts=np.ones((3, 2)))
     assert load_array(str(tmp_path / "one.npz")).shape == (3, 2)  # a single array is not ambiguous
@@ -323,8 +323,8 @@ def test_compare_plans_many_steps_on_ve():
     −x alone grew past float32 at 100 steps and stopped `compare --sde ve` before its first run."""
     import torch
 
-    from scoresde.compare import plan_runs
-    from scoresde.models import resolve_model
+    from scoresde.evaluation.compare import plan_runs
+    from scoresde.evaluation.resolve import resolve_model
     from scoresde.sde import make_sde
 
     model = resolve_model("oracle:gmm8", sde=make_sde("ve"))

@@ -13,11 +13,12 @@ from click.testing import CliRunner
 
 import solvers
 from conftest import assert_matches_cpu, gen
-from scoresde import VESDE, VPSDE
+from scoresde import VESDE
+from scoresde import VPSDE
 from scoresde.cli import cli
 from scoresde.convert import eps_to_score, x0_from_eps, x0_from_score
 from scoresde.likelihood import dequantize, log_likelihood
-from scoresde.metrics import mode_metrics, quality, sliced_w2
+from scoresde.evaluation.metrics import mode_metrics, quality, sliced_w2
 from scoresde.oracle import GaussianMixture
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -112,7 +113,7 @@ def test_metrics_on_any_device(device):
 
 
 def test_image_metrics_take_inputs_from_any_device(device):
-    from scoresde.metrics import features, precision_recall
+    from scoresde.evaluation.metrics import features, precision_recall
 
     real, fake = torch.rand(40, 1, 4, 4, generator=gen(30)), torch.rand(40, 1, 4, 4, generator=gen(31))
     assert precision_recall(real, fake.to(device)) == precision_recall(real, fake)
@@ -131,8 +132,8 @@ def test_sliced_w2_in_blocks_is_the_plain_formula():
 
 # -- the application: compare, plots, data, the CLI ---------------------------------------------------------
 def test_compare_on_any_device(device):
-    from scoresde.compare import run_compare
-    from scoresde.models import resolve_model
+    from scoresde.evaluation.compare import run_compare
+    from scoresde.evaluation.resolve import resolve_model
 
     model = resolve_model("oracle:gmm8")
     kw = dict(solver_names=["euler_maruyama", "dpmpp_2m"], steps_list=[5], n=64, progress=False)
@@ -147,7 +148,7 @@ def test_compare_on_any_device(device):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_plots_take_tensors_from_any_device(device, dtype, tmp_path):
-    from scoresde.plots import image_grid, samples_panel, save_samples_png
+    from scoresde.evaluation.plots import image_grid, samples_panel, save_samples_png
 
     pts = torch.randn(100, 2, generator=gen(21)).to(device=device, dtype=dtype)
     imgs = torch.rand(4, 1, 8, 8, generator=gen(22)).to(device=device, dtype=dtype)
@@ -160,7 +161,7 @@ def test_plots_take_tensors_from_any_device(device, dtype, tmp_path):
 
 @pytest.mark.parametrize("name", ["ring", "moons", "swissroll", "checkerboard", "digits"])
 def test_data_draws_with_a_generator_on_any_device(device, name):
-    from scoresde.data import make_dataset
+    from scoresde.training.data import make_dataset
 
     ds = make_dataset(name)
     x = ds.sample(16, torch.Generator(device=device).manual_seed(0))

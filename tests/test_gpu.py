@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import solvers
-from scoresde import VESDE, VPSDE
-from scoresde.config import from_dict
-from scoresde.metrics import mode_metrics
-from scoresde.nn import MLP, ScoreModel
+from scoresde import VESDE
+from scoresde import VPSDE
+from scoresde.training.config import from_dict
+from scoresde.evaluation.metrics import mode_metrics
+from scoresde.training.nn import MLP, ScoreModel
 from scoresde.oracle import GaussianMixture
 
 pytestmark = [pytest.mark.gpu,
@@ -39,7 +40,7 @@ def test_nan_on_cuda_is_reported_after_the_solve():
 
 @pytest.mark.parametrize("bf16", [False, True])
 def test_training_on_cuda(tmp_path, bf16):
-    from scoresde.train import Trainer
+    from scoresde.training.trainer import Trainer
     cfg = from_dict({"data": {"name": "digits", "batch_size": 64}, "model": {"arch": "unet", "channels": 16},
                      "train": {"steps": 20, "bf16": bf16, "ckpt_every": 0, "device": "cuda"}})
     tr = Trainer(cfg, str(tmp_path), progress=False)

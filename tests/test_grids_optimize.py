@@ -7,7 +7,8 @@ import torch
 from click.testing import CliRunner
 
 import solvers
-from scoresde import VESDE, VPSDE
+from scoresde import VESDE
+from scoresde import VPSDE
 from scoresde.cli import cli
 from scoresde.oracle import GaussianMixture
 
@@ -307,7 +308,7 @@ def test_klub_grid_beats_the_default_grid_for_ddpm_on_the_ring(solver, nfe):
     """The distributional check: within-mode W2 + off-mode fraction (experiments/anchor_comparison's
     quality) of ddpm on the KLUB-fitted grid against its default grid, on fresh x_T and noise.
     (See experiments/klub_grids.py: the best named grid, quadratic, is not beaten at full budget.)"""
-    from scoresde.metrics import mode_metrics
+    from scoresde.evaluation.metrics import mode_metrics
 
     sde, data = VPSDE(), GaussianMixture.ring(8, 4.0, 0.2)
     score = data.score_fn(sde)

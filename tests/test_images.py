@@ -11,10 +11,10 @@ import torch
 from click.testing import CliRunner
 
 from scoresde.cli import cli
-from scoresde.config import ConfigError, from_dict
-from scoresde.data import ImageDataset, fit_images, make_dataset
-from scoresde.metrics import ImageReference, features, frechet_distance, gaussian_stats, precision_recall
-from scoresde.train import Trainer
+from scoresde.training.config import ConfigError, from_dict
+from scoresde.training.data import ImageDataset, fit_images, make_dataset
+from scoresde.evaluation.metrics import ImageReference, features, frechet_distance, gaussian_stats, precision_recall
+from scoresde.training.trainer import Trainer
 
 
 def pixels(n, h, w, c, seed=0):
@@ -347,8 +347,8 @@ def test_images_on_the_device_or_through_pinned_buffers(tmp_path, max_bytes):
 
 
 def test_cifar10_config_builds_ddpms_network_on_cifar_files(tmp_path):
-    from scoresde.config import load_config
-    from scoresde.train import build_model
+    from scoresde.training.config import load_config
+    from scoresde.training.trainer import build_model
 
     cfg = load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "cifar10_vp.toml"))
     assert (cfg.data.name, cfg.data.batch_size, cfg.data.flip) == ("cifar10", 128, True)

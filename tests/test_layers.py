@@ -1,11 +1,12 @@
-"""The import rule: every import (module-level or inside a function) points to the same layer or
-one below, and no modules import each other in a circle.
+"""The import rule, read from the paths: every import (module-level or inside a function) points
+to the same layer or one below, and no modules import each other in a circle.
 
-Layers, each depending only on those before it (README, "Layout"):
-  0 core         scoresde/__init__, sde, oracle, convert, likelihood and every private scoresde/_*.py
-  1 solvers      solvers/*
-  2 learning     nn, losses, data, config, build, fastpath, checkpoint, train
-  3 application  models, compare, metrics, plots, cli, experiments/*
+  0 core         scoresde/*.py (the top level of the package: SDEs, oracles, conversions, likelihood)
+  1 solvers      solvers/
+  2 training     scoresde/training/
+  3 evaluation   scoresde/evaluation/
+  4 application  scoresde/cli/, experiments/
+A new module is placed by the folder it is written in; there is no table to keep.
 """
 import ast
 import os
@@ -13,35 +14,28 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAYER_NAMES = ("core", "solvers", "learning", "application")
-SCORESDE = {
-    "scoresde": 0, "scoresde.sde": 0, "scoresde.oracle": 0, "scoresde.convert": 0, "scoresde.likelihood": 0,
-    "scoresde.nn": 2, "scoresde.losses": 2, "scoresde.data": 2, "scoresde.config": 2, "scoresde.build": 2,
-    "scoresde.checkpoint": 2, "scoresde.train": 2, "scoresde.fastpath": 2,
-    "scoresde.models": 3, "scoresde.compare": 3, "scoresde.metrics": 3, "scoresde.plots": 3, "scoresde.cli": 3,
-}
-PACKAGES = {"scoresde": None, "solvers": 1, "experiments": 3}  # None: per module, from SCORESDE
+LAYER_NAMES = ("core", "solvers", "training", "evaluation", "application")
+FOLDERS = {"scoresde": 0, "solvers": 1, "scoresde/training": 2, "scoresde/evaluation": 3, "scoresde/cli": 4,
+           "experiments": 4}
 
 
 def modules(root: str) -> dict:
     """{module name: file path} for every .py file of the checked folders."""
     out = {}
-    for pkg in PACKAGES:
-        folder = os.path.join(root, pkg)
-        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-            if name.endswith(".py"):
-                mod = pkg if name == "__init__.py" else f"{pkg}.{name[:-3]}"
-                out[mod] = os.path.join(folder, name)
+    for top in ("scoresde", "solvers", "experiments"):
+        for dirpath, dirs, files in os.walk(os.path.join(root, top)):
+            dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))
+            pkg = os.path.relpath(dirpath, root).replace(os.sep, ".")
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    out[pkg if name == "__init__.py" else f"{pkg}.{name[:-3]}"] = os.path.join(dirpath, name)
     return out
 
 
-def layer_of(mod: str) -> int | None:
-    pkg = mod.split(".")[0]
-    if PACKAGES[pkg] is not None:
-        return PACKAGES[pkg]
-    if mod in SCORESDE:
-        return SCORESDE[mod]
-    return 0 if mod.split(".")[-1].startswith("_") else None  # private helpers belong to the core
+def layer_of(mod: str, path: str, root: str) -> int | None:
+    """The layer of the deepest listed folder holding the file; None for a folder in no layer."""
+    folder = os.path.relpath(os.path.dirname(path), root).replace(os.sep, "/")
+    return FOLDERS.get(folder)
 
 
 def imports(mod: str, path: str, known: dict) -> list[tuple[int, str]]:
@@ -51,7 +45,7 @@ def imports(mod: str, path: str, known: dict) -> list[tuple[int, str]]:
     top = mod.split(".")[0]
 
     def resolve(name: str) -> str | None:
-        if top == "experiments" and name.split(".")[0] not in PACKAGES and f"experiments.{name}" in known:
+        if top == "experiments" and name.split(".")[0] not in ("scoresde", "solvers", "experiments") and f"experiments.{name}" in known:
             name = f"experiments.{name}"  # the scripts put their own folder on sys.path
         parts = name.split(".")
         for k in range(len(parts), 0, -1):  # the longest prefix that is one of ours
@@ -79,16 +73,17 @@ def check(root: str) -> list[str]:
     """One message per broken rule: a file in no layer, an upward import, a circle."""
     known = modules(root)
     rel = {m: os.path.relpath(p, root) for m, p in known.items()}
+    layer = {m: layer_of(m, p, root) for m, p in known.items()}
     problems, graph = [], {}
     for mod, path in known.items():
-        here = layer_of(mod)
+        here = layer[mod]
         if here is None:
-            problems.append(f"{rel[mod]} is in no layer; add it to the README's layout and tests/test_layers.py")
+            problems.append(f"{rel[mod]} is in a folder of no layer; put it in one of {', '.join(sorted(FOLDERS))}")
             continue
         graph[mod] = {}
         for line, target in imports(mod, path, known):
             graph[mod].setdefault(target, line)
-            there = layer_of(target)
+            there = layer[target]
             if there is not None and there > here:
                 problems.append(f"{rel[mod]}:{line} imports {target} ({LAYER_NAMES[there]}) from the "
                                 f"{LAYER_NAMES[here]} layer: an upward import")
@@ -131,22 +126,33 @@ def test_imports_follow_the_layers_and_form_no_circle():
 
 
 @pytest.mark.parametrize("files, expected", [
-    ({"scoresde/sde.py": "from .cli import main\n"}, "scoresde/sde.py:1 imports scoresde.cli (application) from the core"),
-    ({"scoresde/checkpoint.py": "def f():\n    from .train import build_model\n",
-      "scoresde/train.py": "from .checkpoint import save\n"}, "import circle: scoresde/checkpoint.py:2 imports scoresde.train"),
-    ({"solvers/heun.py": "def f():\n    import scoresde.nn\n"}, "solvers/heun.py:2 imports scoresde.nn (learning)"),
-    ({"solvers/heun.py": "from scoresde import models\n"}, "solvers/heun.py:1 imports scoresde.models (application)"),
-    ({"scoresde/newthing.py": "import torch\n"}, "scoresde/newthing.py is in no layer"),
+    ({"scoresde/sde.py": "from .cli.main import main\n"},
+     "scoresde/sde.py:1 imports scoresde.cli.main (application) from the core"),
+    ({"scoresde/training/checkpoint.py": "def f():\n    from .trainer import build_model\n",
+      "scoresde/training/trainer.py": "from .checkpoint import save\n"},
+     "import circle: scoresde/training/checkpoint.py:2 imports scoresde.training.trainer"),
+    ({"solvers/heun.py": "def f():\n    import scoresde.training.nn\n"},
+     "solvers/heun.py:2 imports scoresde.training.nn (training)"),
+    ({"solvers/heun.py": "from scoresde.evaluation import resolve\n"},
+     "solvers/heun.py:1 imports scoresde.evaluation.resolve (evaluation)"),
+    ({"scoresde/training/data.py": "from ..evaluation.metrics import quality\n"},
+     "scoresde/training/data.py:1 imports scoresde.evaluation.metrics (evaluation) from the training layer"),
+    ({"scoresde/extras/newthing.py": "import torch\n"}, "scoresde/extras/newthing.py is in a folder of no layer"),
 ])
 def test_the_checker_names_the_file_and_the_import(tmp_path, files, expected):
-    for pkg in ("scoresde", "solvers"):
-        (tmp_path / pkg).mkdir()
+    tree = {"scoresde": ["sde"], "solvers": ["heun"], "scoresde/training": ["nn", "checkpoint", "trainer", "data"],
+            "scoresde/evaluation": ["resolve", "metrics"], "scoresde/cli": ["main"], "scoresde/extras": []}
+    for pkg, names in tree.items():
+        (tmp_path / pkg).mkdir(parents=True)
         (tmp_path / pkg / "__init__.py").write_text("")
-    for name in ("sde", "cli", "nn", "models", "checkpoint", "train"):
-        (tmp_path / "scoresde" / f"{name}.py").write_text("")
+        for name in names:
+            (tmp_path / pkg / f"{name}.py").write_text("")
     (tmp_path / "solvers" / "heun.py").write_text("from scoresde.sde import VPSDE\n")
+    (tmp_path / "scoresde" / "extras" / "__init__.py").unlink()
+    (tmp_path / "scoresde" / "extras").rmdir()
     assert check(str(tmp_path)) == []  # the tree before the bad import is clean
     for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     problems = check(str(tmp_path))
     assert len(problems) == 1 and expected in problems[0], problems

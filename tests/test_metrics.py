@@ -6,7 +6,7 @@ import torch
 from scipy.stats import chi2
 
 from conftest import gen
-from scoresde.metrics import mode_metrics, quality, sliced_w2
+from scoresde.evaluation.metrics import mode_metrics, quality, sliced_w2
 from scoresde.oracle import GaussianMixture
 
 

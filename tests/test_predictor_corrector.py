@@ -8,7 +8,7 @@ import torch
 
 import solvers
 from conftest import SDE_FACTORIES, gen
-from scoresde.metrics import mode_metrics
+from scoresde.evaluation.metrics import mode_metrics
 from scoresde.oracle import GaussianMixture
 
 RING = GaussianMixture.ring(8, 4.0, 0.2)

@@ -20,11 +20,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from scoresde import checkpoint as ckmod
-from scoresde.checkpoint import CheckpointError, load_checkpoint, load_score_model
+from scoresde.training import checkpoint as ckmod
+from scoresde.training.checkpoint import CheckpointError, load_checkpoint, load_score_model
 from scoresde.cli import cli
-from scoresde.config import RANGES, Config, ConfigError, from_dict
-from scoresde.train import Trainer
+from scoresde.training.config import RANGES, Config, ConfigError, from_dict
+from scoresde.training.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"data": {"name": "ring", "batch_size": 16}, "model": {"hidden": 16, "blocks": 1},
@@ -113,7 +113,7 @@ class _Evil:
 def _structural(good: dict) -> dict:
     """Re-signed payloads with one thing wrong each."""
     import copy
-    from scoresde.build import build_score_model
+    from scoresde.training.build import build_score_model
     wide = build_score_model(from_dict({**tiny(), "model": {"hidden": 32, "blocks": 1}}), (2,)).net.state_dict()
     k0 = next(iter(good["ema"]))
     cases = {}
@@ -431,12 +431,12 @@ def test_compare_writes_its_folder_whole_and_overwrites_only_when_asked(tmp_path
     (out / "stale.png").write_text("from an older run")
     assert "--out" in one_line_error(run(*args)) and "--overwrite" in one_line_error(run(*args))
     # interrupted while writing the figures: the old folder is untouched, no temp folder is left
-    import scoresde.plots
+    import scoresde.evaluation.plots
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(scoresde.plots, "samples_panel", interrupted)
+    monkeypatch.setattr(scoresde.evaluation.plots, "samples_panel", interrupted)
     r = run(*args, "--overwrite")
     assert r.exit_code == 130, r.output
     assert sorted(os.listdir(out)) == ["results.csv", "results.json", "stale.png"]
@@ -464,9 +464,9 @@ def test_sample_refuses_to_replace_outputs_without_overwrite(tmp_path):
 def test_progress_moves_within_a_compare_run_and_over_likelihood_batches(monkeypatch):
     import tqdm.auto
 
-    from scoresde.compare import run_compare
+    from scoresde.evaluation.compare import run_compare
     from scoresde.likelihood import log_likelihood
-    from scoresde.models import resolve_model
+    from scoresde.evaluation.resolve import resolve_model
 
     seen = []
 

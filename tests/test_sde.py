@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from conftest import SDE_FACTORIES, gen
-from scoresde import SubVPSDE, VESDE, VPSDE, eps_to_score, score_to_eps, x0_from_eps, x0_from_score
+from scoresde import SubVPSDE
+from scoresde import VESDE
+from scoresde import VPSDE
+from scoresde import eps_to_score
+from scoresde import score_to_eps
+from scoresde import x0_from_eps
+from scoresde import x0_from_score
 
 
 # -- the discrete DDPM chain --------------------------------------------------------------------

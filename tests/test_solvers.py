@@ -6,7 +6,7 @@ import torch
 import solvers
 from conftest import SDE_FACTORIES, gen, measured_order
 from scoresde import VPSDE
-from scoresde.metrics import mode_metrics, sliced_w2
+from scoresde.evaluation.metrics import mode_metrics, sliced_w2
 from scoresde.oracle import GaussianMixture
 
 

@@ -183,8 +183,8 @@ def test_discrete_schedule_needs_vp():
 
 
 def test_compare_rows_report_the_schedule():
-    from scoresde.compare import run_compare
-    from scoresde.models import resolve_model
+    from scoresde.evaluation.compare import run_compare
+    from scoresde.evaluation.resolve import resolve_model
     model = resolve_model("oracle:gmm8", sde=SDE_FACTORIES["vp"]())
     rows, _ = run_compare(model, ["ddim", "heun"], [4], n=64, progress=False,
                           options={"ddim": {"schedule": "discrete"}})

@@ -5,10 +5,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from scoresde.checkpoint import CheckpointError, load_checkpoint
+from scoresde.training.checkpoint import CheckpointError, load_checkpoint
 from scoresde.cli import cli
-from scoresde.config import ConfigError, from_dict, load_config
-from scoresde.train import Trainer
+from scoresde.training.config import ConfigError, from_dict, load_config
+from scoresde.training.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 
@@ -116,7 +116,7 @@ def test_digits_unet_trains_a_few_steps(tmp_path):
 
 
 def test_digits_test_split_is_held_out():
-    from scoresde.data import make_dataset
+    from scoresde.training.data import make_dataset
     train, test = make_dataset("digits"), make_dataset("digits-test")
     assert train.table.shape[0] == 1597 and test.table.shape[0] == 200
     flat = {tuple(v.tolist()) for v in train.table.flatten(1)}
@@ -172,7 +172,7 @@ def test_ddp_two_gloo_ranks_agree(tmp_path):
 def test_trained_ring_model_samples_the_ring(tmp_path):
     """configs/ring_vp.toml trained on CPU; 1000-step Euler–Maruyama from the EMA weights."""
     import solvers
-    from scoresde.metrics import mode_metrics
+    from scoresde.evaluation.metrics import mode_metrics
     cfg = load_config(os.path.join(ROOT, "configs", "ring_vp.toml"))
     tr = Trainer(cfg, str(tmp_path), progress=False)
     tr.train()

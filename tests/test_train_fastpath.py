@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from scoresde.config import ConfigError, from_dict
-from scoresde.data import make_dataset
-from scoresde.fastpath import compile_net
-from scoresde.nn import Attention, GroupNorm
-from scoresde.train import Trainer
+from scoresde.training.config import ConfigError, from_dict
+from scoresde.training.data import make_dataset
+from scoresde.training.fastpath import compile_net
+from scoresde.training.nn import Attention, GroupNorm
+from scoresde.training.trainer import Trainer
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -7,7 +7,9 @@ import torch
 from click.testing import CliRunner
 
 import solvers
-from scoresde import SubVPSDE, VESDE, VPSDE
+from scoresde import SubVPSDE
+from scoresde import VESDE
+from scoresde import VPSDE
 from scoresde.cli import cli
 from scoresde.oracle import GaussianMixture
 from solvers import tuned

@@ -6,10 +6,10 @@ import math
 
 import torch
 
-from .config import Config
-from .data import Dataset, data_from_config
-from .nn import MLP, ScoreModel, UNet
-from .sde import make_sde
+from scoresde.training.config import Config
+from scoresde.training.data import Dataset, data_from_config
+from scoresde.training.nn import MLP, ScoreModel, UNet
+from scoresde.sde import make_sde
 
 
 def build_score_model(cfg: Config, shape: tuple) -> ScoreModel:

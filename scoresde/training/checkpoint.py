@@ -21,10 +21,10 @@ import re
 
 import torch
 
-from ._io import atomic_path
-from ._resolved import ResolvedModel
-from .build import build_score_model
-from .config import Config, ConfigError, from_dict
+from scoresde._io import atomic_path
+from scoresde.resolved import ResolvedModel
+from scoresde.training.build import build_score_model
+from scoresde.training.config import Config, ConfigError, from_dict
 
 FORMAT, VERSION = "scoresde-checkpoint", 2
 MAGIC = b"SCORESDE-CHECKPOINT "
@@ -213,7 +213,7 @@ def load_checkpoint(path: str, map_location="cpu", net: torch.nn.Module | None =
 def load_score_model(path: str, sde=None, device=None, use_ema: bool = True) -> ResolvedModel:
     """A trained checkpoint as a ResolvedModel (EMA weights by default) for sampling/likelihood:
     .score_fn(x, t) = −ε_θ(x, t)/σ(t), .sde, .shape, and the data to score samples against."""
-    from .data import data_from_config, evaluation_reference
+    from scoresde.training.data import data_from_config, evaluation_reference
 
     ck, cfg, model = _load(path)
     if sde is not None and sde.config() != model.sde.config():

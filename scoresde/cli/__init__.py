@@ -17,7 +17,7 @@ import time
 
 import click
 
-from . import __version__  # torch is imported inside the commands, so --help answers fast
+from scoresde import __version__  # torch is imported inside the commands, so --help answers fast
 
 SDE_CHOICES = ["vp", "vp-cosine", "subvp", "ve"]
 DEFAULT_SOLVERS = "ddpm,ddim,euler_maruyama,pc,euler,heun,dpmpp_2m,dpmpp_3m,deis,pf_ode"
@@ -108,7 +108,7 @@ def _parse_list(value: str, name: str, cast=str, allowed=None, minimum=None):
 
 
 def _device(name: str) -> "torch.device":  # noqa: F821
-    from ._checks import resolve_device
+    from scoresde._checks import resolve_device
 
     try:
         return resolve_device(name)
@@ -117,8 +117,8 @@ def _device(name: str) -> "torch.device":  # noqa: F821
 
 
 def _resolve(model: str, sde_name: str | None, device, option: str = "--model"):
-    from .models import resolve_model
-    from .sde import make_sde
+    from scoresde.evaluation.resolve import resolve_model
+    from scoresde.sde import make_sde
 
     hint = "; or use oracle:gmm8, oracle:gaussian, oracle:gaussianD" if option == "--model" else ""
     if not model.startswith("oracle:") and os.path.isdir(model):
@@ -402,9 +402,9 @@ def compare(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
 
     import solvers
 
-    from .compare import best_at_nfe, far_from_data, fastest_thread_count, perfect_sampler_band, run_compare
-    from ._io import atomic_dir, check_new_output, write_csv, write_json
-    from .plots import run_title
+    from scoresde.evaluation.compare import best_at_nfe, far_from_data, fastest_thread_count, perfect_sampler_band, run_compare
+    from scoresde._io import atomic_dir, check_new_output, write_csv, write_json
+    from scoresde.evaluation.plots import run_title
 
     check_new_output(out, overwrite, "--out")
     names = _parse_list(solver_list, "solvers", allowed=solvers.available())
@@ -421,7 +421,7 @@ def compare(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
     resolved = _resolve(model, sde_name, dev)
     feature_net = None
     if features_path:
-        from .metrics import load_feature_net
+        from scoresde.evaluation.metrics import load_feature_net
 
         if len(resolved.shape) != 3:
             raise CLIError(f"--features scores images; model {model} makes samples of shape {resolved.shape}")
@@ -464,7 +464,7 @@ def compare(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
         torch.set_num_threads(threads_before)
     wall = time.perf_counter() - t0
     plan = seen["plan"]
-    from .compare import MIN_METRIC_SAMPLES
+    from scoresde.evaluation.compare import MIN_METRIC_SAMPLES
 
     if n < MIN_METRIC_SAMPLES and len(resolved.shape) != 3:  # the metrics would be noise: none shown or saved
         rows = [{k: r[k] for k in ("solver", "grid", "schedule", "steps", "nfe", "wall_s") if k in r} for r in rows]
@@ -513,7 +513,7 @@ def compare(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
                         skipped=[dict(solver=r.solver, steps=r.steps, nfe=r.nfe) for r in plan.skipped], rows=rows))
         written = ["results.csv", "results.json"]
         if not no_plots:
-            from .plots import quality_vs_nfe, samples_panel
+            from scoresde.evaluation.plots import quality_vs_nfe, samples_panel
 
             quality_vs_nfe(rows, os.path.join(tmp, "quality_vs_nfe.png"), title=title, band=band)
             if resolved.oracle is not None:
@@ -560,7 +560,7 @@ def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, dev
     import solvers
     from tqdm.auto import tqdm
 
-    from ._io import atomic_path, check_new_output
+    from scoresde._io import atomic_path, check_new_output
 
     if solver not in solvers.available():
         raise CLIError(f"--solver: unknown solver {solver!r}; choose from: {', '.join(solvers.available())}")
@@ -590,7 +590,7 @@ def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, dev
                  settings=json.dumps(dict(model=model, sde=resolved.sde.config(), solver=solver, steps=steps,
                                           grid=res.grid, n=n, seed=seed, denoise=denoise, options=options)))
     msg = f"{n} samples, {res.nfe} nfe, {wall:.2f} s -> {out}"
-    from .compare import MIN_METRIC_SAMPLES, score_samples
+    from scoresde.evaluation.compare import MIN_METRIC_SAMPLES, score_samples
 
     q = score_samples(x, resolved, seed=seed) if n >= MIN_METRIC_SAMPLES and len(resolved.shape) != 3 else {}
     if q:
@@ -598,7 +598,7 @@ def sample(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, dev
     elif n < MIN_METRIC_SAMPLES and (resolved.oracle is not None or resolved.data is not None):
         msg += f"  (no quality metrics: they need at least {MIN_METRIC_SAMPLES} samples, got --n {n})"
     if png:
-        from .plots import save_samples_png
+        from scoresde.evaluation.plots import save_samples_png
 
         save_samples_png(x, png, title=f"{solver}, {steps} steps, {res.nfe} nfe")
         msg += f", {png}"
@@ -640,7 +640,7 @@ def schedule(model, sde_name, solver, nfe, denoise, out, n_fit, n_eval, max_eval
 
     import solvers
 
-    from ._io import write_json
+    from scoresde._io import write_json
 
     if solver not in solvers.available():
         raise CLIError(f"--solver: unknown solver {solver!r}; choose from: {', '.join(solvers.available())}")
@@ -692,8 +692,8 @@ def train(config_path, out, resume, device, steps, no_preview, quiet):
       scoresde train --config configs/ring_vp.toml --out runs/ring_vp --resume --steps 8000
       torchrun --nproc_per_node 2 -m scoresde.cli train --config configs/digits_vp.toml --out runs/digits
     """
-    from .config import load_config
-    from .train import Trainer, init_distributed
+    from scoresde.training.config import load_config
+    from scoresde.training.trainer import Trainer, init_distributed
 
     cfg = load_config(config_path)
     if steps is not None:
@@ -757,14 +757,14 @@ def likelihood(model, checkpoint, sde_name, data, method, probes, probe, n, bits
     import torch
     from tqdm.auto import tqdm
 
-    from ._io import write_json
-    from .likelihood import bits_per_dim, dequantize, log_likelihood
+    from scoresde._io import write_json
+    from scoresde.likelihood import bits_per_dim, dequantize, log_likelihood
 
     if (model is None) == (checkpoint is None):
         raise CLIError("give exactly one of --model oracle:NAME or --checkpoint FILE")
     dev = _device(device)
     resolved = _resolve(model or checkpoint, sde_name, dev, "--model" if model else "--checkpoint")
-    from .data import data_from_config, make_dataset
+    from scoresde.training.data import data_from_config, make_dataset
 
     g = torch.Generator().manual_seed(seed)
     levels = 2 ** bits if bits else None

@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from .oracle import GaussianMixture
+from scoresde.oracle import GaussianMixture
 
 TOYS = ("ring", "moons", "swissroll", "checkerboard")
 
@@ -56,7 +56,7 @@ class Dataset:
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         x = self.reference(n, generator)
         if self.levels is not None:
-            from .likelihood import dequantize
+            from scoresde.likelihood import dequantize
             x = dequantize(x, levels=self.levels, generator=generator)
         return x
 
@@ -148,7 +148,7 @@ class ImageDataset(Dataset):
         return self._scaled(self.images[:n])
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        from .likelihood import dequantize
+        from scoresde.likelihood import dequantize
 
         if self._loader is None:
             k = self.images[self._indices(n, generator)]

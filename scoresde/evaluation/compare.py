@@ -9,8 +9,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from .metrics import ImageReference, mode_metrics, quality, sliced_w2, sw2_with_floor
-from .models import ResolvedModel
+from scoresde.evaluation.metrics import ImageReference, mode_metrics, quality, sliced_w2, sw2_with_floor
+from scoresde.evaluation.resolve import ResolvedModel
 
 ADAPTIVE_SOLVERS = ("pf_ode",)  # with an adaptive method they ignore `steps` (one run, nfe reported)
 # Below this many samples of vector data the metrics' own sampling noise (eight mode weights from a
@@ -92,7 +92,7 @@ def is_explicit(grid) -> bool:
 
 def is_adaptive(solver: str, options: dict | None = None) -> bool:
     """True when the solver picks its own steps (pf_ode with an adaptive torchdiffeq method)."""
-    from ._ode import ADAPTIVE
+    from scoresde._ode import ADAPTIVE
     import solvers
 
     if solver not in ADAPTIVE_SOLVERS:

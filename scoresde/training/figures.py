@@ -15,7 +15,7 @@ def pyplot():
 
 
 def save(fig, path):
-    from ._io import atomic_path
+    from scoresde._io import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")

@@ -6,9 +6,9 @@ mixture, or a tensor of real data), if any.
 """
 from __future__ import annotations
 
-from ._resolved import ResolvedModel
-from .oracle import make_oracle
-from .sde import SDE
+from scoresde.resolved import ResolvedModel
+from scoresde.oracle import make_oracle
+from scoresde.sde import SDE
 
 __all__ = ["ResolvedModel", "resolve_model"]
 
@@ -18,12 +18,12 @@ def resolve_model(spec: str, sde: SDE | None = None, device=None) -> ResolvedMod
 
     For an oracle the SDE is the one given (default VP); a checkpoint carries its own SDE,
     and passing a different one is an error."""
-    from .sde import VPSDE
+    from scoresde.sde import VPSDE
 
     if spec.startswith("oracle:"):
         oracle = make_oracle(spec.split(":", 1)[1])
         sde = sde or VPSDE()
         return ResolvedModel(spec, oracle.score_fn(sde), sde, (oracle.D,), oracle=oracle)
-    from .checkpoint import load_score_model  # training stack only when a checkpoint is asked for
+    from scoresde.training.checkpoint import load_score_model  # training stack only when a checkpoint is asked for
 
     return load_score_model(spec, sde=sde, device=device)

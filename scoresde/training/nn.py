@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from ._checks import bcast
+from scoresde._checks import bcast
 
 
 class GaussianFourierEmbedding(nn.Module):

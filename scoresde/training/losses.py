@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import bcast
+from scoresde._checks import bcast
 
 
 def dsm_loss(model, x0: torch.Tensor, generator: torch.Generator | None = None, t_eps: float = 1e-5,

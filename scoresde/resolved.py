@@ -9,8 +9,8 @@ from typing import Callable
 
 import torch
 
-from .oracle import GaussianMixture
-from .sde import SDE
+from scoresde.oracle import GaussianMixture
+from scoresde.sde import SDE
 
 
 @dataclass

@@ -8,7 +8,7 @@ import os
 import torch
 from scipy.stats import chi2
 
-from .oracle import GaussianMixture
+from scoresde.oracle import GaussianMixture
 
 _CHUNK = 32  # projections sorted at a time: a million samples cost 256 MB, not 2 GB per 256
 

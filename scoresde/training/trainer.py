@@ -19,14 +19,14 @@ import time
 import torch
 from torch import nn
 
-from ._checks import resolve_device
-from ._io import RunLock, remove_temps, write_text
-from .build import build_model
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import Config
-from .fastpath import StepRunner, batch_to, compile_net
-from .losses import ddpm_loss, dsm_loss
-from .nn import ScoreModel
+from scoresde._checks import resolve_device
+from scoresde._io import RunLock, remove_temps, write_text
+from scoresde.training.build import build_model
+from scoresde.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from scoresde.training.config import Config
+from scoresde.training.fastpath import StepRunner, batch_to, compile_net
+from scoresde.training.losses import ddpm_loss, dsm_loss
+from scoresde.training.nn import ScoreModel
 
 CKPT = "checkpoint.pt"
 PREVIEW_N, PREVIEW_STEPS = 2000, 30  # points (2-D data; images: 64) and Heun steps of a preview
@@ -391,7 +391,7 @@ class Trainer:
             return None
         import solvers
 
-        from ._figures import save_samples_png
+        from scoresde.training.figures import save_samples_png
 
         model = self.ema_model()
         n = n if len(self.data.shape) == 1 else 64

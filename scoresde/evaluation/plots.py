@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ._figures import host, image_grid, save_samples_png
-from ._figures import limit as _limit, pyplot as _plt, save as _save, scatter as _scatter
+from scoresde.training.figures import host, image_grid, save_samples_png
+from scoresde.training.figures import limit as _limit, pyplot as _plt, save as _save, scatter as _scatter
 
 __all__ = ["quality_vs_nfe", "samples_panel", "save_samples_png", "image_grid", "sde_label", "run_title"]
 

@@ -1,0 +1,3 @@
+from scoresde.cli import main
+
+main()
