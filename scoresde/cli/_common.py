@@ -1,0 +1,203 @@
+"""What the commands share: option decorators, parameter types, the CLIError they raise,
+parsing of lists and -o options, model and device resolution, and text formatting."""
+from __future__ import annotations
+
+import math
+import os
+import platform
+
+import click
+
+from scoresde import __version__
+
+SDE_CHOICES = ["vp", "vp-cosine", "subvp", "ve"]
+DEFAULT_SOLVERS = "ddpm,ddim,euler_maruyama,pc,euler,heun,dpmpp_2m,dpmpp_3m,deis,pf_ode"
+
+
+class CLIError(click.ClickException):
+    exit_code = 2
+
+
+SEED = click.IntRange(0, 2 ** 64 - 1)
+
+
+class FiniteRange(click.FloatRange):
+    """A FloatRange that also refuses nan and inf, naming the option."""
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{v} is not a finite number", param, ctx)
+        return v
+
+
+def parse_list(value: str, name: str, cast=str, allowed=None, minimum=None):
+    items = [v.strip() for v in str(value).split(",") if v.strip()]
+    if not items:
+        raise CLIError(f"--{name} is empty; give a comma-separated list")
+    out = []
+    for v in items:
+        try:
+            v = cast(v)
+        except ValueError:
+            raise CLIError(f"--{name}: {v!r} is not a valid {cast.__name__}") from None
+        if allowed is not None and v not in allowed:
+            raise CLIError(f"--{name}: unknown value {v!r}; choose from: {', '.join(allowed)}")
+        if minimum is not None and v < minimum:
+            raise CLIError(f"--{name}: {v} is below the minimum {minimum}")
+        out.append(v)
+    return out
+
+
+def to_device(name: str) -> "torch.device":  # noqa: F821
+    from scoresde._checks import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ValueError as e:
+        raise CLIError(f"--device: {e}") from None
+
+
+def resolve(model: str, sde_name: str | None, device, option: str = "--model"):
+    from scoresde.evaluation.resolve import resolve_model
+    from scoresde.sde import make_sde
+
+    hint = "; or use oracle:gmm8, oracle:gaussian, oracle:gaussianD" if option == "--model" else ""
+    if not model.startswith("oracle:") and os.path.isdir(model):
+        raise CLIError(f"{option} {model!r} is a folder, not a checkpoint file{hint}")
+    if not model.startswith("oracle:") and not os.path.exists(model):
+        raise CLIError(f"{option} {model!r}: no such checkpoint file{hint}")
+    sde = make_sde(sde_name) if sde_name else None
+    return resolve_model(model, sde=sde, device=device)
+
+
+def versions() -> dict:
+    import numpy
+    import torch
+    import torchdiffeq
+    import torchsde
+
+    return {"scoresde": __version__, "torch": torch.__version__, "torchdiffeq": torchdiffeq.__version__,
+            "torchsde": torchsde.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
+
+
+def _coerce(text: str, default, what: str):
+    """A command-line string typed like the option's default in the solver's signature."""
+    if isinstance(default, bool):
+        low = text.strip().lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise CLIError(f"{what} takes true or false (default {default}), got {text!r}")
+    for typ, name in ((int, "an integer"), (float, "a number")):
+        if isinstance(default, typ):
+            try:
+                return typ(text)
+            except ValueError:
+                raise CLIError(f"{what} takes {name} (default {default!r}), got {text!r}") from None
+    return text
+
+
+def solver_option_values(pairs, solver_names: list[str]) -> dict:
+    """-o KEY=VALUE (every listed solver that takes KEY) and -o SOLVER.KEY=VALUE (that solver)
+    -> {solver: {key: value}}, typed from the defaults in each solver function's signature.
+    Unknown keys get the Python API's own message (solvers.check_options)."""
+    import solvers
+
+    out = {s: {} for s in solver_names}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        target, dot, key = key.strip().rpartition(".")
+        if not sep or not key:
+            raise CLIError(f"-o {pair!r}: write KEY=VALUE or SOLVER.KEY=VALUE")
+        if dot:
+            if target not in solver_names:
+                raise CLIError(f"-o {pair!r}: solver {target!r} is not being run (solvers: {', '.join(solver_names)})")
+            takers = [target]
+            solvers.check_options(target, {key: None})
+        else:
+            takers = [s for s in solver_names if key in solvers.solver_options(s)]
+            if not takers and len(solver_names) == 1:
+                solvers.check_options(solver_names[0], {key: None})
+            if not takers:
+                accepted = "; ".join(f"{s}: {', '.join(solvers.solver_options(s)) or 'none'}" for s in solver_names)
+                raise CLIError(f"-o {pair!r}: no solver being run takes option {key!r} ({accepted})")
+        for s in takers:
+            out[s][key] = _coerce(text, solvers.solver_options(s)[key], f"-o {pair!r}: option {key!r} of {s!r}")
+    return out
+
+
+def option_flag(f):
+    """-o/--option KEY=VALUE, repeatable: options of the solver function (see `scoresde solvers`)."""
+    return click.option("-o", "--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
+                        help="a solver option, e.g. -o eta=0.5, -o variance=beta, -o pf_ode.rtol=1e-4 "
+                             "(repeatable; `scoresde solvers` lists each solver's options)")(f)
+
+
+def batch_options(f):
+    """--batch-size and --cuda-graph, shared by the commands that sample."""
+    f = click.option("--cuda-graph", is_flag=True,
+                     help="replay the network from CUDA graphs (no per-step launch overhead; same samples)")(f)
+    return click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                        help="evaluate the network on at most this many samples at a time (same samples as "
+                             "one batch) [default: all n at once]")(f)
+
+
+class GridParam(click.ParamType):
+    """A named time grid, or a .json file of explicit times (as `scoresde schedule` writes)."""
+
+    name = "tuned|uniform|quadratic|edm|logsnr|FILE.json"
+
+    def convert(self, value, param, ctx):
+        import solvers
+
+        if value in solvers.GRID_NAMES:
+            return value
+        if str(value).endswith(".json"):
+            if not os.path.isfile(value):
+                self.fail(f"grid file {value!r} does not exist", param, ctx)
+            try:
+                solvers.load_grid(value)
+            except ValueError as e:
+                self.fail(str(e), param, ctx)
+            return value
+        self.fail(f"{value!r} is not one of {', '.join(map(repr, solvers.GRID_NAMES))} or a .json grid file "
+                  f"(see `scoresde schedule`)", param, ctx)
+
+
+def grid_steps(grid: str | None) -> int | None:
+    """Steps implied by a grid file, else None."""
+    import solvers
+
+    return None if grid is None or grid in solvers.GRID_NAMES else len(solvers.load_grid(grid)) - 1
+
+
+def model_options(f):
+    """--model and --sde, shared by the commands that sample."""
+    f = click.option("--sde", "sde_name", type=click.Choice(SDE_CHOICES), default=None,
+                     help="forward SDE for an oracle [default: vp]; a checkpoint brings its own")(f)
+    return click.option("--model", default="oracle:gmm8", metavar="SPEC",
+                        help="oracle:gmm8 | oracle:gaussian | oracle:gaussianD | a checkpoint file")(f)
+
+
+def format_table(rows: list[dict], cols: list[str]) -> str:
+    """Column-aligned text table; floats get 4 significant digits."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cols, widths)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in cells:
+        lines.append("  ".join(v.rjust(w) if i > 1 else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))))
+    return "\n".join(lines)
+
+
+def duration(s: float) -> str:
+    return "<0.1 s" if s < 0.1 else f"{s:.2g} s" if s < 10 else f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+

@@ -1,0 +1,88 @@
+"""`scoresde sample`: draw samples with one solver."""
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from scoresde.cli._common import SEED, batch_options, CLIError, grid_steps, GridParam, model_options, option_flag, resolve, solver_option_values, to_device
+
+
+@click.command("sample")
+@model_options
+@click.option("--solver", default="heun", metavar="NAME", help="see `scoresde solvers`")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="solver steps [default: 50; a grid file implies its own]")
+@click.option("--grid", type=GridParam(), default=None,
+              help="time grid, or a .json file of times [default: the solver's own]")
+@click.option("--n", type=click.IntRange(min=1), default=1000, help="number of samples")
+@click.option("--seed", type=SEED, default=0, help="random seed")
+@click.option("--denoise", is_flag=True, help="finish with Tweedie's x̂_0 at eps (one more evaluation)")
+@click.option("--out", type=click.Path(dir_okay=False), default="samples.npz", help="output .npz file")
+@click.option("--png", type=click.Path(dir_okay=False), default=None, help="also save a picture")
+@click.option("--device", default="cpu", metavar="auto|cpu|cuda", help="where to run")
+@batch_options
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--overwrite", is_flag=True, help="replace existing --out / --png files")
+@option_flag
+def command(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, device, batch_size, cuda_graph, quiet,
+           overwrite, option_pairs):
+    """Draw samples with one solver and save them as .npz (x, nfe, t_grid, settings).
+
+    \b
+    Example:
+      scoresde sample --model oracle:gmm8 --solver dpmpp_2m --steps 20 --n 5000 --out ring.npz --png ring.png
+      scoresde sample --solver ddim -o eta=0.5 --steps 50 --out ddim.npz
+    """
+    import numpy as np
+    import torch
+
+    import solvers
+    from tqdm.auto import tqdm
+
+    from scoresde._io import atomic_path, check_new_output
+
+    if solver not in solvers.available():
+        raise CLIError(f"--solver: unknown solver {solver!r}; choose from: {', '.join(solvers.available())}")
+    if not out.endswith(".npz"):
+        raise CLIError(f"--out {out!r}: the output must be a .npz file")
+    options = solver_option_values(option_pairs, [solver])[solver]
+    check_new_output(out, overwrite, "--out")
+    if png:
+        check_new_output(png, overwrite, "--png")
+    implied = grid_steps(grid)
+    if implied is not None and steps not in (None, implied):
+        raise CLIError(f"--steps {steps} disagrees with --grid {grid}, which has {implied} steps; leave --steps out")
+    steps = steps or implied or 50
+    dev = to_device(device)
+    resolved = resolve(model, sde_name, dev)
+    g = torch.Generator(device=dev).manual_seed(seed)
+    bar = tqdm(total=steps, desc=solver, disable=quiet, leave=False)
+    t0 = time.perf_counter()
+    res = solvers.sample(resolved.score_fn, resolved.sde, shape=(n, *resolved.shape), solver=solver,
+                         steps=None if implied else steps, grid=grid, generator=g, device=dev, denoise=denoise,
+                         batch_size=batch_size, cuda_graph=cuda_graph, callback=lambda info: bar.update(1), **options)
+    bar.close()
+    wall = time.perf_counter() - t0
+    x = res.x.detach().float().cpu()
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.savez(f, x=x.numpy(), nfe=res.nfe, t_grid=res.t_grid.cpu().numpy(),
+                 settings=json.dumps(dict(model=model, sde=resolved.sde.config(), solver=solver, steps=steps,
+                                          grid=res.grid, n=n, seed=seed, denoise=denoise, options=options)))
+    msg = f"{n} samples, {res.nfe} nfe, {wall:.2f} s -> {out}"
+    from scoresde.evaluation.compare import MIN_METRIC_SAMPLES, score_samples
+
+    q = score_samples(x, resolved, seed=seed) if n >= MIN_METRIC_SAMPLES and len(resolved.shape) != 3 else {}
+    if q:
+        msg += "  (" + ", ".join(f"{k} {v:.4g}" for k, v in q.items()) + ")"
+    elif n < MIN_METRIC_SAMPLES and (resolved.oracle is not None or resolved.data is not None):
+        msg += f"  (no quality metrics: they need at least {MIN_METRIC_SAMPLES} samples, got --n {n})"
+    if png:
+        from scoresde.evaluation.plots import save_samples_png
+
+        save_samples_png(x, png, title=f"{solver}, {steps} steps, {res.nfe} nfe")
+        msg += f", {png}"
+    click.echo(msg)
+
+

@@ -1,0 +1,36 @@
+"""`scoresde solvers`: the solvers, their -o options and the time grids."""
+from __future__ import annotations
+
+import click
+
+
+@click.command("solvers")
+def command():
+    """List the solvers (with their -o options and defaults) and the time grids.
+
+    Example: scoresde solvers
+    """
+    import solvers
+
+    w = max(map(len, solvers.SOLVERS))
+    tuned_for, max_k = {}, {}
+    for sde, fam in solvers.tuned.table().items():
+        for name, shapes in fam.items():
+            tuned_for.setdefault(name, []).append(sde)
+            max_k[name] = max(shapes)
+    click.echo("solvers (default grid in brackets, per SDE where they differ):")
+    for name, spec in solvers.SOLVERS.items():
+        grid = spec.grid if not spec.grid_by_sde else ", ".join(f"{k}: {v}" for k, v in spec.grid_by_sde.items())
+        if tuned_for.get(name) and name in solvers.tuned.DEFAULT_FOR:
+            grid = f"tuned up to {max_k[name]} steps on {', '.join(tuned_for[name])}; else {grid}"
+        elif tuned_for.get(name):
+            grid += "; grid=tuned available"
+        click.echo(f"  {name.ljust(w)}  [{grid}] {spec.description}")
+        opts = solvers.solver_options(name)
+        if opts:
+            click.echo(f"  {' ' * w}  options: " + ", ".join(f"-o {k}={v}" for k, v in opts.items()))
+    click.echo("time grids:")
+    for name, desc in solvers.GRID_NAMES.items():
+        click.echo(f"  {name.ljust(w)}  {desc}")
+
+
