@@ -51,7 +51,7 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
     from tqdm.auto import tqdm
 
     from scoresde._io import write_json
-    from scoresde.likelihood import bits_per_dim, dequantize, log_likelihood
+    from scoresde.likelihood import bits_per_dim_estimate
 
     if (model is None) == (checkpoint is None):
         raise CLIError("give exactly one of --model oracle:NAME or --checkpoint FILE")
@@ -81,42 +81,30 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
         raise CLIError(f"--data: samples have shape {tuple(x.shape[1:])}, the model expects {tuple(resolved.shape)}")
     # exact oracles run in float64; a network in the precision it was trained in
     x = x.to(dev, torch.float32 if isinstance(resolved.score_fn, torch.nn.Module) else torch.float64)
-    D = x[0].numel()
-    method = method or ("exact" if D <= 64 else "hutchinson")
     t0 = time.perf_counter()
-    per_rep, nfe, se_probe = [], 0, []
+    # --dequant-repeats only counts for quantized data; continuous data has no dequantization draws
     repeats = dequant_repeats if levels else 1
-    bar = tqdm(total=repeats * x.shape[0], desc="likelihood", unit="sample", disable=quiet, leave=False)
-    for _ in range(repeats):
-        xin = dequantize(x, levels=levels, generator=g) if levels else x
-        res = log_likelihood(resolved.score_fn, resolved.sde, xin, method=method, rtol=rtol, atol=atol, eps=eps,
-                             probes=probes, probe=probe, generator=g, batch_size=batch_size, shape=resolved.shape,
-                             callback=bar.update)
-        per_rep.append(res.logp.double().cpu())
-        nfe += res.nfe
-        if res.stderr is not None:
-            se_probe.append(res.stderr.double().cpu())
-    bar.close()
-    logp = torch.stack(per_rep).mean(0)
+    with tqdm(total=repeats * x.shape[0], desc="likelihood", unit="sample", disable=quiet, leave=False) as bar:
+        est = bits_per_dim_estimate(resolved.score_fn, resolved.sde, x, bits=None, levels=levels, repeats=repeats,
+                                    method=method, generator=g, rtol=rtol, atol=atol, eps=eps, probes=probes,
+                                    probe=probe, batch_size=batch_size, shape=resolved.shape, callback=bar.update)
     wall = time.perf_counter() - t0
-    mean, se = logp.mean().item(), (logp.std().item() / math.sqrt(len(logp)) if len(logp) > 1 else float("nan"))
-    bpd = bits_per_dim(logp, D, levels=levels) if levels else -logp / (D * math.log(2))
-    click.echo(f"model {model or checkpoint}  sde {resolved.sde!r}  n={len(logp)}  D={D}  method={method}"
-               + (f" ({probes} {probe} probes)" if method == "hutchinson" else ""))
-    click.echo(f"log p     {mean:.4f} ± {se:.4f} nats per sample   ({mean / D:.4f} nats/dim)")
-    click.echo(f"bits/dim  {bpd.mean().item():.4f} ± {bpd.std().item() / math.sqrt(len(bpd)) if len(bpd) > 1 else 0:.4f}"
+    D, logp = est.D, est.logp
+    click.echo(f"model {model or checkpoint}  sde {resolved.sde!r}  n={est.n}  D={D}  method={est.method}"
+               + (f" ({probes} {probe} probes)" if est.method == "hutchinson" else ""))
+    click.echo(f"log p     {est.logp_mean:.4f} ± {est.logp_stderr:.4f} nats per sample   "
+               f"({est.logp_mean / D:.4f} nats/dim)")
+    click.echo(f"bits/dim  {est.bpd:.4f} ± {est.stderr:.4f}"
                + (f"   (dequantized {levels}-level data, offset log2({levels}) - 1 = {math.log2(levels) - 1:.3f}, "
                   f"{dequant_repeats} draw(s))" if levels else "   (continuous density, no dequantization offset)"))
-    if se_probe:
-        click.echo(f"Hutchinson standard error per sample (mean): {torch.cat(se_probe).mean().item():.4f} nats")
+    if est.probe_stderr is not None:
+        click.echo(f"Hutchinson standard error per sample (mean): {est.probe_stderr.mean().item():.4f} nats")
     if resolved.oracle is not None and not levels:
         exact = resolved.oracle.log_prob(x.double().cpu())
         click.echo(f"exact log p_0 (oracle)  {exact.mean().item():.4f};  mean |ODE − exact| "
                    f"{(logp - exact).abs().mean().item():.2e} nats")
-    click.echo(f"nfe {nfe}   time {wall:.2f} s")
+    click.echo(f"nfe {est.nfe}   time {wall:.2f} s")
     if out:
-        write_json(out, dict(model=model or checkpoint, method=method, n=len(logp), D=D, levels=levels,
-                             mean_logp=mean, stderr=se, nfe=nfe, wall_s=wall, logp=logp.tolist(),
-                             bpd=bpd.tolist(), versions=versions()))
-
-
+        write_json(out, dict(model=model or checkpoint, method=est.method, n=est.n, D=D, levels=levels,
+                             mean_logp=est.logp_mean, stderr=est.logp_stderr, nfe=est.nfe, wall_s=wall,
+                             logp=logp.tolist(), bpd=est.bpd_per_sample.tolist(), versions=versions()))
