@@ -126,3 +126,36 @@ def test_real_subprocess(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "rk45" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_compare_result_is_what_the_cli_prints_and_writes(tmp_path):
+    """The library's compare() and `scoresde compare` give the same runs, files and best-per-budget;
+    the best run is picked here from the CSV by hand (lowest mode_w2 + off_mode within the budget)."""
+    import torch
+
+    from scoresde.evaluation.compare import compare
+    from scoresde.evaluation.resolve import resolve_model
+
+    args = ["--solvers", "heun,pf_ode", "--steps", "5,3", "--n", "200", "--threads", "1", "-o", "pf_ode.rtol=1e-3",
+            "-o", "pf_ode.atol=1e-3", "--quiet", "--no-plots"]
+    r = run("compare", *args, "--out", str(tmp_path / "cli"))
+    assert r.exit_code == 0, r.output
+    before = torch.get_num_threads()
+    res = compare(resolve_model("oracle:gmm8"), ["heun", "pf_ode"], [5, 3], n=200, threads=1, progress=False,
+                  options={"pf_ode": {"rtol": 1e-3, "atol": 1e-3}}, label="oracle:gmm8")
+    assert torch.get_num_threads() == before
+    assert [(x.solver, x.steps) for x in res.rows] == [("heun", 3), ("heun", 5), ("pf_ode", None)]
+    assert res.write(str(tmp_path / "lib"), plots=False) == [str(tmp_path / "lib" / f) for f in ("results.csv",
+                                                                                                   "results.json")]
+    no_wall = lambda rows: [{k: v for k, v in x.items() if k != "wall_s"} for x in rows]  # noqa: E731
+    cli_rows, lib_rows = (list(csv.DictReader(open(tmp_path / d / "results.csv"))) for d in ("cli", "lib"))
+    assert no_wall(cli_rows) == no_wall(lib_rows) and cli_rows[2]["steps"] == ""
+    cli_json, lib_json = (json.load(open(tmp_path / d / "results.json")) for d in ("cli", "lib"))
+    assert lib_json["settings"] == cli_json["settings"] and lib_json["settings"]["steps"] == [5, 3]
+    assert no_wall(lib_json["rows"]) == no_wall(cli_json["rows"])
+    assert res.best[5] is None and "best at <= 5 nfe: no run fits" in r.output  # heun: 2 evaluations per step
+    within = [x for x in cli_rows if int(x["nfe"]) <= 10]
+    hand = min(within, key=lambda x: float(x["mode_w2"]) + float(x["off_mode"]))
+    assert (res.best[10].solver, str(res.best[10].steps)) == (hand["solver"], hand["steps"])
+    assert f"best at <= 10 nfe: {hand['solver']} ({hand['grid']} grid, {hand['steps']} steps" in r.output
+    assert res.band["metric"] == "mode_w2" and res.band == cli_json["perfect_sampler"]

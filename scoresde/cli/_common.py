@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 
 import click
 
-from scoresde import __version__
 
 SDE_CHOICES = ["vp", "vp-cosine", "subvp", "ve"]
 DEFAULT_SOLVERS = "ddpm,ddim,euler_maruyama,pc,euler,heun,dpmpp_2m,dpmpp_3m,deis,pf_ode"
@@ -72,14 +70,10 @@ def resolve(model: str, sde_name: str | None, device, option: str = "--model"):
 
 
 def versions() -> dict:
-    import numpy
-    import torch
-    import torchdiffeq
-    import torchsde
+    """The package versions and machine, recorded beside every output file."""
+    from scoresde.evaluation.compare import versions as measured_with
 
-    return {"scoresde": __version__, "torch": torch.__version__, "torchdiffeq": torchdiffeq.__version__,
-            "torchsde": torchsde.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
-            "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
+    return measured_with()
 
 
 def _coerce(text: str, default, what: str):

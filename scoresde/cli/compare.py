@@ -1,12 +1,10 @@
 """`scoresde compare`: every (solver, steps) pair from the same noise, scored."""
 from __future__ import annotations
 
-import os
-import time
-
 import click
 
-from scoresde.cli._common import DEFAULT_SOLVERS, SEED, batch_options, CLIError, duration, format_table, grid_steps, GridParam, model_options, option_flag, parse_list, resolve, solver_option_values, to_device, versions
+from scoresde.cli._common import (DEFAULT_SOLVERS, SEED, batch_options, CLIError, duration, format_table,
+    grid_steps, GridParam, model_options, option_flag, parse_list, resolve, solver_option_values, to_device)
 
 
 # what the compare table's columns mean: printed under the table and in `compare --help`
@@ -39,16 +37,15 @@ def metric_legend(cols, width: int = 88) -> str:
                                    subsequent_indent=" " * (w + 4)) for c in cols)
 
 
-def _estimate_line(plan, threads: str) -> str:
+def _estimate_line(plan) -> str:
     adaptive = [r for r in plan.runs if r.measured]
     probe = ", ".join(f"{r.solver} ~{r.nfe}" for r in adaptive)
     return (f"plan: {len(plan.runs)} runs, {plan.total_nfe} score evaluations"
             + (f" (adaptive {probe}, measured on a subset)" if adaptive else "")
-            + f"; one evaluation of n = {plan.n} takes {1e3 * plan.sec_per_eval:.3g} ms ({threads})"
+            + f"; one evaluation of n = {plan.n} takes {1e3 * plan.sec_per_eval:.3g} ms ({plan.threads})"
             + f" -> about {duration(plan.estimate_s)} ({duration(plan.eval_s)} of score evaluations, "
               f"{duration(plan.overhead_s)} of solver overhead, {duration(plan.metric_s * len(plan.runs))} "
               f"of metrics)")
-
 
 
 def _run_label(run) -> str:
@@ -105,15 +102,12 @@ Examples:
 @click.option("--overwrite", is_flag=True, help="replace an existing OUT folder")
 def command(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs, seed, out, device, threads, float64,
             batch_size, cuda_graph, no_plots, quiet, features_path, overwrite):
-    import math
-
     import torch
 
     import solvers
 
-    from scoresde.evaluation.compare import best_at_nfe, far_from_data, fastest_thread_count, perfect_sampler_band, run_compare
-    from scoresde._io import atomic_dir, check_new_output, write_csv, write_json
-    from scoresde.evaluation.plots import run_title
+    from scoresde._io import check_new_output
+    from scoresde.evaluation.compare import compare
 
     check_new_output(out, overwrite, "--out")
     names = parse_list(solver_list, "solvers", allowed=solvers.available())
@@ -123,117 +117,67 @@ def command(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
     is_oracle = model.startswith("oracle:")
     implied = grid_steps(grid)
     steps_list = parse_list(steps or str(implied or (ORACLE_STEPS if is_oracle else NETWORK_STEPS)), "steps",
-                             cast=int, minimum=1)
+                            cast=int, minimum=1)
     if implied is not None and steps_list != [implied]:
         raise CLIError(f"--steps {steps} disagrees with --grid {grid}, which has {implied} steps; leave --steps out")
     dev = to_device(device)
     resolved = resolve(model, sde_name, dev)
-    feature_net = None
-    if features_path:
-        from scoresde.evaluation.metrics import load_feature_net
-
-        if len(resolved.shape) != 3:
-            raise CLIError(f"--features scores images; model {model} makes samples of shape {resolved.shape}")
-        feature_net = load_feature_net(features_path)
+    if features_path and len(resolved.shape) != 3:
+        raise CLIError(f"--features scores images; model {model} makes samples of shape {resolved.shape}")
     n = n or (ORACLE_N if is_oracle else NETWORK_N)
-    dtype = torch.float64 if float64 else torch.float32
-    thread_note, threads_before = dev.type, torch.get_num_threads()
-    if dev.type == "cpu":
-        if threads == "auto":
-            probe = resolved.sde.prior_sample((n, *resolved.shape), generator=torch.Generator().manual_seed(seed),
-                                              dtype=dtype)
-            fastest_thread_count(resolved.score_fn, probe, batch_size=batch_size)
-        else:
-            torch.set_num_threads(int(threads))
-        k = torch.get_num_threads()
-        thread_note = f"cpu, {k} thread{'s' * (k > 1)}"
-    title = run_title(model, resolved.sde.config(), n, seed, (resolved.info or {}).get("step"))
-    seen = {}
 
     def on_plan(plan):
-        seen["plan"] = plan
         if not plan.runs:
             cheapest = min(plan.skipped, key=lambda r: r.nfe)
             raise CLIError(f"--max-nfe {max_nfe}: every run needs more; the cheapest is {_run_label(cheapest)} "
                            f"({cheapest.nfe} nfe)")
-        click.echo(title)
+        click.echo(plan.title)
         if plan.skipped:
             click.echo(f"skipping {len(plan.skipped)} run(s) over --max-nfe {max_nfe}: "
                        + ", ".join(f"{_run_label(r)} ({'~' * r.measured}{r.nfe} nfe)" for r in plan.skipped),
                        err=True)
         if not quiet:
-            click.echo(_estimate_line(plan, thread_note), err=True)
+            click.echo(_estimate_line(plan), err=True)
 
-    t0 = time.perf_counter()
-    try:
-        rows, samples = run_compare(resolved, names, steps_list, n=n, seed=seed, grid=grid, device=dev, dtype=dtype,
-                                    progress=not quiet, options=options, feature_net=feature_net,
-                                    batch_size=batch_size, cuda_graph=cuda_graph, max_nfe=max_nfe, on_plan=on_plan)
-    finally:  # the thread count is process-wide: leave it as found (the CLI may run in-process)
-        torch.set_num_threads(threads_before)
-    wall = time.perf_counter() - t0
-    plan = seen["plan"]
+    result = compare(resolved, names, steps_list, n=n, seed=seed, grid=grid, device=dev,
+                     dtype=torch.float64 if float64 else torch.float32, progress=not quiet, options=options,
+                     features=features_path, batch_size=batch_size, cuda_graph=cuda_graph, max_nfe=max_nfe,
+                     threads=int(threads) if threads.isdigit() else "auto", label=model, on_plan=on_plan)
+    _print_report(result, n, (resolved.info or {}).get("reference"))
+    written = result.write(out, plots=not no_plots, overwrite=overwrite)
+    click.echo(f"wrote {', '.join(written)}")
+
+
+def _print_report(result, n: int, reference_name) -> None:
+    """The table, its legend, the floors and band, the best run per budget and any warning."""
     from scoresde.evaluation.compare import MIN_METRIC_SAMPLES
 
-    if n < MIN_METRIC_SAMPLES and len(resolved.shape) != 3:  # the metrics would be noise: none shown or saved
-        rows = [{k: r[k] for k in ("solver", "grid", "schedule", "steps", "nfe", "wall_s") if k in r} for r in rows]
+    rows = result.records
     cols = [c for c in ("solver", "grid", "schedule", "steps", "nfe", "wall_s", "std_ratio", "mode_w2", "off_mode",
                         "mode_tv", "sw2", "precision", "recall", "fd") if any(c in r for r in rows)]
     click.echo(format_table(rows, cols))
     click.echo(metric_legend(cols))
-    band = perfect_sampler_band(resolved, n, seed)
+    band = result.band
     if "precision_floor" in rows[0]:
         floors = ", ".join(f"{k} {rows[0][k + '_floor']:.4g}" for k in ("sw2", "precision", "recall", "fd")
                            if k + "_floor" in rows[0])
-        click.echo(f"floors (two disjoint samples of size {n} of {(resolved.info or {}).get('reference')}): {floors}")
+        click.echo(f"floors (two disjoint samples of size {n} of {reference_name}): {floors}")
     elif "sw2_floor" in rows[0]:
         click.echo(f"sw2 floor (two exact data samples of size {n}): {rows[0]['sw2_floor']:.4g}")
     if band is not None:
         click.echo(f"exact samples of size {n} score {band['metric']} {band['lo']:.3g} to {band['hi']:.3g} "
                    f"({band['draws']} draws): a perfect sampler lands in this range")
-    if "sw2" not in cols:
+    if not result.best:
         click.echo(f"no quality metrics: they need at least {MIN_METRIC_SAMPLES} samples per run (got --n {n})"
                    if n < MIN_METRIC_SAMPLES else "no quality metrics: this model has no ground truth to score against")
-    else:
-        for budget in (5, 10, 20):
-            best = best_at_nfe(rows, budget)
-            if best:
-                detail = ", ".join(f"{k} {best[k]:.4g}" for k in ("mode_w2", "std_ratio", "off_mode", "sw2") if k in best)
-                click.echo(f"best at <= {budget} nfe: {best['solver']} ({best['grid']} grid, {best['steps']} steps, "
-                           f"{best['nfe']} nfe; {detail})")
-            else:
-                click.echo(f"best at <= {budget} nfe: no run fits (use --steps with fewer steps)")
-        best = best_at_nfe(rows, math.inf)
-        why = far_from_data(best, band)
-        if why:
-            click.echo(f"WARNING: even the best run ({best['solver']}, {best['nfe']} nfe) is far from the data: {why}. "
-                       f"If the runs with the most steps are no better, the model, not the solver, is at fault "
-                       f"(train longer, or check the loss).")
-    click.echo(f"total {wall:.1f} s (estimated {duration(plan.estimate_s)})")
-    settings = dict(model=model, sde=resolved.sde.config(), solvers=names, steps=steps_list, grid=grid, n=n,
-                    seed=seed, device=str(dev), threads=thread_note, float64=float64, max_nfe=max_nfe,
-                    options={k: v for k, v in options.items() if v}, features=features_path, batch_size=batch_size,
-                    cuda_graph=cuda_graph)
-    with atomic_dir(out, overwrite) as tmp:
-        write_csv(os.path.join(tmp, "results.csv"), rows)
-        write_json(os.path.join(tmp, "results.json"),
-                   dict(settings=settings, versions=versions(), wall_total_s=wall, sec_per_eval=plan.sec_per_eval,
-                        estimated_s=plan.estimate_s, perfect_sampler=band,
-                        skipped=[dict(solver=r.solver, steps=r.steps, nfe=r.nfe) for r in plan.skipped], rows=rows))
-        written = ["results.csv", "results.json"]
-        if not no_plots:
-            from scoresde.evaluation.plots import quality_vs_nfe, samples_panel
-
-            quality_vs_nfe(rows, os.path.join(tmp, "quality_vs_nfe.png"), title=title, band=band)
-            if resolved.oracle is not None:
-                ref = resolved.oracle.sample(n, generator=torch.Generator().manual_seed(seed))
-            elif resolved.data is not None:  # images: a few real ones beside the samples; vectors: n points
-                ref = resolved.data[:16] if len(resolved.shape) == 3 else resolved.data[:n]
-            else:
-                ref = None
-            nfe = {(r["solver"], r["steps"] if r["steps"] != "" else None): r["nfe"] for r in rows}
-            samples_panel(samples, os.path.join(tmp, "samples.png"), reference=ref, nfe=nfe, title=title)
-            written += ["quality_vs_nfe.png", "samples.png"]
-    click.echo(f"wrote {', '.join(os.path.join(out, w) for w in written)}")
-
-
+    for budget, best in result.best.items():
+        if best:
+            detail = ", ".join(f"{k} {best.metrics[k]:.4g}" for k in ("mode_w2", "std_ratio", "off_mode", "sw2")
+                               if k in best.metrics)
+            click.echo(f"best at <= {budget} nfe: {best.solver} ({best.grid} grid, {best.record()['steps']} steps, "
+                       f"{best.nfe} nfe; {detail})")
+        else:
+            click.echo(f"best at <= {budget} nfe: no run fits (use --steps with fewer steps)")
+    for warning in result.warnings:
+        click.echo(f"WARNING: {warning}")
+    click.echo(f"total {result.wall_s:.1f} s (estimated {duration(result.plan.estimate_s)})")

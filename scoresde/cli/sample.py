@@ -6,7 +6,8 @@ import time
 
 import click
 
-from scoresde.cli._common import SEED, batch_options, CLIError, grid_steps, GridParam, model_options, option_flag, resolve, solver_option_values, to_device
+from scoresde.cli._common import (SEED, batch_options, CLIError, grid_steps, GridParam, model_options,
+    option_flag, resolve, solver_option_values, to_device)
 
 
 @click.command("sample")

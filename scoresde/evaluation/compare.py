@@ -1,7 +1,14 @@
 """Run a grid of (solver, steps) on one model with the same starting noise and score the
-samples: the engine behind `scoresde compare` and experiments/solver_benchmark.py."""
+samples: the engine behind `scoresde compare` and experiments/solver_benchmark.py.
+
+compare() is the whole report as a CompareResult (the runs, the plan, the exact-sample band,
+the best run per nfe budget, warnings), which writes itself to a folder; run_compare() gives
+the bare rows and samples."""
 from __future__ import annotations
 
+import math
+import os
+import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -118,6 +125,8 @@ class Plan:
     sec_per_eval: float = float("nan")  # one score evaluation on the full batch
     n: int = 0
     metric_s: float = 0.0  # scoring one run's samples
+    title: str = ""  # the line naming model, SDE, n and seed that heads the table and the figures
+    threads: str = ""  # where the score is evaluated: 'cuda', or 'cpu, N threads'
 
     @property
     def total_nfe(self) -> int:
@@ -210,12 +219,44 @@ def fastest_thread_count(score_fn: Callable, x: torch.Tensor, batch_size: int | 
     return default, t_default
 
 
+@dataclass
+class Row:
+    """One finished run: steps None for an adaptive solver; metrics from score_samples ({} when
+    there is no ground truth, or too few samples to say anything)."""
+    solver: str
+    grid: str  # 'adaptive' for an adaptive run
+    schedule: str
+    steps: int | None
+    nfe: int
+    wall_s: float
+    metrics: dict = field(default_factory=dict)
+
+    def record(self) -> dict:
+        """The run as the columns of results.csv and results.json: solver, grid, schedule, steps
+        ('' for an adaptive run, as the CSV has always had it), nfe, wall_s, then the metrics."""
+        return {"solver": self.solver, "grid": self.grid, "schedule": self.schedule,
+                "steps": "" if self.steps is None else self.steps, "nfe": self.nfe, "wall_s": self.wall_s,
+                **self.metrics}
+
+
 def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: Iterable[int], n: int = 4000,
                 seed: int = 0, grid: str | None = None, device="cpu", dtype=torch.float32,
                 progress: bool = True, options: dict | None = None, feature_net=None,
                 batch_size: int | None = None, cuda_graph: bool = False, max_nfe: int | None = None,
                 on_plan: Callable[[Plan], None] | None = None):
-    """Returns (rows, samples): one dict per run and {(solver, steps): x on CPU}.
+    """Returns (rows, samples): one dict per run (Row.record()) and {(solver, steps): x on CPU}.
+    The arguments are compare()'s, which see."""
+    rows, samples, _ = _execute(model, solver_names, steps_list, n=n, seed=seed, grid=grid, device=device,
+                                dtype=dtype, progress=progress, options=options, feature_net=feature_net,
+                                batch_size=batch_size, cuda_graph=cuda_graph, max_nfe=max_nfe, on_plan=on_plan)
+    return [r.record() for r in rows], samples
+
+
+def _execute(model: ResolvedModel, solver_names: Iterable[str], steps_list: Iterable[int], n: int, seed: int,
+             grid, device, dtype, progress: bool, options: dict | None, feature_net, batch_size: int | None,
+             cuda_graph: bool, max_nfe: int | None, on_plan: Callable[[Plan], None] | None,
+             title: str = "", threads: str = "") -> tuple[list[Row], dict, Plan]:
+    """Plan, announce (on_plan) and run every (solver, steps) pair; returns (rows, samples, plan).
 
     Every run starts from the same x_T (drawn once from the prior with `seed`) and uses a
     generator seeded with `seed` for its noise, so differences are the solvers' own.  Image
@@ -245,7 +286,8 @@ def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: I
     # also the network's warm-up on the full batch, so no run pays first-call costs
     # (with cuda_graph, also the capture at the runs' batch shapes)
     plan = Plan([r for r in planned if r not in over], over,
-                seconds_per_eval(score_fn, x_T, 0.5 * model.sde.T, batch_size=batch_size), n)
+                seconds_per_eval(score_fn, x_T, 0.5 * model.sde.T, batch_size=batch_size), n, title=title,
+                threads=threads)
     t0 = time.perf_counter()
     score_samples(x_T.detach().float().cpu(), model, seed=seed, reference=reference)  # what scoring a run costs
     plan.metric_s = time.perf_counter() - t0
@@ -277,27 +319,31 @@ def run_compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: I
         bar.refresh()  # show the finished run (and a corrected total) even between tqdm's update intervals
         x = res.x.detach().float().cpu()
         samples[(name, steps)] = x
-        row = {"solver": name, "grid": "adaptive" if steps is None else res.grid, "schedule": res.schedule,
-               "steps": "" if steps is None else steps, "nfe": res.nfe, "wall_s": wall}
-        row.update(score_samples(x, model, seed=seed, reference=reference))
-        rows.append(row)
+        rows.append(Row(name, "adaptive" if steps is None else res.grid, res.schedule, steps, res.nfe, wall,
+                        score_samples(x, model, seed=seed, reference=reference)))
     bar.close()
-    return rows, samples
+    return rows, samples, plan
 
 
-def ranking_key(row: dict) -> float:
+def _record(row) -> dict:
+    return row.record() if isinstance(row, Row) else row
+
+
+def ranking_key(row) -> float:
     """Lower is better: the within-mode W2 (spread and shape, in mode stds) plus the off-mode
     fraction when an oracle is known, else sliced W2 to data.  Plain sliced W2 at a few thousand
     samples is dominated by the sampling noise of the mode weights and cannot separate good
-    solvers; the per-mode std ratio alone misses shape errors."""
+    solvers; the per-mode std ratio alone misses shape errors.  row: a Row or its record."""
+    row = _record(row)
     if "mode_w2" in row:
         return row["mode_w2"] + row["off_mode"]
     return row.get("sw2", float("inf"))
 
 
-def best_at_nfe(rows: list[dict], budget: int) -> dict | None:
-    """The best row (by ranking_key) among runs using at most `budget` score evaluations."""
-    cands = [r for r in rows if r["nfe"] <= budget]
+def best_at_nfe(rows: list, budget: float):
+    """The best row (by ranking_key) among runs using at most `budget` score evaluations (Rows
+    or records, returned as given); None when no run fits."""
+    cands = [r for r in rows if _record(r)["nfe"] <= budget]
     return min(cands, key=ranking_key) if cands else None
 
 
@@ -313,9 +359,10 @@ FAR = {"off_mode": 0.05, "mode_w2": 0.25, "sw2_over_floor": 2.0}
 
 
 def far_from_data(row: dict | None, band: dict | None = None) -> str | None:
-    """Why this row's samples are far from the data (thresholds in FAR), or None."""
+    """Why this row's samples (a Row or its record) are far from the data (thresholds in FAR), or None."""
     if not row:
         return None
+    row = _record(row)
     why = []
     if row.get("off_mode", 0) > FAR["off_mode"]:
         why.append(f"{100 * row['off_mode']:.1f} % of samples off every mode (> {100 * FAR['off_mode']:g} %)")
@@ -326,3 +373,156 @@ def far_from_data(row: dict | None, band: dict | None = None) -> str | None:
         if floor and row["sw2"] > FAR["sw2_over_floor"] * floor:
             why.append(f"sliced W2 {row['sw2']:.3g} (> {FAR['sw2_over_floor']:g} x the data-vs-data floor {floor:.3g})")
     return "; ".join(why) or None
+
+
+BUDGETS = (5, 10, 20)  # the nfe budgets the report names a best run for
+
+
+def versions() -> dict:
+    """The package versions and machine a result was measured with (written beside it)."""
+    import numpy
+    import torchdiffeq
+    import torchsde
+
+    from scoresde import __version__
+
+    return {"scoresde": __version__, "torch": torch.__version__, "torchdiffeq": torchdiffeq.__version__,
+            "torchsde": torchsde.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
+
+
+@dataclass
+class CompareResult:
+    """The report of one compare(): rows (one Row per run, in plan order), samples
+    {(solver, steps): x on CPU}, the plan (with the skipped runs and the measured costs), band
+    (what exact samples score on the ranking metric at this n, see perfect_sampler_band; None
+    when unknown), best {budget: the best Row using at most that many nfe, or None}, empty when
+    the runs carry no metrics; warnings (sentences); settings (what was run, as results.json
+    records it), the wall time of the whole comparison, and the model itself (for the figures)."""
+    rows: list[Row]
+    samples: dict
+    plan: Plan
+    band: dict | None
+    best: dict
+    warnings: list[str]
+    settings: dict
+    wall_s: float
+    model: ResolvedModel = field(repr=False)
+
+    @property
+    def records(self) -> list[dict]:
+        return [r.record() for r in self.rows]
+
+    @property
+    def has_metrics(self) -> bool:
+        return any(r.metrics for r in self.rows)
+
+    def write(self, folder: str, plots: bool = True, overwrite: bool = False) -> list[str]:
+        """Write results.csv (one line per run), results.json (settings, versions, timings, band,
+        skipped runs, rows) and, with plots, quality_vs_nfe.png and samples.png into `folder`,
+        all at once: the files appear together when every one is written (an existing folder is
+        replaced only with overwrite).  Returns the paths written."""
+        from scoresde._io import atomic_dir, write_csv, write_json
+
+        records, plan, model = self.records, self.plan, self.model
+        with atomic_dir(folder, overwrite) as tmp:
+            write_csv(os.path.join(tmp, "results.csv"), records)
+            write_json(os.path.join(tmp, "results.json"),
+                       dict(settings=self.settings, versions=versions(), wall_total_s=self.wall_s,
+                            sec_per_eval=plan.sec_per_eval, estimated_s=plan.estimate_s, perfect_sampler=self.band,
+                            skipped=[dict(solver=r.solver, steps=r.steps, nfe=r.nfe) for r in plan.skipped],
+                            rows=records))
+            written = ["results.csv", "results.json"]
+            if plots:
+                from scoresde.evaluation.plots import quality_vs_nfe, samples_panel
+
+                quality_vs_nfe(records, os.path.join(tmp, "quality_vs_nfe.png"), title=plan.title, band=self.band)
+                n = self.settings["n"]
+                if model.oracle is not None:
+                    ref = model.oracle.sample(n, generator=torch.Generator().manual_seed(self.settings["seed"]))
+                elif model.data is not None:  # images: a few real ones beside the samples; vectors: n points
+                    ref = model.data[:16] if len(model.shape) == 3 else model.data[:n]
+                else:
+                    ref = None
+                samples_panel(self.samples, os.path.join(tmp, "samples.png"), reference=ref,
+                              nfe={(r.solver, r.steps): r.nfe for r in self.rows}, title=plan.title)
+                written += ["quality_vs_nfe.png", "samples.png"]
+        return [os.path.join(folder, w) for w in written]
+
+
+def compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: Iterable[int], n: int = 4000,
+            seed: int = 0, grid: str | None = None, device="cpu", dtype=torch.float32, progress: bool = True,
+            options: dict | None = None, features=None, batch_size: int | None = None, cuda_graph: bool = False,
+            max_nfe: int | None = None, threads: int | str | None = None, label: str | None = None,
+            on_plan: Callable[[Plan], None] | None = None) -> CompareResult:
+    """Every (solver, steps) pair from the same x_T, scored, with the report around it.
+
+    Every run starts from the same x_T (drawn once from the prior with `seed`) and uses a
+    generator seeded with `seed` for its noise, so differences are the solvers' own.
+    options: {solver: {key: value}}.  An explicit grid (a .json file or a sequence of times)
+    replaces steps_list.  Runs predicted to use more than max_nfe score evaluations are skipped.
+    Image models are scored in pixel space against their reference data and, with features (a
+    TorchScript file, or a module images → features), by the Fréchet distance of its features.
+    batch_size bounds the network's batch (same samples); cuda_graph replays the network from CUDA
+    graphs kept across the runs.  threads (CPU only): a count, 'auto' (whichever of torch's
+    current count and 1 evaluates the score faster, see fastest_thread_count), or None (as set);
+    the count is restored afterwards.  label names the model in the title (default model.name).
+    Before the first run on_plan(Plan) receives the runs, the skipped ones and the measured costs.
+
+    The report: below MIN_METRIC_SAMPLES samples of vector data the metrics would be noise and
+    are dropped; best[b] = argmin ranking_key over runs with nfe ≤ b, b in BUDGETS; a warning when
+    even the best run at any nfe is far from the data (far_from_data, against the band)."""
+    from scoresde.evaluation.plots import run_title
+
+    if threads is not None and threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int)
+                                                      or threads < 1):
+        raise ValueError(f"threads must be 'auto', a whole number >= 1 or None, got {threads!r}")
+    solver_names, steps_list = list(solver_names), list(steps_list)  # recorded as given; the runs sort them
+    options = options or {}
+    feature_net = features
+    if isinstance(features, str):
+        from scoresde.evaluation.metrics import load_feature_net
+
+        feature_net = load_feature_net(features)
+    label = label or model.name
+    title = run_title(label, model.sde.config(), n, seed, (model.info or {}).get("step"))
+    dev = torch.device(device)
+    thread_note, threads_before = dev.type, torch.get_num_threads()
+    if dev.type == "cpu" and threads is not None:
+        if threads == "auto":
+            probe = model.sde.prior_sample((n, *model.shape), generator=torch.Generator().manual_seed(seed),
+                                           dtype=dtype)
+            fastest_thread_count(model.score_fn, probe, batch_size=batch_size)
+        else:
+            torch.set_num_threads(threads)
+    if dev.type == "cpu":
+        k = torch.get_num_threads()
+        thread_note = f"cpu, {k} thread{'s' * (k > 1)}"
+    t0 = time.perf_counter()
+    try:
+        rows, samples, plan = _execute(model, solver_names, steps_list, n=n, seed=seed, grid=grid, device=device,
+                                       dtype=dtype, progress=progress, options=options, feature_net=feature_net,
+                                       batch_size=batch_size, cuda_graph=cuda_graph, max_nfe=max_nfe,
+                                       on_plan=on_plan, title=title, threads=thread_note)
+    finally:  # the thread count is process-wide: leave it as found
+        torch.set_num_threads(threads_before)
+    wall = time.perf_counter() - t0
+    if n < MIN_METRIC_SAMPLES and len(model.shape) != 3:  # the metrics would be noise: none shown or saved
+        for r in rows:
+            r.metrics = {}
+    band = perfect_sampler_band(model, n, seed)
+    best, warnings = {}, []
+    if any("sw2" in r.metrics for r in rows):
+        best = {b: best_at_nfe(rows, b) for b in BUDGETS}
+        overall = best_at_nfe(rows, math.inf)
+        why = far_from_data(overall, band)
+        if why:
+            warnings.append(f"even the best run ({overall.solver}, {overall.nfe} nfe) is far from the data: {why}. "
+                            f"If the runs with the most steps are no better, the model, not the solver, is at "
+                            f"fault (train longer, or check the loss).")
+    settings = dict(model=label, sde=model.sde.config(), solvers=solver_names, steps=steps_list, grid=grid, n=n,
+                    seed=seed, device=str(device), threads=thread_note, float64=dtype == torch.float64,
+                    max_nfe=max_nfe, options={k: v for k, v in options.items() if v},
+                    features=features if isinstance(features, str) or features is None else type(features).__name__,
+                    batch_size=batch_size, cuda_graph=cuda_graph)
+    return CompareResult(rows, samples, plan, band, best, warnings, settings, wall, model)
