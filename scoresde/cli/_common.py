@@ -29,7 +29,9 @@ class FiniteRange(click.FloatRange):
         return v
 
 
-def parse_list(value: str, name: str, cast=str, allowed=None, minimum=None):
+def parse_list(value: str, name: str, cast=str, allowed=None, minimum=None) -> list:
+    """A comma-separated option value as a list, each item cast, checked against `allowed` and
+    `minimum`; a bad item is a CLIError naming --name, the item and what is allowed."""
     items = [v.strip() for v in str(value).split(",") if v.strip()]
     if not items:
         raise CLIError(f"--{name} is empty; give a comma-separated list")
@@ -48,6 +50,7 @@ def parse_list(value: str, name: str, cast=str, allowed=None, minimum=None):
 
 
 def to_device(name: str) -> "torch.device":  # noqa: F821
+    """--device auto|cpu|cuda[:k] as a torch.device; a bad one is a CLIError naming --device."""
     from scoresde._checks import resolve_device
 
     try:
@@ -57,6 +60,8 @@ def to_device(name: str) -> "torch.device":  # noqa: F821
 
 
 def resolve(model: str, sde_name: str | None, device, option: str = "--model"):
+    """A model spec (oracle:NAME or a checkpoint file) and an --sde name as a ResolvedModel; a
+    folder or a missing file is a CLIError naming `option` and the oracles to use instead."""
     from scoresde.evaluation.resolve import resolve_model
     from scoresde.sde import make_sde
 
@@ -177,7 +182,8 @@ def model_options(f):
 
 
 def format_table(rows: list[dict], cols: list[str]) -> str:
-    """Column-aligned text table; floats get 4 significant digits."""
+    """Column-aligned text table (the first two columns left-aligned, the rest right-aligned);
+    floats get 4 significant digits, or 3 decimals in e-notation from 10^4."""
     def fmt(v):
         if isinstance(v, float):
             return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
@@ -193,5 +199,7 @@ def format_table(rows: list[dict], cols: list[str]) -> str:
 
 
 def duration(s: float) -> str:
+    """Seconds as a short estimate: <0.1 s, 2 significant digits below 10 s, whole seconds below
+    2 min, then minutes."""
     return "<0.1 s" if s < 0.1 else f"{s:.2g} s" if s < 10 else f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 

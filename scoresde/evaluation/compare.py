@@ -257,17 +257,8 @@ def _execute(model: ResolvedModel, solver_names: Iterable[str], steps_list: Iter
              cuda_graph: bool, max_nfe: int | None, on_plan: Callable[[Plan], None] | None,
              title: str = "", threads: str = "") -> tuple[list[Row], dict, Plan]:
     """Plan, announce (on_plan) and run every (solver, steps) pair; returns (rows, samples, plan).
-
-    Every run starts from the same x_T (drawn once from the prior with `seed`) and uses a
-    generator seeded with `seed` for its noise, so differences are the solvers' own.  Image
-    models are scored in pixel space against their reference data and, with feature_net (a
-    module images → features), by the Fréchet distance of its features.
-    options: {solver: {key: value}}.  batch_size bounds the network's batch (same samples, see
-    solvers.sample); cuda_graph replays the network from CUDA graphs kept across the runs.
-    Runs predicted to use more than `max_nfe` score evaluations are skipped.  Before the first
-    run, on_plan(Plan) receives the runs, the skipped ones and the measured costs (for an
-    up-front estimate).  The progress bar counts score evaluations, so its ETA weighs every run
-    by its nfe."""
+    The arguments are compare()'s (feature_net a module).  The progress bar counts score
+    evaluations, so its ETA weighs every run by its nfe."""
     from tqdm.auto import tqdm
 
     import solvers
