@@ -119,7 +119,7 @@ class GaussianMixture:
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        return torch.exp(sde._log_mean_coef(t)), sde._std(t)
+        return torch.exp(sde.log_mean_coef(t)), sde.std(t)
 
     # -- densities and scores -----------------------------------------------------------------
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:

@@ -48,13 +48,13 @@ from scoresde.convert import x0_from_score
 
 def sigma_tilde(sde, ts: torch.Tensor) -> torch.Tensor:
     """σ̃(t) = σ/m = exp(−λ(t)), 0 where σ = 0 (float64)."""
-    return torch.exp(-sde._log_snr(ts.to(torch.float64)))
+    return torch.exp(-sde.log_snr(ts.to(torch.float64)))
 
 
 def denoiser(score_fn: Callable, sde, x_tilde: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """D(x̃, σ̃(t)) = x̂_0 = (x + σ²·s(x, t))/m at x = m·x̃, for a batch of times t (B,)."""
     t = t.to(torch.float64)
-    m, s = torch.exp(sde._log_mean_coef(t)), sde._std(t)
+    m, s = torch.exp(sde.log_mean_coef(t)), sde.std(t)
     shape = (-1,) + (1,) * (x_tilde.ndim - 1)
     x = m.to(x_tilde).reshape(shape) * x_tilde
     return x0_from_score(x, score_fn(x, t.to(device=x.device, dtype=x.dtype)), m.to(x), s.to(x))
@@ -93,7 +93,7 @@ def t_of_sigma_tilde(sde, st: torch.Tensor) -> torch.Tensor:
     lam = -st.log()
     t = sde.t_from_log_snr(lam, iters=30)
     for _ in range(2):
-        t = (t + (sde._log_snr(t) - lam) * 2 * sde._std(t) ** 2 / sde._g2(t)).clamp(0, sde.T)
+        t = (t + (sde.log_snr(t) - lam) * 2 * sde.std(t) ** 2 / sde.g2(t)).clamp(0, sde.T)
     return t
 
 

@@ -76,18 +76,43 @@ def test_worked_example_reverse_mean():
 
 
 # -- the formulas, against independent computations ---------------------------------------------
+# m(t) and σ(t) written out from the papers' formulas, with the default parameters.
+def _linear_log_m(t):
+    return -0.25 * t ** 2 * (20.0 - 0.1) - 0.5 * t * 0.1
+
+
+def _cosine_log_m(t, s=0.008):
+    return torch.log(torch.cos((t + s) / (1 + s) * math.pi / 2) / math.cos(s / (1 + s) * math.pi / 2))
+
+
+HAND_MARGINALS = {  # name -> (log m(t), σ(t))
+    "vp": (_linear_log_m, lambda t: torch.sqrt(1 - torch.exp(2 * _linear_log_m(t)))),
+    "vp-cosine": (_cosine_log_m, lambda t: torch.sqrt(1 - torch.exp(2 * _cosine_log_m(t)))),
+    "subvp": (_linear_log_m, lambda t: 1 - torch.exp(2 * _linear_log_m(t))),
+    "ve": (lambda t: 0 * t, lambda t: 0.01 * (50 / 0.01) ** t),
+}
+
+
 @pytest.mark.parametrize("name", list(SDE_FACTORIES))
-def test_drift_and_diffusion_follow_from_marginal(name):
-    """f = d log m/dt and g² = dσ²/dt − 2fσ², checked with autograd against the closed forms."""
-    sde = SDE_FACTORIES[name]()
-    t = torch.linspace(0.01, sde.T * 0.99, 37, dtype=torch.float64, requires_grad=True)
-    logm, std = sde._log_mean_coef(t), sde._std(t)
-    dlogm = torch.autograd.grad(logm.sum(), t)[0]
-    dvar = torch.autograd.grad((std ** 2).sum(), t)[0]
-    f = sde.drift(torch.ones(37, 1, dtype=torch.float64), t.detach())[:, 0]
-    g2 = sde.diffusion(t.detach()) ** 2
-    assert torch.allclose(f, dlogm, rtol=1e-10, atol=1e-12)
-    assert torch.allclose(g2, dvar - 2 * dlogm * std.detach() ** 2, rtol=1e-9)
+def test_public_coefficients_match_closed_forms(name):
+    """log_mean_coef and std equal the hand-written m(t), σ(t); drift_coef equals d log m/dt and
+    g2 equals dσ²/dt − 2fσ², both from central differences of the hand-written forms."""
+    sde, (log_m, std) = SDE_FACTORIES[name](), HAND_MARGINALS[name]
+    t = torch.linspace(0.01, sde.T * 0.99, 37, dtype=torch.float64)
+    h = 1e-5
+    f = (log_m(t + h) - log_m(t - h)) / (2 * h)
+    g2 = (std(t + h) ** 2 - std(t - h) ** 2) / (2 * h) - 2 * f * std(t) ** 2
+    torch.testing.assert_close(sde.log_mean_coef(t), log_m(t), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sde.std(t), std(t), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sde.drift_coef(t), f, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(sde.g2(t), g2, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(sde.log_snr(t), log_m(t) - torch.log(std(t)), rtol=1e-12, atol=1e-12)
+    # the checked API is the same numbers
+    m, s = sde.marginal(t)
+    assert torch.equal(m, torch.exp(sde.log_mean_coef(t))) and torch.equal(s, sde.std(t))
+    assert torch.equal(sde.diffusion(t), torch.sqrt(sde.g2(t)))
+    # a Python number is a float64 time
+    assert sde.std(0.5).item() == pytest.approx(std(torch.tensor(0.5, dtype=torch.float64)).item(), rel=1e-14)
 
 
 def test_design_closed_forms():

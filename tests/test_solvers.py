@@ -182,7 +182,7 @@ def test_grids_are_decreasing_and_hit_the_ends(any_sde):
     for kind in solvers.GRIDS:
         ts = solvers.time_grid(any_sde, 12, kind, eps=1e-3)
         assert ts[0] == any_sde.T and ts[-1] == 1e-3 and (ts[1:] < ts[:-1]).all()
-    lam = any_sde._log_snr(solvers.time_grid(any_sde, 12, "logsnr", eps=1e-3))
+    lam = any_sde.log_snr(solvers.time_grid(any_sde, 12, "logsnr", eps=1e-3))
     assert torch.allclose(lam.diff(), lam.diff()[0].expand(12), rtol=1e-6)
 
 

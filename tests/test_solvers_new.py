@@ -37,8 +37,8 @@ def run(sde, solver, xT, **kw):
 
 def coefs(sde, ts):
     """m, σ, λ at the grid from the SDE's closed forms, and x̂_0 = (x + σ²s)/m."""
-    m = [math.exp(float(sde._log_mean_coef(torch.tensor(t, dtype=torch.float64)))) for t in ts]
-    s = [float(sde._std(torch.tensor(t, dtype=torch.float64))) for t in ts]
+    m = [math.exp(float(sde.log_mean_coef(torch.tensor(t, dtype=torch.float64)))) for t in ts]
+    s = [float(sde.std(torch.tensor(t, dtype=torch.float64))) for t in ts]
 
     def x0(x, i):
         sc = RING.score(x, torch.full((x.shape[0],), ts[i], dtype=x.dtype), sde)
