@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+from ._common import SolverError
+
 _GAUSS2 = ((-1 / math.sqrt(3), 1.0), (1 / math.sqrt(3), 1.0))  # exact for degree ≤ 3
 
 
@@ -25,7 +27,7 @@ def deis(prob, x, *, order: int = 3, lower_order_final: bool = True):
     ℓ_j the Lagrange basis through σ̃_i, …, σ̃_{i−p+1}; order p = 1 is EDM's Euler (= DDIM).
     Orders follow Problem.multistep_order (warm-up, lower orders at the end when K < 15)."""
     if order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        raise SolverError(f"order must be 1, 2 or 3, got {order!r}")
     st = prob.sigma_tilde()
     xt, hist = x / prob.m[0], []
     for i in range(prob.K):

@@ -14,6 +14,8 @@ import math
 
 from scoresde.convert import score_to_eps
 
+from ._common import SolverError
+
 
 def _edm(prob, x, second_order: bool, S_churn: float, S_tmin: float, S_tmax: float, S_noise: float):
     """EDM's loop.  Churn (Algorithm 2): γ = min(S_churn/K, √2−1) where S_tmin ≤ σ̃_i ≤ S_tmax,
@@ -22,7 +24,7 @@ def _edm(prob, x, second_order: bool, S_churn: float, S_tmin: float, S_tmax: flo
     d = ε̂(x̃, σ̂);  x̃' = x̃ + (σ̃_{i+1} − σ̂)·d;  and for Heun, unless σ̃_{i+1} = 0,
     x̃' = x̃ + (σ̃_{i+1} − σ̂)·½(d + ε̂(x̃', σ̃_{i+1}))."""
     if S_churn < 0 or S_noise < 0:
-        raise ValueError(f"S_churn and S_noise must be >= 0, got {S_churn!r}, {S_noise!r}")
+        raise SolverError(f"S_churn and S_noise must be >= 0, got {S_churn!r}, {S_noise!r}")
     st = prob.sigma_tilde()
     gamma = min(S_churn / prob.K, math.sqrt(2) - 1)
     xt = x / prob.m[0]

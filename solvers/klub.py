@@ -45,6 +45,8 @@ import torch
 from scoresde import _rng
 from scoresde.convert import x0_from_score
 
+from ._common import SolverError
+
 
 def sigma_tilde(sde, ts: torch.Tensor) -> torch.Tensor:
     """σ̃(t) = σ/m = exp(−λ(t)), 0 where σ = 0 (float64)."""
@@ -117,7 +119,7 @@ class KLUB:
         flat = x0.reshape(self.K * self.n, -1).to(torch.float64)
         self.c = float(c) if c is not None else float(flat.var(0).mean().sqrt())
         if not self.c > 0:
-            raise ValueError(f"the data's spread c must be > 0, got {self.c!r}")
+            raise SolverError(f"the data's spread c must be > 0, got {self.c!r}")
         t_min = sde.default_eps if t_min is None else t_min
         self.st_min = float(sigma_tilde(sde, torch.tensor([t_min], dtype=torch.float64, device="cpu")))
 
@@ -130,7 +132,7 @@ class KLUB:
         """The K per-step parts of the KLUB of the grid ts (float64, 0 for a step below σ̃_min)."""
         ts = ts.to(torch.float64).cpu()
         if ts.numel() != self.K + 1:
-            raise ValueError(f"this estimator scores grids of {self.K} steps, got {ts.numel() - 1}")
+            raise SolverError(f"this estimator scores grids of {self.K} steps, got {ts.numel() - 1}")
         st = sigma_tilde(self.sde, ts)
         lo = float(st[-1]) if st[-1] > 0 else self.st_min
         b_all, a_all = st[:-1], st[1:].clamp_min(lo)

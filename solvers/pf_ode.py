@@ -8,6 +8,8 @@ from scoresde._ode import ADAPTIVE, FIXED, inside_interval
 
 from ._common import SolverError
 
+#: global convergence order of each fixed-step torchdiffeq method (explicit_adams varies its order)
+METHOD_ORDER = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}
 
 
 def pf_velocity_t(prob, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 
+from ._common import SolverError
+
 
 def _uni_step(prob, lam, j, x, hist, p, variant, x0_new=None):
     """x at t_j → t_{j+1} with p history points (λ_k, m_k) at t_j, t_{j−1}, … (hist, newest last).
@@ -49,9 +51,9 @@ def unipc(prob, x, *, order: int = 2, variant: str = "bh2", corrector: bool = Tr
     order by one: UniP-p alone is order p, UniPC-p order p + 1.  Orders follow
     Problem.multistep_order (warm-up, lower orders at the end when K < 15, σ = 0)."""
     if order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        raise SolverError(f"order must be 1, 2 or 3, got {order!r}")
     if variant not in ("bh1", "bh2"):
-        raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
+        raise SolverError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
     lam = prob.lam()
     hist, x_prev, p_prev = [], None, 0
     for i in range(prob.K):
