@@ -46,10 +46,22 @@ def test_stepwise_forward_chain_matches_closed_form():
 
 
 # -- the seeds' worked examples -----------------------------------------------------------------
-def test_worked_example_forward_sample():
-    m, s = math.sqrt(0.81), math.sqrt(0.19)
-    x0, eps = torch.tensor([[2.0]], dtype=torch.float64), torch.tensor([[-0.5]], dtype=torch.float64)
-    assert (m * x0 + s * eps).item() == pytest.approx(1.582055, abs=1e-6)
+def _vp_time_with_alpha_bar(sde, abar: float) -> torch.Tensor:
+    """The t where m(t)² = ᾱ, from log-SNR λ = ½ log(ᾱ/(1 − ᾱ))."""
+    return sde.t_from_log_snr(torch.tensor([0.5 * math.log(abar / (1 - abar))], dtype=torch.float64))
+
+
+def test_worked_example_forward_sample(monkeypatch):
+    """x_t = √ᾱ·x_0 + √(1−ᾱ)·ε with ᾱ = 0.81, x_0 = 2, ε = −0.5: 0.9·2 − 0.5·√0.19 ≈ 1.582055."""
+    import scoresde.sde
+
+    sde = VPSDE()
+    t = _vp_time_with_alpha_bar(sde, 0.81)
+    monkeypatch.setattr(scoresde.sde._rng, "randn", lambda shape, generator, dtype, device: torch.full(shape, -0.5,
+                                                                                                        dtype=dtype))
+    xt, z = sde.marginal_sample(torch.tensor([[2.0]], dtype=torch.float64), t)
+    assert z.item() == -0.5
+    assert xt.item() == pytest.approx(1.582055, abs=1e-6)
 
 
 def test_worked_example_x0_recovery():
@@ -64,15 +76,27 @@ def test_worked_example_x0_recovery():
 
 
 def test_worked_example_reverse_mean():
-    """μ = (x_t − β_t/√(1−ᾱ_t)·ε)/√α_t with x_t=0.7, α_t=0.9, ᾱ_t=0.5, ε=0.2 ≈ 0.7081."""
-    x, alpha, abar, eps = 0.7, 0.9, 0.5, 0.2
-    mu = (x - (1 - alpha) / math.sqrt(1 - abar) * eps) / math.sqrt(alpha)
-    assert mu == pytest.approx(0.7081, abs=5e-5)
-    # the same number from the posterior-mean form in x̂_0 (what the ddpm solver uses)
-    abar_prev = abar / alpha
-    x0 = (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
-    mu2 = (math.sqrt(alpha) * (1 - abar_prev) * x + math.sqrt(abar_prev) * (1 - alpha) * x0) / (1 - abar)
-    assert mu2 == pytest.approx(mu, abs=1e-12)
+    """One ddpm step from ᾱ_t = 0.5 to ᾱ_s = ᾱ_t/α_t (α_t = 0.9) with ε̂ = 0.2 at x_t = 0.7 lands
+    on μ = (x_t − β_t/√(1−ᾱ_t)·ε)/√α_t ≈ 0.7081 (the last step adds no noise)."""
+    import solvers
+
+    probe = VPSDE()
+    t_start, t_end = float(_vp_time_with_alpha_bar(probe, 0.5)), float(_vp_time_with_alpha_bar(probe, 0.5 / 0.9))
+    sde = VPSDE(T=t_start)  # the explicit grid starts at T
+
+    def score(x, t):  # ε̂ = 0.2 everywhere: s = −ε̂/σ(t)
+        return -0.2 / sde.std(t.to(torch.float64)).to(x.dtype)[:, None] * torch.ones_like(x)
+
+    res = solvers.sample(score, sde, x_T=torch.tensor([[0.7]], dtype=torch.float64), solver="ddpm",
+                         grid=[t_start, t_end])
+    assert res.nfe == 1
+    assert res.x.item() == pytest.approx(0.7081, abs=5e-5)
+    # the hand computation to more digits, and the posterior-mean form in x̂_0 of the same step
+    mu = (0.7 - 0.1 / math.sqrt(0.5) * 0.2) / math.sqrt(0.9)
+    x0 = (0.7 - math.sqrt(0.5) * 0.2) / math.sqrt(0.5)
+    abar_prev = 0.5 / 0.9
+    mu2 = (math.sqrt(0.9) * (1 - abar_prev) * 0.7 + math.sqrt(abar_prev) * 0.1 * x0) / 0.5
+    assert res.x.item() == pytest.approx(mu, abs=1e-9) and mu2 == pytest.approx(mu, abs=1e-12)
 
 
 # -- the formulas, against independent computations ---------------------------------------------
