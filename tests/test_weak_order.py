@@ -44,7 +44,7 @@ class Design:
 def marginal(sde, t: float):
     """Mean m·μ and variance m²s² + σ² of p_t, per coordinate."""
     m, s = (float(v) for v in sde.marginal(torch.tensor([t], dtype=torch.float64)))
-    return m * DATA.means[0], m * m * DATA.lam[0] + s * s
+    return m * DATA.means[0], m * m * DATA.eigvals[0] + s * s
 
 
 def exact_moments(monkeypatch, sde, solver, K, grid, opts, eps=None, seed=0):
