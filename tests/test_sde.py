@@ -57,8 +57,10 @@ def test_worked_example_forward_sample(monkeypatch):
 
     sde = VPSDE()
     t = _vp_time_with_alpha_bar(sde, 0.81)
-    monkeypatch.setattr(scoresde.sde._rng, "randn", lambda shape, generator, dtype, device: torch.full(shape, -0.5,
-                                                                                                        dtype=dtype))
+    def noise(shape, generator, dtype, device):  # the worked example's ε
+        return torch.full(shape, -0.5, dtype=dtype)
+
+    monkeypatch.setattr(scoresde.sde._rng, "randn", noise)
     xt, z = sde.marginal_sample(torch.tensor([[2.0]], dtype=torch.float64), t)
     assert z.item() == -0.5
     assert xt.item() == pytest.approx(1.582055, abs=1e-6)
