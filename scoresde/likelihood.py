@@ -123,7 +123,7 @@ def _solve(score_fn, sde, x, eps, v, rtol, atol, ode_method):
             s = score_fn(xt, tb)
             if s.shape != xt.shape:
                 raise ValueError(f"score_fn returned shape {tuple(s.shape)}, expected {tuple(xt.shape)}")
-            F = bcast(sde._f_coef(tb), xt) * xt - bcast(0.5 * sde._g2(tb), xt) * s
+            F = bcast(sde.drift_coef(tb), xt) * xt - bcast(0.5 * sde.g2(tb), xt) * s
             div = _divergence_exact(F, xt) if v is None else _divergence_hutchinson(F, xt, v)
         if not bool(torch.isfinite(F).all()):
             raise ValueError(f"the probability-flow drift is NaN/inf at t={float(t):.6g}; check the model, "

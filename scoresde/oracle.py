@@ -38,16 +38,16 @@ class GaussianMixture:
         if covs.shape == (K, D):
             if (covs <= 0).any():
                 raise ValueError("diagonal variances must be > 0")
-            lam, U, diagonal = covs.clone(), torch.eye(D, dtype=torch.float64).expand(K, D, D), True
+            eigvals, U, diagonal = covs.clone(), torch.eye(D, dtype=torch.float64).expand(K, D, D), True
         elif covs.shape == (K, D, D):
             if not torch.allclose(covs, covs.transpose(1, 2), atol=1e-10):
                 raise ValueError("covariance matrices must be symmetric")
-            lam, U = torch.linalg.eigh(covs)
-            if (lam <= 0).any():
+            eigvals, U = torch.linalg.eigh(covs)
+            if (eigvals <= 0).any():
                 raise ValueError("covariance matrices must be positive definite")
             diagonal = bool(torch.allclose(covs, torch.diag_embed(torch.diagonal(covs, dim1=1, dim2=2))))
             if diagonal:
-                lam, U = torch.diagonal(covs, dim1=1, dim2=2).clone(), torch.eye(D, dtype=torch.float64).expand(K, D, D)
+                eigvals, U = torch.diagonal(covs, dim1=1, dim2=2).clone(), torch.eye(D, dtype=torch.float64).expand(K, D, D)
         else:
             raise ValueError(f"covs must have shape (K, D, D)={K, D, D}, (K, D)={K, D} or be a number, "
                              f"got {tuple(covs.shape)}")
@@ -56,7 +56,7 @@ class GaussianMixture:
         weights = torch.as_tensor(weights, dtype=torch.float64)
         if weights.shape != (K,) or (weights < 0).any() or weights.sum() <= 0:
             raise ValueError(f"weights must be {K} non-negative numbers with a positive sum")
-        self.means, self.lam, self.U = means, lam, U.contiguous()
+        self.means, self.eigvals, self.U = means, eigvals, U.contiguous()
         self.weights = weights / weights.sum()
         self.diagonal = diagonal
         self.K, self.D = K, D
@@ -92,7 +92,7 @@ class GaussianMixture:
         key = (like.dtype, like.device)
         if key not in self._cache:
             cast = dict(dtype=like.dtype, device=like.device)
-            self._cache[key] = (self.means.to(**cast), self.lam.to(**cast), self.U.to(**cast),
+            self._cache[key] = (self.means.to(**cast), self.eigvals.to(**cast), self.U.to(**cast),
                                 torch.log(self.weights).to(**cast))
         return self._cache[key]
 
@@ -106,12 +106,12 @@ class GaussianMixture:
 
     def _components(self, x: torch.Tensor, m: torch.Tensor, s: torch.Tensor):
         """Rotated residuals y (B,K,D), variances v (B,K,D), and log w_k + log N_k (B,K)."""
-        mu, lam, U, logw = self._params(x)
+        mu, eigvals, U, logw = self._params(x)
         m, s = m.reshape(-1, 1, 1), s.reshape(-1, 1, 1)
         y = x[:, None, :] - m * mu[None]
         if not self.diagonal:
             y = torch.einsum("bkd,kde->bke", y, U)
-        v = m ** 2 * lam[None] + s ** 2
+        v = m ** 2 * eigvals[None] + s ** 2
         logn = -0.5 * (y ** 2 / v + torch.log(2 * math.pi * v)).sum(-1)
         return y, v, logw[None] + logn
 
@@ -119,7 +119,7 @@ class GaussianMixture:
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        return torch.exp(sde._log_mean_coef(t)), sde._std(t)
+        return torch.exp(sde.log_mean_coef(t)), sde.std(t)
 
     # -- densities and scores -----------------------------------------------------------------
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,9 +158,9 @@ class GaussianMixture:
         `dtype` on `device`."""
         n = check_int("n", n, 1)
         where = generator.device if generator is not None else torch.device("cpu")
-        w, mu, lam, U = (a.to(where) for a in (self.weights, self.means, self.lam, self.U))
+        w, mu, eigvals, U = (a.to(where) for a in (self.weights, self.means, self.eigvals, self.U))
         k = torch.multinomial(w, n, replacement=True, generator=generator)
-        z = _rng.randn((n, self.D), generator, torch.float64, where) * lam[k].sqrt()
+        z = _rng.randn((n, self.D), generator, torch.float64, where) * eigvals[k].sqrt()
         if not self.diagonal:
             z = torch.einsum("nde,ne->nd", U[k], z)
         return (mu[k] + z).to(dtype=dtype, device=device)
@@ -170,7 +170,7 @@ class GaussianMixture:
 
     def covariance(self) -> torch.Tensor:
         """Mixture covariance Σ_k w_k(Σ_k + μ_kμ_kᵀ) − μμᵀ (float64)."""
-        covs = torch.einsum("kde,ke,kfe->kdf", self.U, self.lam, self.U)
+        covs = torch.einsum("kde,ke,kfe->kdf", self.U, self.eigvals, self.U)
         second = (self.weights[:, None, None] * (covs + self.means[:, :, None] * self.means[:, None, :])).sum(0)
         mu = self.mean()
         return second - mu[:, None] * mu[None, :]
@@ -187,8 +187,8 @@ class GaussianMixture:
         x = self._flat(x_s)
         ys, vs, _ = self._components(x, *self._mt(x, s, sde))
         mt, st = self._mt(x, t, sde)
-        mu, lam, U, _ = self._params(x)
-        vt = mt.reshape(-1, 1, 1) ** 2 * lam[None] + st.reshape(-1, 1, 1) ** 2
+        mu, eigvals, U, _ = self._params(x)
+        vt = mt.reshape(-1, 1, 1) ** 2 * eigvals[None] + st.reshape(-1, 1, 1) ** 2
         y = (ys * torch.sqrt(vt / vs))[:, 0]
         if not self.diagonal:
             y = y @ U[0].T

@@ -6,9 +6,15 @@ marginal std σ(t), with x_t = m(t)·x_0 + σ(t)·z.  The drift coefficient and 
     f(t)  = d log m / dt
     g²(t) = dσ²/dt − 2 f(t) σ²(t)
 
-(which is the score_sde closed form for VP, sub-VP and VE).  Subclasses implement the
-underscore methods on raw tensors with no checks; the public methods validate their
-input once.  Solvers call the underscore methods in their inner loops.
+(which is the score_sde closed form for VP, sub-VP and VE).
+
+Two kinds of public method:
+- the coefficients `log_mean_coef`, `std`, `drift_coef`, `g2`, `log_snr`: elementwise
+  formulas of t, any shape, no range check.  Solvers, losses and likelihoods call them in
+  their inner loops, where a check would cost a host sync per call;
+- `marginal`, `drift`, `diffusion`, `reverse_drift`, ...: check t once (a scalar or (B,)
+  inside [0, T]) and broadcast against x.
+Subclasses implement the underscore hooks behind the coefficients.
 """
 from __future__ import annotations
 
@@ -19,6 +25,12 @@ import torch
 
 from scoresde import _rng
 from scoresde._checks import as_time, bcast, check_int, check_less, check_positive
+
+
+def _as_tensor(t) -> torch.Tensor:
+    # A Python number becomes a float64 0-d CPU tensor (a 0-d tensor mixes with any device);
+    # a tensor passes through untouched, so the coefficients keep its dtype, device and graph.
+    return t if torch.is_tensor(t) else torch.tensor(float(t), dtype=torch.float64, device="cpu")
 
 
 class SDE(abc.ABC):
@@ -34,6 +46,7 @@ class SDE(abc.ABC):
         self.T = check_positive("T", T)
 
     # -- the math each SDE supplies (tensors in, tensors out, no checks) -----------------
+    # Public callers use the coefficient methods below; these hooks are what a subclass writes.
     @abc.abstractmethod
     def _log_mean_coef(self, t: torch.Tensor) -> torch.Tensor:
         """log m(t)."""
@@ -59,15 +72,32 @@ class SDE(abc.ABC):
         """λ(t) = log(m/σ), decreasing in t."""
         return self._log_mean_coef(t) - torch.log(self._std(t))
 
-    # -- public API ----------------------------------------------------------------------
+    # -- the coefficients, public (elementwise in t, no range check) ----------------------
+    def log_mean_coef(self, t) -> torch.Tensor:
+        """log m(t), where x_t = m(t)·x_0 + σ(t)·z."""
+        return self._log_mean_coef(_as_tensor(t))
+
+    def std(self, t) -> torch.Tensor:
+        """σ(t), the marginal standard deviation."""
+        return self._std(_as_tensor(t))
+
+    def drift_coef(self, t) -> torch.Tensor:
+        """f(t) = d log m/dt, so that the drift is f(x, t) = f(t)·x."""
+        return self._f_coef(_as_tensor(t))
+
+    def g2(self, t) -> torch.Tensor:
+        """g(t)² = dσ²/dt − 2 f(t) σ²(t)."""
+        return self._g2(_as_tensor(t))
+
+    def log_snr(self, t) -> torch.Tensor:
+        """λ(t) = log m(t) − log σ(t), decreasing in t."""
+        return self._log_snr(_as_tensor(t))
+
+    # -- checked API ---------------------------------------------------------------------
     def marginal(self, t) -> tuple[torch.Tensor, torch.Tensor]:
         """(m(t), σ(t)) of the perturbation kernel x_t = m(t)·x_0 + σ(t)·z, t of shape (B,)."""
         t = as_time(t, self.T)
         return torch.exp(self._log_mean_coef(t)), self._std(t)
-
-    def log_snr(self, t) -> torch.Tensor:
-        """λ(t) = log m(t) − log σ(t)."""
-        return self._log_snr(as_time(t, self.T))
 
     def marginal_sample(self, x0: torch.Tensor, t, generator: torch.Generator | None = None):
         """Draw x_t = m(t)·x_0 + σ(t)·z (z drawn where the generator lives); returns (x_t, z)."""

@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from scoresde._ode import ADAPTIVE
 from scoresde.convert import x0_from_score
 
 from ._common import Problem, SampleResult, SolverError
@@ -27,20 +28,67 @@ from .dpmpp_sde import dpmpp_2m_sde
 from .euler_maruyama import euler_maruyama, predictor_corrector
 from .grids import DEFAULT_STEPS, GRIDS, explicit_grid, load_grid, resolve_grid, steps_and_eps, time_grid
 from .heun import euler, euler_t, heun, heun_t
-from .pf_ode import pf_ode
+from .pf_ode import METHOD_ORDER, pf_ode
 from .sde_torchsde import torchsde_sde
 from .unipc import unipc
 from . import tuned as _tuned
 
 
 @dataclass(frozen=True)
+class SolverTraits:
+    """What a solver does with given options.
+
+    stochastic: it draws noise, so its output is a random variable given x_T;
+    adaptive: it picks its own steps (the grid only gives the ends);
+    order: p with max |x_K − x(eps)| = O(h^p) on a step h, for a deterministic fixed-step solve;
+    weak_order: p with |E φ(x_K) − E φ(x(eps))| = O(h^p), for a stochastic solve, where known.
+    None means not declared (or not meaningful: no order for a stochastic or adaptive solve).
+    """
+
+    stochastic: bool
+    adaptive: bool
+    order: int | None
+    weak_order: int | None
+
+
+def _option_rule(value, options: dict):
+    # A SolverSpec property is a constant or a function of the full options (defaults filled in).
+    return value(options) if callable(value) else value
+
+
+@dataclass(frozen=True)
 class SolverSpec:
+    """One solver: its function, a one-line description, its default grid and what it declares
+    about itself (`traits`).  order, weak_order, stochastic and adaptive are constants or functions
+    of the solver's options, defaults filled in."""
+
     fn: Callable
     description: str
     grid: str = "uniform"
     to_zero: bool = False  # default end time 0 (the update handles σ = 0) instead of sde.default_eps
     # {sde name: grid}: chosen per SDE by `python experiments/solver_benchmark.py --grid-study`
     grid_by_sde: dict | None = None
+    order: int | Callable[[dict], int | None] | None = None
+    weak_order: int | Callable[[dict], int | None] | None = None
+    stochastic: bool | Callable[[dict], bool] = False
+    adaptive: bool | Callable[[dict], bool] = False
+
+    def options(self, given: dict | None = None) -> dict:
+        """The solver's keyword options with their defaults, updated by `given`."""
+        params = inspect.signature(self.fn).parameters.values()
+        return {**{p.name: p.default for p in params if p.name not in ("prob", "x")}, **(given or {})}
+
+    def traits(self, options: dict | None = None) -> SolverTraits:
+        """Whether the solve with these options is stochastic or adaptive, and its order."""
+        opts = self.options(options)
+        stochastic, adaptive = bool(_option_rule(self.stochastic, opts)), bool(_option_rule(self.adaptive, opts))
+        return SolverTraits(stochastic=stochastic, adaptive=adaptive,
+                            order=None if stochastic or adaptive else _option_rule(self.order, opts),
+                            weak_order=_option_rule(self.weak_order, opts) if stochastic else None)
+
+    def named_grid(self, sde) -> str:
+        """The default among the named grids for this SDE family."""
+        return (self.grid_by_sde or {}).get(sde.config()["name"], self.grid)
 
 
 def default_grid(solver: str, sde, steps: int | None = None) -> str:
@@ -55,41 +103,60 @@ def default_grid(solver: str, sde, steps: int | None = None) -> str:
 
 def named_default_grid(solver: str, sde) -> str:
     """The solver's default among the named grids (what 'tuned' falls back to)."""
-    spec = SOLVERS[solver]
-    return (spec.grid_by_sde or {}).get(sde.config()["name"], spec.grid)
+    return SOLVERS[solver].named_grid(sde)
 
 
+def _nonzero(option: str) -> Callable[[dict], bool]:
+    return lambda opts: opts[option] != 0
+
+
+def _churns(opts: dict) -> bool:  # EDM's churn adds S_noise·N(0, σ̂² − σ²) where S_churn > 0
+    return opts["S_churn"] > 0 and opts["S_noise"] > 0
+
+
+# Orders: measured on the closed-form Gaussian flow (tests/test_solvers.py, tests/test_weak_order.py).
 SOLVERS = {
     "ddpm": SolverSpec(ddpm, "DDPM ancestral sampling (Ho et al. 2020, Alg. 2); variance=beta_tilde|beta",
-                       to_zero=True),
-    "ddim": SolverSpec(ddim, "DDIM (Song et al. 2021a); eta=0 deterministic, eta=1 is DDPM", to_zero=True),
-    "euler_maruyama": SolverSpec(euler_maruyama, "Euler–Maruyama on the reverse SDE (native loop)"),
+                       to_zero=True, stochastic=True, weak_order=1),
+    "ddim": SolverSpec(ddim, "DDIM (Song et al. 2021a); eta=0 deterministic, eta=1 is DDPM", to_zero=True,
+                       order=1, weak_order=1, stochastic=_nonzero("eta")),
+    "euler_maruyama": SolverSpec(euler_maruyama, "Euler–Maruyama on the reverse SDE (native loop)",
+                                 stochastic=True, weak_order=1),
     "torchsde": SolverSpec(torchsde_sde, "the reverse SDE via torchsde.sdeint; method=euler|milstein|srk|"
-                                         "euler_heun|heun|midpoint"),
+                                         "euler_heun|heun|midpoint", stochastic=True),
     "pc": SolverSpec(predictor_corrector, "predictor–corrector: Langevin corrector + reverse-diffusion predictor "
                                           "(Song et al. 2021, Alg. 2/3); snr=0.16, predictor=reverse_diffusion|"
-                                          "euler_maruyama"),
+                                          "euler_maruyama", stochastic=True),
     "pf_ode": SolverSpec(pf_ode, "probability-flow ODE via torchdiffeq; method=dopri5 (adaptive, rtol/atol) "
-                                 "or a fixed-step method on the grid"),
+                                 "or a fixed-step method on the grid",
+                         order=lambda opts: METHOD_ORDER.get(opts["method"]),
+                         adaptive=lambda opts: opts["method"] in ADAPTIVE),
     "euler": SolverSpec(euler, "EDM's Euler: steps in σ/m on x/m, dx̃/dσ̃ = (x̃ − D)/σ̃ (Karras et al. 2022); "
                                "churn S_churn, S_tmin, S_tmax, S_noise", grid="edm",
-                        grid_by_sde={"vp": "quadratic", "subvp": "uniform", "ve": "edm"}),
+                        grid_by_sde={"vp": "quadratic", "subvp": "uniform", "ve": "edm"},
+                        order=1, weak_order=1, stochastic=_churns),
     "heun": SolverSpec(heun, "EDM's Heun: steps in σ/m on x/m, dx̃/dσ̃ = (x̃ − D)/σ̃ (Karras et al. 2022, "
                              "Alg. 1; Alg. 2 with S_churn > 0)", grid="edm",
-                       grid_by_sde={"vp": "quadratic", "subvp": "uniform", "ve": "edm"}),
-    "euler_t": SolverSpec(euler_t, "Euler in t on the probability-flow ODE dx/dt = f·x − ½g²s (first order)"),
+                       grid_by_sde={"vp": "quadratic", "subvp": "uniform", "ve": "edm"},
+                       order=2, weak_order=2, stochastic=_churns),
+    "euler_t": SolverSpec(euler_t, "Euler in t on the probability-flow ODE dx/dt = f·x − ½g²s (first order)",
+                          order=1),
     "heun_t": SolverSpec(heun_t, "Heun in t on the probability-flow ODE dx/dt = f·x − ½g²s (second order)",
-                         grid="quadratic", grid_by_sde={"ve": "edm"}),
+                         grid="quadratic", grid_by_sde={"ve": "edm"}, order=2),
     "dpmpp_2m": SolverSpec(dpmpp_2m, "DPM-Solver++(2M), multistep second order in log-SNR (Lu et al. 2022)",
-                           grid="logsnr"),
+                           grid="logsnr", order=2),
+    # the anchors' D2 weighting (match_anchors) leaves an h³ local error: second order
     "dpmpp_3m": SolverSpec(dpmpp_3m, "DPM-Solver++(3M), multistep third order in log-SNR (Lu et al. 2022b)",
-                           grid="logsnr"),
+                           grid="logsnr", order=lambda opts: 2 if opts["match_anchors"] else 3),
     "dpmpp_2m_sde": SolverSpec(dpmpp_2m_sde, "SDE-DPM-Solver++(2M), stochastic multistep in log-SNR (Lu et al. "
-                                             "2022b); eta=1, solver_type=midpoint|heun", grid="logsnr"),
+                                             "2022b); eta=1, solver_type=midpoint|heun", grid="logsnr",
+                               order=2, weak_order=2, stochastic=_nonzero("eta")),
+    # the corrector raises UniP-p's order p by one
     "unipc": SolverSpec(unipc, "UniPC: UniP-p predictor + UniC corrector in log-SNR (Zhao et al. 2023); "
-                               "order=1..3, variant=bh1|bh2", grid="logsnr"),
+                               "order=1..3, variant=bh1|bh2", grid="logsnr",
+                        order=lambda opts: opts["order"] + bool(opts["corrector"])),
     "deis": SolverSpec(deis, "ρAB-DEIS: variable-step Adams–Bashforth in σ/m on x/m (Zhang & Chen 2023); "
-                             "order=1..3", grid="edm"),
+                             "order=1..3", grid="edm", order=lambda opts: opts["order"]),
 }
 
 
@@ -107,8 +174,14 @@ def solver_options(solver: str) -> dict:
     """The keyword options a solver takes, with their defaults: {name: default}."""
     if solver not in SOLVERS:
         raise SolverError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
-    params = inspect.signature(SOLVERS[solver].fn).parameters.values()
-    return {p.name: p.default for p in params if p.name not in ("prob", "x")}
+    return SOLVERS[solver].options()
+
+
+def traits(solver: str, options: dict | None = None) -> SolverTraits:
+    """What `solver` declares with these options: stochastic, adaptive, order, weak order
+    (see SolverTraits); raises SolverError for an unknown solver or option."""
+    check_options(solver, options or {})
+    return SOLVERS[solver].traits(options)
 
 
 def check_options(solver: str, options) -> None:
@@ -205,9 +278,10 @@ def optimize_grid(score_fn: Callable, sde, **kwargs) -> GridFit:
                                     shape=(2,))
         solvers.sample(score_fn, sde, shape=(n, 2), solver="dpmpp_2m", grid=fit.t_grid)
     """
-    return _optimize.optimize_grid(score_fn, sde, sample=sample, **kwargs)
+    return _optimize.optimize_grid(score_fn, sde, sample=sample, traits=traits, **kwargs)
 
 
-__all__ = ["sample", "available", "solver_options", "check_options", "SampleResult", "SolverError", "SOLVERS",
+__all__ = ["sample", "available", "solver_options", "check_options", "traits", "SampleResult", "SolverError",
+           "SolverSpec", "SolverTraits", "SOLVERS",
            "GRIDS", "GRID_NAMES", "time_grid", "default_grid", "named_default_grid", "explicit_grid", "load_grid",
            "optimize_grid", "GridFit", "GraphedScore"]

@@ -46,13 +46,13 @@ class Problem:
         self.fn, self.sde, self.ts = score_fn, sde, ts
         self.K = ts.numel() - 1
         self.t = ts.tolist()
-        m = torch.exp(sde._log_mean_coef(ts))
-        self.m, self.sigma = m.tolist(), sde._std(ts).tolist()
+        m = torch.exp(sde.log_mean_coef(ts))
+        self.m, self.sigma = m.tolist(), sde.std(ts).tolist()
         # σ(t) of the SDE, which a ScoreModel divided by; the update coefficients m, sigma may
         # instead come from a discrete table (see discrete_vp_tables).
         self.sigma_score = self.sigma
         self.schedule = "continuous"
-        self.f, self.g2 = sde._f_coef(ts).tolist(), sde._g2(ts).tolist()
+        self.f, self.g2 = sde.drift_coef(ts).tolist(), sde.g2(ts).tolist()
         self.B, self.dtype, self.device = x_like.shape[0], x_like.dtype, x_like.device
         # bf16/fp16 states still get float32 times: 8 mantissa bits cannot tell grid points apart
         self.t_dtype = self.dtype if self.dtype in (torch.float32, torch.float64) else torch.float32
@@ -145,7 +145,7 @@ class Problem:
         """(t, m(t), σ(t)) at the time where σ/m = st (λ = −log st), for steps off the grid."""
         # a host-side scalar: the coefficients stay Python floats, so no device sync per step
         t = self.sde.t_from_log_snr(torch.tensor(-math.log(st), dtype=torch.float64, device="cpu"))
-        return float(t), math.exp(float(self.sde._log_mean_coef(t))), float(self.sde._std(t))
+        return float(t), math.exp(float(self.sde.log_mean_coef(t))), float(self.sde.std(t))
 
     def use_schedule(self, schedule: str) -> None:
         """'continuous': the SDE's m(t), σ(t) (default everywhere); 'discrete': DDPM's ᾱ table

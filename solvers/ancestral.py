@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import math
 
+from ._common import SolverError
+
 
 def ddpm(prob, x, *, variance: str = "beta_tilde", schedule: str = "continuous"):
     """DDPM ancestral sampling:  x_s = (x_t − σ²_{t|s}/σ_t · ε̂)/α + ς·z,
     ς² = β̃ = σ²_{t|s}σ_s²/σ_t² (default) or β = σ²_{t|s}; no noise on the last step."""
     if variance not in ("beta_tilde", "beta"):
-        raise ValueError(f"variance must be 'beta_tilde' or 'beta', got {variance!r}")
+        raise SolverError(f"variance must be 'beta_tilde' or 'beta', got {variance!r}")
     prob.use_schedule(schedule)
     for i in range(prob.K):
         a, var = prob.transition(i)
@@ -36,7 +38,7 @@ def ddim(prob, x, *, eta: float = 0.0, schedule: str = "continuous"):
     η = 0 is deterministic: Euler in σ̃ = σ/m on x̃ = x/m (EDM's ODE), = first-order DPM-Solver;
     η = 1 is DDPM with β̃."""
     if not 0 <= eta:
-        raise ValueError(f"eta must be >= 0, got {eta!r}")
+        raise SolverError(f"eta must be >= 0, got {eta!r}")
     prob.use_schedule(schedule)
     for i in range(prob.K):
         _, var = prob.transition(i)

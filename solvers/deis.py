@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+from ._common import SolverError
+
 _GAUSS2 = ((-1 / math.sqrt(3), 1.0), (1 / math.sqrt(3), 1.0))  # exact for degree ≤ 3
 
 
@@ -25,13 +27,13 @@ def deis(prob, x, *, order: int = 3, lower_order_final: bool = True):
     ℓ_j the Lagrange basis through σ̃_i, …, σ̃_{i−p+1}; order p = 1 is EDM's Euler (= DDIM).
     Orders follow Problem.multistep_order (warm-up, lower orders at the end when K < 15)."""
     if order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        raise SolverError(f"order must be 1, 2 or 3, got {order!r}")
     st = prob.sigma_tilde()
-    xt, hist = x / prob.m[0], []
+    x_tilde, hist = x / prob.m[0], []
     for i in range(prob.K):
-        hist = (hist + [(st[i], prob.eps(prob.m[i] * xt, i))])[-order:]
+        hist = (hist + [(st[i], prob.eps(prob.m[i] * x_tilde, i))])[-order:]
         use = hist[-prob.multistep_order(i, order, lower_order_final):]
         w = _lagrange_weights([s for s, _ in use], st[i], st[i + 1])
-        xt = xt + sum(c * e for c, (_, e) in zip(w, use))
-        prob.done(i, prob.m[i + 1] * xt)
-    return prob.m[-1] * xt
+        x_tilde = x_tilde + sum(c * e for c, (_, e) in zip(w, use))
+        prob.done(i, prob.m[i + 1] * x_tilde)
+    return prob.m[-1] * x_tilde

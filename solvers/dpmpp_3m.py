@@ -28,12 +28,12 @@ def dpmpp_3m(prob, x, *, lower_order_final: bool = True, match_anchors: bool = F
         order = prob.multistep_order(i, 3, lower_order_final)
         h = lam[i + 1] - lam[i]
         phi1 = math.expm1(-h)
-        m0 = hist[-1][1]
-        x = (prob.sigma[i + 1] / prob.sigma[i]) * x - prob.m[i + 1] * phi1 * m0
+        x0_hat = hist[-1][1]
+        x = (prob.sigma[i + 1] / prob.sigma[i]) * x - prob.m[i + 1] * phi1 * x0_hat
         if order >= 2:
             phi2 = phi1 / h + 1
             r0 = (lam[i] - hist[-2][0]) / h
-            d10 = (m0 - hist[-2][1]) / r0
+            d10 = (x0_hat - hist[-2][1]) / r0
             if order == 2:
                 x = x + prob.m[i + 1] * phi2 * d10
             else:

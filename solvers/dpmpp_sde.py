@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from ._common import SolverError
+
 
 def dpmpp_2m_sde(prob, x, *, eta: float = 1.0, solver_type: str = "midpoint"):
     """h = λ_{i+1} − λ_i,  r = h_{i−1}/h,  e = 1 − e^{−(1+η)h}:
@@ -14,9 +16,9 @@ def dpmpp_2m_sde(prob, x, *, eta: float = 1.0, solver_type: str = "midpoint"):
     The first step is first order; the last adds no noise (like every sampler here) and is
     first order when it lands on σ = 0."""
     if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta!r}")
+        raise SolverError(f"eta must be >= 0, got {eta!r}")
     if solver_type not in ("midpoint", "heun"):
-        raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
+        raise SolverError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
     lam = prob.lam()
     x0_prev, h_prev = None, None
     for i in range(prob.K):

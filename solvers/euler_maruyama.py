@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from ._common import SolverError
+
 
 def _em_step(prob, x, i: int, noise: bool):
     """x ← x − [f·x − g²·s]·Δt (+ g·√Δt·z),  Δt = t_i − t_{i+1} > 0."""
@@ -46,9 +48,9 @@ def predictor_corrector(prob, x, *, snr: float = 0.16, corrector_steps: int = 1,
     x ← x − [f·x − g²·s]Δt + g√Δt·z, whose factor there, 1 − (f + g²/σ²)Δt, is below −1 (the
     samples blow up) when Δt > 1/ln(σ_max/σ_min) on VE: fewer than ≈ 9 uniform steps."""
     if snr <= 0:
-        raise ValueError(f"snr must be > 0, got {snr!r}")
+        raise SolverError(f"snr must be > 0, got {snr!r}")
     if predictor not in PREDICTORS:
-        raise ValueError(f"predictor must be one of {', '.join(map(repr, PREDICTORS))}, got {predictor!r}")
+        raise SolverError(f"predictor must be one of {', '.join(map(repr, PREDICTORS))}, got {predictor!r}")
     step_to = PREDICTORS[predictor]
     for i in range(prob.K):
         alpha = (prob.m[i] / prob.m[i + 1]) ** 2

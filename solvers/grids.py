@@ -31,7 +31,7 @@ RHO = 7.0
 
 def edm_coord(sde, ts: torch.Tensor, rho: float = RHO) -> torch.Tensor:
     """c(t) = (σ/m)^{1/ρ} = exp(−λ/ρ), EDM's coordinate of the noise level; 0 where σ = 0."""
-    return torch.exp(-sde._log_snr(ts) / rho)
+    return torch.exp(-sde.log_snr(ts) / rho)
 
 
 def check_eps(sde, eps: float) -> None:
@@ -66,7 +66,7 @@ def time_grid(sde, steps: int, kind: str = "uniform", eps: float = 1e-3, rho: fl
         ts = (T ** 0.5 + u * (eps ** 0.5 - T ** 0.5)) ** 2
     else:
         ends = torch.tensor([T, eps], dtype=torch.float64)
-        lam = sde._log_snr(ends)
+        lam = sde.log_snr(ends)
         if not torch.isfinite(lam).all():
             raise SolverError(f"the {kind!r} grid needs a finite log-SNR at eps; eps={eps} gives σ = 0, "
                               f"use eps > 0 (e.g. {sde.default_eps})")

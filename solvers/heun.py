@@ -14,6 +14,8 @@ import math
 
 from scoresde.convert import score_to_eps
 
+from ._common import SolverError
+
 
 def _edm(prob, x, second_order: bool, S_churn: float, S_tmin: float, S_tmax: float, S_noise: float):
     """EDM's loop.  Churn (Algorithm 2): γ = min(S_churn/K, √2−1) where S_tmin ≤ σ̃_i ≤ S_tmax,
@@ -22,26 +24,26 @@ def _edm(prob, x, second_order: bool, S_churn: float, S_tmin: float, S_tmax: flo
     d = ε̂(x̃, σ̂);  x̃' = x̃ + (σ̃_{i+1} − σ̂)·d;  and for Heun, unless σ̃_{i+1} = 0,
     x̃' = x̃ + (σ̃_{i+1} − σ̂)·½(d + ε̂(x̃', σ̃_{i+1}))."""
     if S_churn < 0 or S_noise < 0:
-        raise ValueError(f"S_churn and S_noise must be >= 0, got {S_churn!r}, {S_noise!r}")
+        raise SolverError(f"S_churn and S_noise must be >= 0, got {S_churn!r}, {S_noise!r}")
     st = prob.sigma_tilde()
     gamma = min(S_churn / prob.K, math.sqrt(2) - 1)
-    xt = x / prob.m[0]
+    x_tilde = x / prob.m[0]
     for i in range(prob.K):
-        t, m, s, sh = prob.t[i], prob.m[i], prob.sigma_score[i], st[i]
+        t, m, sigma, sh = prob.t[i], prob.m[i], prob.sigma_score[i], st[i]
         if gamma > 0 and S_tmin <= st[i] <= S_tmax and st[i] < st[0]:
             sh = min(st[i] * (1 + gamma), st[0])
-            t, m, s = prob.at_sigma_tilde(sh)
-            xt = xt + math.sqrt(sh ** 2 - st[i] ** 2) * S_noise * prob.noise(xt)
-        d = score_to_eps(prob.score(m * xt, t), s)
+            t, m, sigma = prob.at_sigma_tilde(sh)
+            x_tilde = x_tilde + math.sqrt(sh ** 2 - st[i] ** 2) * S_noise * prob.noise(x_tilde)
+        d = score_to_eps(prob.score(m * x_tilde, t), sigma)
         h = st[i + 1] - sh
-        x_next = xt + h * d
+        x_next = x_tilde + h * d
         if second_order and st[i + 1] > 0:
-            m1 = prob.m[i + 1]
-            d1 = score_to_eps(prob.score(m1 * x_next, prob.t[i + 1]), prob.sigma_score[i + 1])
-            x_next = xt + 0.5 * h * (d + d1)
-        xt = x_next
-        prob.done(i, prob.m[i + 1] * xt)
-    return prob.m[-1] * xt
+            m_next = prob.m[i + 1]
+            d1 = score_to_eps(prob.score(m_next * x_next, prob.t[i + 1]), prob.sigma_score[i + 1])
+            x_next = x_tilde + 0.5 * h * (d + d1)
+        x_tilde = x_next
+        prob.done(i, prob.m[i + 1] * x_tilde)
+    return prob.m[-1] * x_tilde
 
 
 def heun(prob, x, *, S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = math.inf, S_noise: float = 1.0):

@@ -45,16 +45,18 @@ import torch
 from scoresde import _rng
 from scoresde.convert import x0_from_score
 
+from ._common import SolverError
+
 
 def sigma_tilde(sde, ts: torch.Tensor) -> torch.Tensor:
     """σ̃(t) = σ/m = exp(−λ(t)), 0 where σ = 0 (float64)."""
-    return torch.exp(-sde._log_snr(ts.to(torch.float64)))
+    return torch.exp(-sde.log_snr(ts.to(torch.float64)))
 
 
 def denoiser(score_fn: Callable, sde, x_tilde: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """D(x̃, σ̃(t)) = x̂_0 = (x + σ²·s(x, t))/m at x = m·x̃, for a batch of times t (B,)."""
     t = t.to(torch.float64)
-    m, s = torch.exp(sde._log_mean_coef(t)), sde._std(t)
+    m, s = torch.exp(sde.log_mean_coef(t)), sde.std(t)
     shape = (-1,) + (1,) * (x_tilde.ndim - 1)
     x = m.to(x_tilde).reshape(shape) * x_tilde
     return x0_from_score(x, score_fn(x, t.to(device=x.device, dtype=x.dtype)), m.to(x), s.to(x))
@@ -93,7 +95,7 @@ def t_of_sigma_tilde(sde, st: torch.Tensor) -> torch.Tensor:
     lam = -st.log()
     t = sde.t_from_log_snr(lam, iters=30)
     for _ in range(2):
-        t = (t + (sde._log_snr(t) - lam) * 2 * sde._std(t) ** 2 / sde._g2(t)).clamp(0, sde.T)
+        t = (t + (sde.log_snr(t) - lam) * 2 * sde.std(t) ** 2 / sde.g2(t)).clamp(0, sde.T)
     return t
 
 
@@ -117,7 +119,7 @@ class KLUB:
         flat = x0.reshape(self.K * self.n, -1).to(torch.float64)
         self.c = float(c) if c is not None else float(flat.var(0).mean().sqrt())
         if not self.c > 0:
-            raise ValueError(f"the data's spread c must be > 0, got {self.c!r}")
+            raise SolverError(f"the data's spread c must be > 0, got {self.c!r}")
         t_min = sde.default_eps if t_min is None else t_min
         self.st_min = float(sigma_tilde(sde, torch.tensor([t_min], dtype=torch.float64, device="cpu")))
 
@@ -130,7 +132,7 @@ class KLUB:
         """The K per-step parts of the KLUB of the grid ts (float64, 0 for a step below σ̃_min)."""
         ts = ts.to(torch.float64).cpu()
         if ts.numel() != self.K + 1:
-            raise ValueError(f"this estimator scores grids of {self.K} steps, got {ts.numel() - 1}")
+            raise SolverError(f"this estimator scores grids of {self.K} steps, got {ts.numel() - 1}")
         st = sigma_tilde(self.sde, ts)
         lo = float(st[-1]) if st[-1] > 0 else self.st_min
         b_all, a_all = st[:-1], st[1:].clamp_min(lo)

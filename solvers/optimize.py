@@ -117,10 +117,6 @@ def _theta_from_grid(sde, ts: torch.Tensor) -> np.ndarray:
     return np.log(w[1:] / w[0])
 
 
-def _is_stochastic(run: Callable) -> bool:
-    return not torch.equal(run(1), run(2))
-
-
 def steps_for_nfe(sample: Callable, score_fn, sde, solver: str, nfe: int, x_probe: torch.Tensor, grid: str,
                   eps: float, denoise: bool, options: dict) -> tuple[int, int]:
     """The largest step count K whose solve (by `sample`, i.e. solvers.sample) uses at most `nfe`
@@ -223,7 +219,7 @@ def _data_draws(data, shape, generator: torch.Generator, dtype, device):
     return draw, draw
 
 
-def optimize_grid(score_fn: Callable, sde, *, sample: Callable, solver: str = "dpmpp_2m", nfe: int = 10, shape=None,
+def optimize_grid(score_fn: Callable, sde, *, sample: Callable, traits: Callable, solver: str = "dpmpp_2m", nfe: int = 10, shape=None,
                   denoise: bool = False, eps: float | None = None, init: str | None = None, n_fit: int = 256,
                   n_eval: int = 1024, seed: int = 0, max_evals: int | None = None, rtol: float = 1e-7,
                   dtype: torch.dtype = torch.float64, device=None, options: dict | None = None,
@@ -239,8 +235,9 @@ def optimize_grid(score_fn: Callable, sde, *, sample: Callable, solver: str = "d
     reference solve) or "klub" (any solver; needs data: a tensor (N, ...) of samples or a callable
     n -> samples, e.g. GaussianMixture.sample; n_fit / n_eval draws per step; klub_t_min: where the
     bound stops for a grid ending at σ = 0, default sde.default_eps; see solvers.klub).
-    sample: the package's solvers.sample (handed in by solvers.optimize_grid, which is what users
-    call; this module cannot import the package that re-exports it).
+    sample, traits: the package's solvers.sample and solvers.traits (handed in by
+    solvers.optimize_grid, which is what users call; this module cannot import the package that
+    re-exports it).
     Returns a GridFit; `solvers.sample(..., grid=fit.t_grid)` uses the grid.
     """
     if objective not in OBJECTIVES:
@@ -260,10 +257,13 @@ def optimize_grid(score_fn: Callable, sde, *, sample: Callable, solver: str = "d
     if init is not None and init not in GRIDS:
         raise SolverError(f"unknown init grid {init!r}; choose one of: {', '.join(GRIDS)}")
     options = dict(options or {})
-    if solver == "pf_ode" and options.get("method", "dopri5") in ("dopri5", "dopri8", "bosh3", "fehlberg2",
-                                                                 "adaptive_heun", "tsit5"):
-        raise SolverError("pf_ode with an adaptive method chooses its own steps; pass options="
+    declared = traits(solver, options)
+    if declared.adaptive:
+        raise SolverError(f"{solver} with an adaptive method chooses its own steps; pass options="
                           "{'method': 'rk4'} (or another fixed-step method) to fit its grid")
+    if objective == "pathwise" and declared.stochastic:
+        raise SolverError(f"solver {solver!r} draws noise with these options; the pathwise objective fits a "
+                          f"deterministic solver (e.g. ddim, euler, heun, dpmpp_2m); use objective='klub'")
     t0 = time.perf_counter()
     g = torch.Generator(device=device or "cpu").manual_seed(seed)
     probe = torch.zeros((2, *shape), dtype=dtype, device=device)  # the grid and nfe do not depend on x_T
@@ -278,8 +278,8 @@ def optimize_grid(score_fn: Callable, sde, *, sample: Callable, solver: str = "d
                   init_grid="", init_error=math.nan, seed=seed, options=options, objective=objective)
 
     if objective == "pathwise":
-        fit_objective, held_out = _pathwise(sample, score_fn, sde, solver, K, shape, denoise, eps, named, n_fit,
-                                            n_eval, g, rtol, dtype, device, options)
+        fit_objective, held_out = _pathwise(sample, score_fn, sde, solver, shape, denoise, eps, n_fit, n_eval, g,
+                                            rtol, dtype, device, options)
     else:
         fit_objective, held_out = _klub(score_fn, sde, data, K, shape, n_fit, n_eval, g, klub_t_min, dtype, device)
     start, fit.t_grid, fit_val, fit.evaluations = _fit_loop(fit_objective, sde, eps, grids, init, K, max_evals,
@@ -294,20 +294,15 @@ def optimize_grid(score_fn: Callable, sde, *, sample: Callable, solver: str = "d
     return fit
 
 
-def _pathwise(sample, score_fn, sde, solver, K, shape, denoise, eps, named, n_fit, n_eval, g, rtol, dtype, device,
-              options):
+def _pathwise(sample, score_fn, sde, solver, shape, denoise, eps, n_fit, n_eval, g, rtol, dtype, device, options):
     """(fit objective, held-out objective) of the pathwise error: RMS distance to the reference."""
     x_fit = sde.prior_sample((n_fit, *shape), generator=g, dtype=dtype, device=device)
     x_eval = sde.prior_sample((n_eval, *shape), generator=g, dtype=dtype, device=device)  # fresh draws
 
-    def run(x_T, ts, noise_seed=0):
+    def run(x_T, ts):  # a deterministic solver: the generator is only there for the interface
         return sample(score_fn, sde, x_T=x_T, solver=solver, grid=ts, denoise=denoise,
-                      generator=torch.Generator(device=x_T.device).manual_seed(noise_seed), **options).x
+                      generator=torch.Generator(device=x_T.device).manual_seed(0), **options).x
 
-    probe_ts = time_grid(sde, K, named[0], eps)
-    if _is_stochastic(lambda s: run(x_fit[:4], probe_ts, s)):
-        raise SolverError(f"solver {solver!r} draws noise with these options; the pathwise objective fits a "
-                          f"deterministic solver (e.g. ddim, euler, heun, dpmpp_2m); use objective='klub'")
     ref_fit = reference_solution(sample, score_fn, sde, x_fit, eps, denoise, rtol)
     ref_eval = reference_solution(sample, score_fn, sde, x_eval, eps, denoise, rtol)
 

@@ -8,12 +8,14 @@ from scoresde._ode import ADAPTIVE, FIXED, inside_interval
 
 from ._common import SolverError
 
+#: global convergence order of each fixed-step torchdiffeq method (explicit_adams varies its order)
+METHOD_ORDER = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}
 
 
 def pf_velocity_t(prob, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """f(t)·x − ½g²(t)·s(x, t) at an arbitrary (tensor) time, as the adaptive solvers need."""
     t64 = t.to(torch.float64)
-    f, g2 = prob.sde._f_coef(t64).to(x.dtype), prob.sde._g2(t64).to(x.dtype)
+    f, g2 = prob.sde.drift_coef(t64).to(x.dtype), prob.sde.g2(t64).to(x.dtype)
     return f * x - 0.5 * g2 * prob.score(x, t)
 
 

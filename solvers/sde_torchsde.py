@@ -30,11 +30,11 @@ class _ReverseSDE(torch.nn.Module):
         t = self._t(tau)
         x = y.reshape(self.shape)
         s = self.prob.score(x, t)
-        f, g2 = self.prob.sde._f_coef(t).to(y.dtype), self.prob.sde._g2(t).to(y.dtype)
+        f, g2 = self.prob.sde.drift_coef(t).to(y.dtype), self.prob.sde.g2(t).to(y.dtype)
         return -(f * x - g2 * s).reshape(y.shape)
 
     def g(self, tau, y):
-        return torch.sqrt(self.prob.sde._g2(self._t(tau))).to(y.dtype).expand_as(y)
+        return torch.sqrt(self.prob.sde.g2(self._t(tau))).to(y.dtype).expand_as(y)
 
 
 def torchsde_sde(prob, x, *, method: str = "euler"):

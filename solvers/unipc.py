@@ -7,25 +7,28 @@ import math
 
 import numpy as np
 
+from ._common import SolverError
+
 
 def _uni_step(prob, lam, j, x, hist, p, variant, x0_new=None):
-    """x at t_j → t_{j+1} with p history points (λ_k, m_k) at t_j, t_{j−1}, … (hist, newest last).
-    With hh = −h, h = λ_{j+1} − λ_j, r_k = (λ_{j−k} − λ_j)/h, D_k = (m_{j−k} − m_0)/r_k:
-        x = (σ_{j+1}/σ_j)·x_j − m_{j+1}(e^{hh} − 1)·m_0 − m_{j+1}·B(h)·Σ_k ρ_k D_k,
+    """x at t_j → t_{j+1} with p history points (λ_k, x̂_k) at t_j, t_{j−1}, … (hist, newest last),
+    x̂_k the x̂₀ estimate at t_{j−k}.  With hh = −h, h = λ_{j+1} − λ_j, r_k = (λ_{j−k} − λ_j)/h,
+    D_k = (x̂_k − x̂_0)/r_k:
+        x = (σ_{j+1}/σ_j)·x_j − m_{j+1}(e^{hh} − 1)·x̂_0 − m_{j+1}·B(h)·Σ_k ρ_k D_k,
     B(h) = hh ('bh1') or e^{hh} − 1 ('bh2'); ρ solves R ρ = g/B, R_{ik} = r_k^{i−1},
     g_i = hh·φ_{i+1}(hh)·i!.  UniP-p uses the p − 1 history differences; UniC-p adds r_p = 1,
-    D_p = x̂_0(t_{j+1}) − m_0 (x0_new) and solves all p.  A single ρ is ½ (UniP-2, UniC-1), as in
+    D_p = x̂₀(t_{j+1}) − x̂_0 (x0_new) and solves all p.  A single ρ is ½ (UniP-2, UniC-1), as in
     the paper's code; where ρ is solved, B(h) cancels, so bh1 and bh2 differ only there."""
-    lam_s, m0 = hist[-1]
+    lam_s, x0_hat = hist[-1]
     h = lam[j + 1] - lam_s
-    x_lin = (prob.sigma[j + 1] / prob.sigma[j]) * x - prob.m[j + 1] * math.expm1(-h) * m0
+    x_lin = (prob.sigma[j + 1] / prob.sigma[j]) * x - prob.m[j + 1] * math.expm1(-h) * x0_hat
     n = p if x0_new is not None else p - 1  # number of ρ's
     if n == 0:
         return x_lin
     rks = [(hist[-1 - k][0] - lam_s) / h for k in range(1, p)]
-    ds = [(hist[-1 - k][1] - m0) / r for k, r in zip(range(1, p), rks)]
+    ds = [(hist[-1 - k][1] - x0_hat) / r for k, r in zip(range(1, p), rks)]
     if x0_new is not None:
-        rks, ds = rks + [1.0], ds + [x0_new - m0]
+        rks, ds = rks + [1.0], ds + [x0_new - x0_hat]
     hh = -h
     B = hh if variant == "bh1" else math.expm1(hh)
     g, phi, fact = [], math.expm1(hh) / hh - 1, 1.0
@@ -49,9 +52,9 @@ def unipc(prob, x, *, order: int = 2, variant: str = "bh2", corrector: bool = Tr
     order by one: UniP-p alone is order p, UniPC-p order p + 1.  Orders follow
     Problem.multistep_order (warm-up, lower orders at the end when K < 15, σ = 0)."""
     if order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        raise SolverError(f"order must be 1, 2 or 3, got {order!r}")
     if variant not in ("bh1", "bh2"):
-        raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
+        raise SolverError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
     lam = prob.lam()
     hist, x_prev, p_prev = [], None, 0
     for i in range(prob.K):

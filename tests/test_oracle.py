@@ -36,7 +36,7 @@ def test_log_pt_matches_independent_mixture(device):
     m, s = (v.item() for v in sde.marginal(torch.tensor([t], dtype=torch.float64)))
     x = torch.randn(10, 2, dtype=torch.float64, generator=gen(1))
     comps = [torch.distributions.MultivariateNormal(m * mu, m ** 2 * C + s ** 2 * torch.eye(2))
-             for mu, C in zip(data.means, torch.einsum("kde,ke,kfe->kdf", data.U, data.lam, data.U))]
+             for mu, C in zip(data.means, torch.einsum("kde,ke,kfe->kdf", data.U, data.eigvals, data.U))]
     ref = torch.logsumexp(torch.stack([math.log(w) + c.log_prob(x) for w, c in zip(data.weights.tolist(), comps)]), 0)
     assert torch.allclose(data.log_prob_t(x.to(device), t, sde).cpu(), ref, atol=1e-10)
 
@@ -74,7 +74,7 @@ def test_sampler_moments(oracle):
 def test_ring_geometry():
     data = GaussianMixture.ring(k=8, radius=4.0, std=0.2)
     assert torch.allclose(data.means.norm(dim=1), torch.full((8,), 4.0, dtype=torch.float64))
-    assert torch.allclose(data.lam, torch.full((8, 2), 0.04, dtype=torch.float64))
+    assert torch.allclose(data.eigvals, torch.full((8, 2), 0.04, dtype=torch.float64))
     assert make_oracle("gmm8").K == 8 and make_oracle("gaussian16").D == 16
 
 
@@ -99,7 +99,7 @@ def test_flow_is_measure_preserving():
     xs, _ = sde.marginal_sample(data.sample(100_000, generator=gen(4), dtype=torch.float64), 0.2, generator=gen(5))
     xt = data.flow(xs, 0.2, 0.8, sde)
     m, s = (v.item() for v in sde.marginal(torch.tensor([0.8], dtype=torch.float64)))
-    assert torch.allclose(xt.std(0), torch.sqrt(m ** 2 * data.lam[0] + s ** 2), rtol=0.01)
+    assert torch.allclose(xt.std(0), torch.sqrt(m ** 2 * data.eigvals[0] + s ** 2), rtol=0.01)
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -64,5 +64,5 @@ def test_pc_is_score_sdes_pc_sampler(sde_name, predictor):
 
 def test_an_unknown_predictor_is_named():
     sde = SDE_FACTORIES["vp"]()
-    with pytest.raises(ValueError, match="predictor must be one of 'reverse_diffusion', 'euler_maruyama', got 'rk4'"):
+    with pytest.raises(solvers.SolverError, match="predictor must be one of 'reverse_diffusion', 'euler_maruyama', got 'rk4'"):
         solvers.sample(RING.score_fn(sde), sde, shape=(4, 2), solver="pc", steps=3, predictor="rk4")

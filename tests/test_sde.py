@@ -46,10 +46,24 @@ def test_stepwise_forward_chain_matches_closed_form():
 
 
 # -- the seeds' worked examples -----------------------------------------------------------------
-def test_worked_example_forward_sample():
-    m, s = math.sqrt(0.81), math.sqrt(0.19)
-    x0, eps = torch.tensor([[2.0]], dtype=torch.float64), torch.tensor([[-0.5]], dtype=torch.float64)
-    assert (m * x0 + s * eps).item() == pytest.approx(1.582055, abs=1e-6)
+def _vp_time_with_alpha_bar(sde, abar: float) -> torch.Tensor:
+    """The t where m(t)² = ᾱ, from log-SNR λ = ½ log(ᾱ/(1 − ᾱ))."""
+    return sde.t_from_log_snr(torch.tensor([0.5 * math.log(abar / (1 - abar))], dtype=torch.float64))
+
+
+def test_worked_example_forward_sample(monkeypatch):
+    """x_t = √ᾱ·x_0 + √(1−ᾱ)·ε with ᾱ = 0.81, x_0 = 2, ε = −0.5: 0.9·2 − 0.5·√0.19 ≈ 1.582055."""
+    import scoresde.sde
+
+    sde = VPSDE()
+    t = _vp_time_with_alpha_bar(sde, 0.81)
+    def noise(shape, generator, dtype, device):  # the worked example's ε
+        return torch.full(shape, -0.5, dtype=dtype)
+
+    monkeypatch.setattr(scoresde.sde._rng, "randn", noise)
+    xt, z = sde.marginal_sample(torch.tensor([[2.0]], dtype=torch.float64), t)
+    assert z.item() == -0.5
+    assert xt.item() == pytest.approx(1.582055, abs=1e-6)
 
 
 def test_worked_example_x0_recovery():
@@ -64,30 +78,68 @@ def test_worked_example_x0_recovery():
 
 
 def test_worked_example_reverse_mean():
-    """μ = (x_t − β_t/√(1−ᾱ_t)·ε)/√α_t with x_t=0.7, α_t=0.9, ᾱ_t=0.5, ε=0.2 ≈ 0.7081."""
-    x, alpha, abar, eps = 0.7, 0.9, 0.5, 0.2
-    mu = (x - (1 - alpha) / math.sqrt(1 - abar) * eps) / math.sqrt(alpha)
-    assert mu == pytest.approx(0.7081, abs=5e-5)
-    # the same number from the posterior-mean form in x̂_0 (what the ddpm solver uses)
-    abar_prev = abar / alpha
-    x0 = (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
-    mu2 = (math.sqrt(alpha) * (1 - abar_prev) * x + math.sqrt(abar_prev) * (1 - alpha) * x0) / (1 - abar)
-    assert mu2 == pytest.approx(mu, abs=1e-12)
+    """One ddpm step from ᾱ_t = 0.5 to ᾱ_s = ᾱ_t/α_t (α_t = 0.9) with ε̂ = 0.2 at x_t = 0.7 lands
+    on μ = (x_t − β_t/√(1−ᾱ_t)·ε)/√α_t ≈ 0.7081 (the last step adds no noise)."""
+    import solvers
+
+    probe = VPSDE()
+    t_start, t_end = float(_vp_time_with_alpha_bar(probe, 0.5)), float(_vp_time_with_alpha_bar(probe, 0.5 / 0.9))
+    sde = VPSDE(T=t_start)  # the explicit grid starts at T
+
+    def score(x, t):  # ε̂ = 0.2 everywhere: s = −ε̂/σ(t)
+        return -0.2 / sde.std(t.to(torch.float64)).to(x.dtype)[:, None] * torch.ones_like(x)
+
+    res = solvers.sample(score, sde, x_T=torch.tensor([[0.7]], dtype=torch.float64), solver="ddpm",
+                         grid=[t_start, t_end])
+    assert res.nfe == 1
+    assert res.x.item() == pytest.approx(0.7081, abs=5e-5)
+    # the hand computation to more digits, and the posterior-mean form in x̂_0 of the same step
+    mu = (0.7 - 0.1 / math.sqrt(0.5) * 0.2) / math.sqrt(0.9)
+    x0 = (0.7 - math.sqrt(0.5) * 0.2) / math.sqrt(0.5)
+    abar_prev = 0.5 / 0.9
+    mu2 = (math.sqrt(0.9) * (1 - abar_prev) * 0.7 + math.sqrt(abar_prev) * 0.1 * x0) / 0.5
+    assert res.x.item() == pytest.approx(mu, abs=1e-9) and mu2 == pytest.approx(mu, abs=1e-12)
 
 
 # -- the formulas, against independent computations ---------------------------------------------
+# m(t) and σ(t) written out from the papers' formulas, with the default parameters.
+def _linear_log_m(t):
+    return -0.25 * t ** 2 * (20.0 - 0.1) - 0.5 * t * 0.1
+
+
+def _cosine_log_m(t, s=0.008):
+    return torch.log(torch.cos((t + s) / (1 + s) * math.pi / 2) / math.cos(s / (1 + s) * math.pi / 2))
+
+
+HAND_MARGINALS = {  # name -> (log m(t), σ(t))
+    "vp": (_linear_log_m, lambda t: torch.sqrt(1 - torch.exp(2 * _linear_log_m(t)))),
+    "vp-cosine": (_cosine_log_m, lambda t: torch.sqrt(1 - torch.exp(2 * _cosine_log_m(t)))),
+    "subvp": (_linear_log_m, lambda t: 1 - torch.exp(2 * _linear_log_m(t))),
+    "ve": (lambda t: 0 * t, lambda t: 0.01 * (50 / 0.01) ** t),
+}
+
+
 @pytest.mark.parametrize("name", list(SDE_FACTORIES))
-def test_drift_and_diffusion_follow_from_marginal(name):
-    """f = d log m/dt and g² = dσ²/dt − 2fσ², checked with autograd against the closed forms."""
-    sde = SDE_FACTORIES[name]()
-    t = torch.linspace(0.01, sde.T * 0.99, 37, dtype=torch.float64, requires_grad=True)
-    logm, std = sde._log_mean_coef(t), sde._std(t)
-    dlogm = torch.autograd.grad(logm.sum(), t)[0]
-    dvar = torch.autograd.grad((std ** 2).sum(), t)[0]
-    f = sde.drift(torch.ones(37, 1, dtype=torch.float64), t.detach())[:, 0]
-    g2 = sde.diffusion(t.detach()) ** 2
-    assert torch.allclose(f, dlogm, rtol=1e-10, atol=1e-12)
-    assert torch.allclose(g2, dvar - 2 * dlogm * std.detach() ** 2, rtol=1e-9)
+def test_public_coefficients_match_closed_forms(name):
+    """log_mean_coef and std equal the hand-written m(t), σ(t); drift_coef equals d log m/dt and
+    g2 equals dσ²/dt − 2fσ², both from central differences of the hand-written forms."""
+    sde, (log_m, std) = SDE_FACTORIES[name](), HAND_MARGINALS[name]
+    t = torch.linspace(0.01, sde.T * 0.99, 37, dtype=torch.float64)
+    h = 1e-5
+    f = (log_m(t + h) - log_m(t - h)) / (2 * h)
+    g2 = (std(t + h) ** 2 - std(t - h) ** 2) / (2 * h) - 2 * f * std(t) ** 2
+    torch.testing.assert_close(sde.log_mean_coef(t), log_m(t), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sde.std(t), std(t), rtol=1e-12, atol=1e-12)
+    # central differences are good to ~h²·(third derivative): 1e-6 relative near the cosine schedule's T
+    torch.testing.assert_close(sde.drift_coef(t), f, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(sde.g2(t), g2, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(sde.log_snr(t), log_m(t) - torch.log(std(t)), rtol=1e-12, atol=1e-12)
+    # the checked API is the same numbers
+    m, s = sde.marginal(t)
+    assert torch.equal(m, torch.exp(sde.log_mean_coef(t))) and torch.equal(s, sde.std(t))
+    assert torch.equal(sde.diffusion(t), torch.sqrt(sde.g2(t)))
+    # a Python number is a float64 time
+    assert sde.std(0.5).item() == pytest.approx(std(torch.tensor(0.5, dtype=torch.float64)).item(), rel=1e-14)
 
 
 def test_design_closed_forms():

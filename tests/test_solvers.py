@@ -1,10 +1,10 @@
-"""Solvers against the DDPM algorithm written out, closed-form flows, measured orders and the ring."""
+"""Solvers against the DDPM algorithm written out, closed-form flows and the ring (orders: test_solvers_orders.py)."""
 
 import pytest
 import torch
 
 import solvers
-from conftest import SDE_FACTORIES, gen, measured_order
+from conftest import SDE_FACTORIES, gen
 from scoresde import VPSDE
 from scoresde.evaluation.metrics import mode_metrics, sliced_w2
 from scoresde.oracle import GaussianMixture
@@ -50,20 +50,6 @@ def test_ddim_eta_one_is_ddpm():
     a = solvers.sample(data.score_fn(sde), sde, solver="ddpm", generator=gen(2), **kw)
     b = solvers.sample(data.score_fn(sde), sde, solver="ddim", eta=1.0, generator=gen(2), **kw)
     assert torch.allclose(a.x, b.x, atol=1e-10)
-
-
-# -- convergence orders on the closed-form probability flow -----------------------------------
-ORDERS = [("euler", "uniform", {}, 1.0), ("heun", "uniform", {}, 2.0), ("heun", "edm", {}, 2.0),
-          ("euler_t", "uniform", {}, 1.0), ("heun_t", "uniform", {}, 2.0), ("heun_t", "edm", {}, 2.0),
-          ("dpmpp_2m", "logsnr", {}, 2.0), ("ddim", "logsnr", {}, 1.0),
-          ("pf_ode", "edm", {"method": "rk4"}, 4.0), ("pf_ode", "uniform", {"method": "midpoint"}, 2.0)]
-
-
-@pytest.mark.parametrize("sde_name", ["vp", "ve"])
-@pytest.mark.parametrize("solver, grid, opts, order", ORDERS)
-def test_convergence_order(sde_name, solver, grid, opts, order):
-    slope, errs = measured_order(SDE_FACTORIES[sde_name](), solver, grid, opts)
-    assert abs(slope - order) < 0.3 * order, f"{solver}/{grid}: measured order {slope:.2f}, errors {errs}"
 
 
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
@@ -182,7 +168,7 @@ def test_grids_are_decreasing_and_hit_the_ends(any_sde):
     for kind in solvers.GRIDS:
         ts = solvers.time_grid(any_sde, 12, kind, eps=1e-3)
         assert ts[0] == any_sde.T and ts[-1] == 1e-3 and (ts[1:] < ts[:-1]).all()
-    lam = any_sde._log_snr(solvers.time_grid(any_sde, 12, "logsnr", eps=1e-3))
+    lam = any_sde.log_snr(solvers.time_grid(any_sde, 12, "logsnr", eps=1e-3))
     assert torch.allclose(lam.diff(), lam.diff()[0].expand(12), rtol=1e-6)
 
 
@@ -216,6 +202,14 @@ def _sample(**kw):
     (dict(solver="pf_ode", method="rk45"), "unknown torchdiffeq method 'rk45'"),
     (dict(solver="torchsde", method="foo"), "unknown torchsde method 'foo'"),
     (dict(solver="torchsde", method="reversible_heun"), "unstable on the stiff"),
+    (dict(solver="ddpm", variance="small"), "variance must be 'beta_tilde' or 'beta', got 'small'"),
+    (dict(solver="ddim", eta=-1.0), "eta must be >= 0, got -1.0"),
+    (dict(solver="dpmpp_2m_sde", solver_type="rk"), "solver_type must be 'midpoint' or 'heun', got 'rk'"),
+    (dict(solver="pc", snr=0.0), "snr must be > 0, got 0.0"),
+    (dict(S_churn=-1.0), "S_churn and S_noise must be >= 0, got -1.0, 1.0"),
+    (dict(solver="unipc", order=4), "order must be 1, 2 or 3, got 4"),
+    (dict(solver="unipc", variant="bh3"), "variant must be 'bh1' or 'bh2', got 'bh3'"),
+    (dict(solver="deis", order=0), "order must be 1, 2 or 3, got 0"),
     (dict(score_fn=lambda x, t: x[:, :1]), r"score_fn returned shape \(4, 1\), expected \(4, 2\)"),
     (dict(score_fn=lambda x, t: torch.where(t[:, None] < 0.5, float("nan"), 1.0) * x),
      r"score_fn returned NaN or inf at step \d+ \(t=0\.\d+"),

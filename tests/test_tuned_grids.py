@@ -31,14 +31,25 @@ def test_the_table_covers_every_sde_and_the_few_step_solvers():
     assert all(e["source"] == "fitted" or e["source"] in solvers.GRIDS for e in ENTRIES)
 
 
+def sigma_tilde(sde, ts: torch.Tensor) -> torch.Tensor:
+    m, s = sde.marginal(ts)
+    return s / m
+
+
 @pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: f"{e['sde']}-{e['solver']}-{e['steps']}")
-def test_the_tuned_grid_is_the_stored_one_at_its_step_count(entry):
+def test_the_tuned_grid_is_the_stored_shape_in_edms_sigma(entry):
+    """At its fitted step count the grid is strictly decreasing from T to eps, and its σ̃ = σ/m
+    is the documented ρ = 7 ladder built by hand from the stored shape u:
+    σ̃_i = (σ̃_max^{1/7} − u_i·(σ̃_max^{1/7} − σ̃_min^{1/7}))^7."""
     sde = SDES[entry["sde"]]()
     u = torch.tensor(entry["shape"], dtype=torch.float64)
     assert u[0] == 0 and u[-1] == 1 and bool((u[1:] > u[:-1]).all())
     ts = tuned.tuned_grid(entry["solver"], sde, entry["steps"], entry["eps"])
+    assert ts.numel() == entry["steps"] + 1
     assert ts[0] == sde.T and ts[-1] == entry["eps"] and bool((ts[1:] < ts[:-1]).all())
-    assert torch.allclose(torch.tensor(tuned.shape_of(sde, ts), dtype=torch.float64), u, atol=1e-9)
+    lo, hi = sigma_tilde(sde, ts[[-1, 0]])
+    want = (hi ** (1 / 7) - u * (hi ** (1 / 7) - lo ** (1 / 7))) ** 7
+    torch.testing.assert_close(sigma_tilde(sde, ts), want, rtol=1e-8, atol=1e-12)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 7, 12, 33, 200])

@@ -44,7 +44,7 @@ class Design:
 def marginal(sde, t: float):
     """Mean m·μ and variance m²s² + σ² of p_t, per coordinate."""
     m, s = (float(v) for v in sde.marginal(torch.tensor([t], dtype=torch.float64)))
-    return m * DATA.means[0], m * m * DATA.lam[0] + s * s
+    return m * DATA.means[0], m * m * DATA.eigvals[0] + s * s
 
 
 def exact_moments(monkeypatch, sde, solver, K, grid, opts, eps=None, seed=0):
@@ -66,26 +66,31 @@ def weak_error(monkeypatch, sde, solver, grid, opts):
 
 
 CHURN = {"S_churn": 10.0}  # γ = 10/K: below EDM's cap √2 − 1 from K = 25 on
-# (solver, grid, options, {sde: weak order}); why each order, in the README's solver section
-WEAK_ORDERS = [
-    # Weak order 1.  On VE its O(Δt) coefficient is −L(σ(eps)² + σ_max²v_eps²/v_T²)·(T − eps), L = ln(σ_max/σ_min),
-    # ≈ 1e-3 … 2e-2 at eps = 1e-5: the O(Δt²) term dominates for these K (test_em_first_order_term_on_ve).
-    ("euler_maruyama", "uniform", {}, {"vp": 1.0, "ve": 2.0}),
-    ("ddpm", "uniform", {}, {"vp": 1.0, "ve": 1.0}),
-    ("dpmpp_2m_sde", "logsnr", {}, {"vp": 2.0, "ve": 2.0}),
-    ("dpmpp_2m_sde", "logsnr", {"solver_type": "heun"}, {"vp": 2.0, "ve": 2.0}),
-    ("euler", "edm", CHURN, {"vp": 1.0, "ve": 1.0}),
-    ("heun", "edm", CHURN, {"vp": 2.0, "ve": 2.0}),
-]
+# (solver, grid, options); the declared weak order comes from solvers.traits.  Why each order: the
+# README's solver section.
+WEAK_CASES = [("euler_maruyama", "uniform", {}), ("ddpm", "uniform", {}), ("ddim", "uniform", {"eta": 0.5}),
+              ("dpmpp_2m_sde", "logsnr", {}), ("dpmpp_2m_sde", "logsnr", {"solver_type": "heun"}),
+              ("euler", "edm", CHURN), ("heun", "edm", CHURN)]
+# Where K = 20…160 is not yet asymptotic, the slope measured instead.  EM on VE: its O(Δt)
+# coefficient is −L(σ(eps)² + σ_max²v_eps²/v_T²)·(T − eps), L = ln(σ_max/σ_min), ≈ 1e-3 … 2e-2 at
+# eps = 1e-5, so the O(Δt²) term dominates for these K (test_em_first_order_term_on_ve).
+PREASYMPTOTIC = {("euler_maruyama", "ve"): 2}
+BAND = 0.35  # under half the gap between orders: a solver that loses an order fails
+
+
+def test_every_declared_weak_order_has_a_case():
+    declared = {name for name in solvers.available()
+                if solvers.traits(name).weak_order is not None}
+    assert declared <= {s for s, _, _ in WEAK_CASES}
 
 
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
-@pytest.mark.parametrize("solver, grid, opts, orders", WEAK_ORDERS)
-def test_weak_order(monkeypatch, one_thread, sde_name, solver, grid, opts, orders):
+@pytest.mark.parametrize("solver, grid, opts", WEAK_CASES)
+def test_weak_order(monkeypatch, one_thread, sde_name, solver, grid, opts):
     sde = SDE_FACTORIES[sde_name]()
-    order = orders[sde_name]
+    order = PREASYMPTOTIC.get((solver, sde_name), solvers.traits(solver, opts).weak_order)
     slope, errs = measured_order(sde, solver, grid, opts, error=weak_error(monkeypatch, sde, solver, grid, opts))
-    assert abs(slope - order) < 0.3 * order, f"{solver}{opts}/{grid}: weak order {slope:.2f}, errors {errs}"
+    assert abs(slope - order) < BAND, f"{solver}{opts}/{grid}: weak order {slope:.2f}, expected {order}, errors {errs}"
 
 
 def test_em_first_order_term_on_ve(monkeypatch, one_thread):
@@ -104,7 +109,7 @@ def test_em_first_order_term_on_ve(monkeypatch, one_thread):
     torch.testing.assert_close(coef, predicted, rtol=0.01, atol=0)
 
 
-STOCHASTIC = [(s, g, o) for s, g, o, _ in WEAK_ORDERS] + [("ddim", "uniform", {"eta": 1.0})]
+STOCHASTIC = WEAK_CASES + [("ddim", "uniform", {"eta": 1.0})]
 
 
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])

@@ -19,7 +19,6 @@ import torch
 from scoresde.evaluation.metrics import ImageReference, mode_metrics, quality, sliced_w2, sw2_with_floor
 from scoresde.evaluation.resolve import ResolvedModel
 
-ADAPTIVE_SOLVERS = ("pf_ode",)  # with an adaptive method they ignore `steps` (one run, nfe reported)
 # Below this many samples of vector data the metrics' own sampling noise (eight mode weights from a
 # dozen samples each, a sliced-W2 floor ~ n^-1/2) is as large as the differences between solvers.
 # (Image metrics are printed with their floors at the same n, which shows their noise.)
@@ -98,13 +97,10 @@ def is_explicit(grid) -> bool:
 
 
 def is_adaptive(solver: str, options: dict | None = None) -> bool:
-    """True when the solver picks its own steps (pf_ode with an adaptive torchdiffeq method)."""
-    from scoresde._ode import ADAPTIVE
+    """True when the solver picks its own steps (as its SolverSpec declares: pf_ode with an adaptive method)."""
     import solvers
 
-    if solver not in ADAPTIVE_SOLVERS:
-        return False
-    return (options or {}).get("method", solvers.solver_options(solver)["method"]) in ADAPTIVE
+    return solvers.traits(solver, options).adaptive
 
 
 @dataclass

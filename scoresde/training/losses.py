@@ -21,11 +21,11 @@ def dsm_loss(model, x0: torch.Tensor, generator: torch.Generator | None = None, 
     B = x0.shape[0]
     t = t_eps + (sde.T - t_eps) * torch.rand(B, generator=generator, device=x0.device, dtype=x0.dtype)
     z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    m, s = torch.exp(sde._log_mean_coef(t)), sde._std(t)
+    m, s = torch.exp(sde.log_mean_coef(t)), sde.std(t)
     xt = bcast(m, x0) * x0 + bcast(s, x0) * z
     per = (model.eps(xt, t).float() - z).pow(2).flatten(1).mean(1)
     if likelihood_weighting:
-        per = per * (sde._g2(t) / s ** 2)
+        per = per * (sde.g2(t) / s ** 2)
     return per.mean()
 
 

@@ -205,11 +205,11 @@ class ScoreModel(nn.Module):
 
     def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """ε_θ(x, t): the network's noise prediction on the unit-variance-scaled input."""
-        m, s = torch.exp(self.sde._log_mean_coef(t)), self.sde._std(t)
+        m, s = torch.exp(self.sde.log_mean_coef(t)), self.sde.std(t)
         c_in = torch.rsqrt(m ** 2 * self.sigma_data ** 2 + s ** 2)
         return self.net(bcast(c_in, x) * x, t)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The score −ε_θ/σ(t)."""
         eps = self.eps(x, t)
-        return -eps / bcast(self.sde._std(t).to(eps.dtype), eps)
+        return -eps / bcast(self.sde.std(t).to(eps.dtype), eps)
