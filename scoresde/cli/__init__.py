@@ -438,7 +438,7 @@ def compare(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
             torch.set_num_threads(int(threads))
         k = torch.get_num_threads()
         thread_note = f"cpu, {k} thread{'s' * (k > 1)}"
-    title = run_title(model, resolved.sde.config(), n, seed, (resolved.info or {}).get("step"))
+    title = run_title(model, resolved.sde.config(), n, seed, resolved.step)
     seen = {}
 
     def on_plan(plan):
@@ -476,7 +476,7 @@ def compare(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
     if "precision_floor" in rows[0]:
         floors = ", ".join(f"{k} {rows[0][k + '_floor']:.4g}" for k in ("sw2", "precision", "recall", "fd")
                            if k + "_floor" in rows[0])
-        click.echo(f"floors (two disjoint samples of size {n} of {(resolved.info or {}).get('reference')}): {floors}")
+        click.echo(f"floors (two disjoint samples of size {n} of {resolved.reference_name}): {floors}")
     elif "sw2_floor" in rows[0]:
         click.echo(f"sw2 floor (two exact data samples of size {n}): {rows[0]['sw2_floor']:.4g}")
     if band is not None:
@@ -775,7 +775,7 @@ def likelihood(model, checkpoint, sde_name, data, method, probes, probe, n, bits
     else:
         try:
             if data is None:  # a checkpoint's own held-out split (digits, cifar10, data.holdout); toys draw afresh
-                ds = data_from_config(resolved.info["data_config"], "test")
+                ds = data_from_config(resolved.data_config, "test")
             else:
                 is_file = data.endswith((".npy", ".npz")) or ".npz:" in data  # FILE.npz:NAME picks an array
                 ds = make_dataset("file", data, "all") if is_file else make_dataset(data)

@@ -39,7 +39,7 @@ def image_reference(model: ResolvedModel, n: int, seed: int = 0, feature_net=Non
         return None
     have = model.data.shape[0]
     if have < 2 * n:
-        what = (model.info or {}).get("reference") or "the reference data"
+        what = model.reference_name or "the reference data"
         raise ValueError(f"scoring {n} images needs 2 × {n} reference images, {what} has {have}; "
                          f"use --n {have // 2} or fewer")
     perm = torch.randperm(have, generator=torch.Generator().manual_seed(seed))

@@ -22,7 +22,7 @@ from torch import nn
 from scoresde._checks import resolve_device
 from scoresde._io import RunLock, remove_temps, write_text
 from scoresde.training.build import build_model
-from scoresde.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from scoresde.training.checkpoint import CheckpointError, load_checkpoint, reference_payload, save_checkpoint
 from scoresde.training.config import Config
 from scoresde.training.fastpath import StepRunner, batch_to, compile_net
 from scoresde.training.losses import ddpm_loss, dsm_loss
@@ -75,6 +75,8 @@ class Trainer:
         if self.channels_last:
             self.model.net.to(memory_format=torch.channels_last)
         self.bf16 = c.bf16 and dev.type == "cuda"
+        # what metrics score against, kept in the checkpoint (drawn before the data move, on the CPU)
+        self._reference = reference_payload(cfg, self.data) if self.rank == 0 else {}
         self.data.to(dev, max_bytes=c.data_on_device_gb * 2 ** 30)
         self.ema = [p.detach().clone() for p in self.model.net.parameters()]
         self.opt = torch.optim.AdamW(self.model.net.parameters(), lr=c.lr, weight_decay=c.weight_decay,
@@ -204,7 +206,7 @@ class Trainer:
         return dict(config=self.cfg.to_dict(), shape=list(self.data.shape), step=self.step,
                     model={k: v.detach().cpu() for k, v in self.model.net.state_dict().items()},
                     ema={k: v.detach().cpu() for k, v in ema.items()}, optimizer=self.opt.state_dict(),
-                    rng=rngs, torch_rng=torch.get_rng_state())
+                    rng=rngs, torch_rng=torch.get_rng_state(), **self._reference)
 
     def save(self) -> None:
         st = self.state()  # every rank joins the gather
