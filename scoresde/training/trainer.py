@@ -84,6 +84,14 @@ class Trainer:
             (c.seed * 1000 + self.rank + 500) % 2 ** 64)
         self.step = 0
         self.progress = progress and self.rank == 0
+        self._runner = self._step_runner()
+        self.folder = RunFolder(out_dir, CKPT, owner=self.rank == 0)
+        self._open_folder(resume)
+
+    def _step_runner(self) -> StepRunner:
+        """The network that trains (DDP-wrapped, compiled as asked) and the StepRunner that runs
+        one step of it, as a CUDA graph where one can hold the step."""
+        c, dev = self.cfg.train, self.device
         self._train_net = self.model.net
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -103,11 +111,9 @@ class Trainer:
 
             warnings.warn("train.cuda_graph needs one process and a data table on the device "
                           f"(data set {self.data.name!r} draws on {self.data.device}); training without the graph",
-                          RuntimeWarning, stacklevel=2)
-        self._runner = StepRunner(self._loss_and_grad, lambda: self.opt.zero_grad(set_to_none=True), gens,
-                                  compiled=c.compile, on_compile_failure=self._uncompile, graph=graph)
-        self.folder = RunFolder(out_dir, CKPT, owner=self.rank == 0)
-        self._open_folder(resume)
+                          RuntimeWarning, stacklevel=3)  # the Trainer(...) call
+        return StepRunner(self._loss_and_grad, lambda: self.opt.zero_grad(set_to_none=True), gens,
+                          compiled=c.compile, on_compile_failure=self._uncompile, graph=graph)
 
     # -- the run folder and checkpoints -----------------------------------------------------------
     def _open_folder(self, resume: bool) -> None:
