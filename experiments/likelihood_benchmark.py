@@ -77,7 +77,7 @@ def digits_bpd(n=200, repeats=3):
         nfe += out.nfe
     bpd = torch.stack(per).mean(0)
     return {"n": x.shape[0], "repeats": repeats, "bpd": bpd.mean().item(), "se": bpd.std().item() / math.sqrt(n),
-            "nfe": nfe, "wall_s": time.perf_counter() - t0, "step": model.info["step"]}
+            "nfe": nfe, "wall_s": time.perf_counter() - t0, "step": model.step}
 
 
 def main():

@@ -1,6 +1,6 @@
 """Atomic file writes: a temp file in the target's folder, fsync, then os.replace, so an
 interrupted run (Ctrl-C, a crash, a full disk) never leaves a half-written file behind; whole
-folders written the same way; the leftovers of killed writers removed; one run per folder.
+folders written the same way; the leftovers of killed writers removed.
 The result gets the mode a plain open() would give (0o666 & ~umask), not mkstemp's private 0600."""
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import tempfile
-import time
 import zlib
 
 
@@ -145,64 +144,3 @@ def atomic_dir(path: str, overwrite: bool = False):
 
 
 # -- one run per folder ---------------------------------------------------------------------------
-
-LOCK = ".lock"
-
-
-class LockError(ValueError):
-    pass
-
-
-class RunLock:
-    """An exclusive lock on a folder, held from acquire() to release(): FOLDER/.lock is flock()ed
-    and holds its owner's pid and host.  The kernel drops the flock when the owner dies, so a
-    lock file left by a killed run is recognised as stale and taken over (self.stale says whose)."""
-
-    def __init__(self, folder: str):
-        self.folder, self.path = folder, os.path.join(folder, LOCK)
-        self.fd, self.stale = None, None
-
-    def acquire(self) -> "RunLock":
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover  (not POSIX: no locking)
-            return self
-        os.makedirs(self.folder, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = _read_fd(fd) or "another process"
-                os.close(fd)
-                raise LockError(f"{self.folder} is in use by {holder} (lock file {self.path}); wait for that "
-                                f"run to end, or choose another --out") from None
-            try:  # the previous owner may have removed the file between our open and flock
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        self.stale = _read_fd(fd) or None
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()} since "
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
-        os.fsync(fd)
-        self.fd = fd
-        return self
-
-    def release(self) -> None:
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                os.remove(self.path)  # while still holding it: a waiter re-checks the inode
-            os.close(self.fd)
-            self.fd = None
-
-
-def _read_fd(fd: int) -> str:
-    with contextlib.suppress(OSError):
-        os.lseek(fd, 0, os.SEEK_SET)
-        return os.read(fd, 400).decode("utf-8", "replace").strip()
-    return ""

@@ -1,11 +1,11 @@
 """ResolvedModel: a score function with what a sampler or likelihood needs beside it.
 
-It lives in the core so that both the checkpoint loader (learning) and models.resolve_model
-(application) can return one without importing each other."""
+It lives in the core so that both the checkpoint loader (training) and resolve_model
+(evaluation) can return one without importing each other."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
@@ -15,10 +15,30 @@ from scoresde.sde import SDE
 
 @dataclass
 class ResolvedModel:
+    """name, score_fn(x, t), its SDE, one sample's shape, and the ground truth to score samples
+    against: the oracle mixture when there is one, else `data`, a reference sample.
+
+    A checkpoint also gives its training step, data set name and [data] config.  Its reference
+    sample is either stored in it or built from the training data on the first read of `data`
+    or `reference_name` (`load_reference` returns (tensor, name)), so loading never needs
+    the data."""
     name: str
     score_fn: Callable
     sde: SDE
     shape: tuple  # one sample's shape, e.g. (2,) or (1, 8, 8)
     oracle: GaussianMixture | None = None
-    data: torch.Tensor | None = None  # reference data when there is no oracle
-    info: dict | None = None
+    data: torch.Tensor | None = None  # reference data when there is no oracle (see load_reference)
+    step: int | None = None
+    data_name: str | None = None
+    data_config: Any = None
+    reference_name: str | None = None
+    load_reference: Callable[[], tuple[torch.Tensor, str]] | None = field(default=None, repr=False)
+
+    def __getattribute__(self, key):
+        # the first read of data or reference_name builds a lazy reference, once
+        if key in ("data", "reference_name"):
+            load = object.__getattribute__(self, "load_reference")
+            if load is not None:
+                data, name = load()  # a failure leaves it lazy, so every read says why
+                self.load_reference, self.data, self.reference_name = None, data, name
+        return object.__getattribute__(self, key)

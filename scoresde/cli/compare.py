@@ -143,7 +143,7 @@ def command(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
                      dtype=torch.float64 if float64 else torch.float32, progress=not quiet, options=options,
                      features=features_path, batch_size=batch_size, cuda_graph=cuda_graph, max_nfe=max_nfe,
                      threads=int(threads) if threads.isdigit() else "auto", label=model, on_plan=on_plan)
-    _print_report(result, n, (resolved.info or {}).get("reference"))
+    _print_report(result, n, resolved.reference_name)
     written = result.write(out, plots=not no_plots, overwrite=overwrite)
     click.echo(f"wrote {', '.join(written)}")
 

@@ -68,7 +68,7 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
     else:
         try:
             if data is None:  # a checkpoint's own held-out split (digits, cifar10, data.holdout); toys draw afresh
-                ds = data_from_config(resolved.info["data_config"], "test")
+                ds = data_from_config(resolved.data_config, "test")
             else:
                 is_file = data.endswith((".npy", ".npz")) or ".npz:" in data  # FILE.npz:NAME picks an array
                 ds = make_dataset("file", data, "all") if is_file else make_dataset(data)

@@ -45,7 +45,7 @@ def image_reference(model: ResolvedModel, n: int, seed: int = 0, feature_net=Non
         return None
     have = model.data.shape[0]
     if have < 2 * n:
-        what = (model.info or {}).get("reference") or "the reference data"
+        what = model.reference_name or "the reference data"
         raise ValueError(f"scoring {n} images needs 2 × {n} reference images, {what} has {have}; "
                          f"use --n {have // 2} or fewer")
     perm = torch.randperm(have, generator=torch.Generator().manual_seed(seed))
@@ -472,7 +472,7 @@ def compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: Itera
 
         feature_net = load_feature_net(features)
     label = label or model.name
-    title = run_title(label, model.sde.config(), n, seed, (model.info or {}).get("step"))
+    title = run_title(label, model.sde.config(), n, seed, model.step)
     dev = torch.device(device)
     thread_note, threads_before = dev.type, torch.get_num_threads()
     if dev.type == "cpu" and threads is not None:

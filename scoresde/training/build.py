@@ -12,12 +12,23 @@ from scoresde.training.nn import MLP, ScoreModel, UNet
 from scoresde.sde import make_sde
 
 
-def build_score_model(cfg: Config, shape: tuple) -> ScoreModel:
+def build_score_model(cfg: Config, shape: tuple, own_global_rng: bool = False) -> ScoreModel:
     """The ScoreModel (ε-network + SDE) a config describes for samples of `shape`; the weights
-    are drawn from torch's global generator seeded with train.seed, so a config fixes them."""
+    are drawn from torch's CPU generator seeded with train.seed, so a config fixes them.
+
+    The caller's global RNG state is restored afterwards, unless own_global_rng=True (the
+    trainer, which owns that state from here on and keeps it in its checkpoints)."""
+    if own_global_rng:
+        torch.manual_seed(cfg.train.seed)  # CUDA's generators too: dropout on CUDA draws from them
+        return _build(cfg, tuple(shape))
+    with torch.random.fork_rng(devices=[]):  # layers initialise on the CPU: its state is all they touch
+        torch.default_generator.manual_seed(cfg.train.seed)
+        return _build(cfg, tuple(shape))
+
+
+def _build(cfg: Config, shape: tuple) -> ScoreModel:
     sde = make_sde(cfg.sde.name, **cfg.sde_kwargs())
-    m, shape = cfg.model, tuple(shape)
-    torch.manual_seed(cfg.train.seed)
+    m = cfg.model
     if m.arch == "mlp":
         net = MLP(math.prod(shape), m.hidden, m.blocks, m.time_embedding, m.dropout)
     else:
@@ -32,6 +43,7 @@ def build_score_model(cfg: Config, shape: tuple) -> ScoreModel:
 
 
 def build_model(cfg: Config) -> tuple[ScoreModel, Dataset]:
-    """The ScoreModel and the data set a config describes (weights seeded by train.seed)."""
+    """The ScoreModel and the data set a config describes (weights seeded by train.seed), for
+    training: torch's global generator is left seeded by train.seed and advanced by the draws."""
     data = data_from_config(cfg.data)
-    return build_score_model(cfg, data.shape), data
+    return build_score_model(cfg, data.shape, own_global_rng=True), data

@@ -7,7 +7,9 @@ File layout: one header line, then the torch.save payload,
 so a file copied on its own still carries its checksum, and damage anywhere is found before
 torch reads a byte of it.  The payload is a dict: format, version, config (plain dict), shape
 (one sample's shape), step, model, ema, optimizer, rng (one generator state per DDP rank),
-torch_rng.  Loading then checks every type, and every weight's key, shape and dtype against the
+torch_rng, and, for data without an oracle whose reference sample is small (at most
+MAX_REFERENCE_BYTES), reference and reference_name, so metrics need no training data; a file
+without them builds its reference from the data when a metric first asks.  Loading then checks every type, and every weight's key, shape and dtype against the
 network the checkpoint's own config builds.  Any failure is one CheckpointError line naming
 the file and what is wrong.
 """
@@ -30,6 +32,7 @@ FORMAT, VERSION = "scoresde-checkpoint", 2
 MAGIC = b"SCORESDE-CHECKPOINT "
 HEADER = re.compile(rb"SCORESDE-CHECKPOINT v([0-9]+) sha256=([0-9a-f]{64}) bytes=([0-9]+)\n")
 REQUIRED = ("config", "shape", "step", "model", "ema", "optimizer", "rng", "torch_rng")
+MAX_REFERENCE_BYTES = 8 * 2 ** 20  # 20 000 draws of 100-dim vectors, or the 200 held-out digits
 
 
 class CheckpointError(ValueError):
@@ -139,6 +142,12 @@ def _check_types(path: str, ck) -> Config:
     if not (isinstance(rng, list) and rng and all(isinstance(r, (list, tuple)) and len(r) == 2 and
                                                     all(_is_state(s) for s in r) for r in rng)):
         raise _fail(path, "has an rng entry that is not a list of [generator state, generator state] byte tensors")
+    ref = ck.get("reference")
+    if ref is not None and not (torch.is_tensor(ref) and ref.dtype == torch.float32 and ref.ndim == len(shape) + 1
+                                and ref.shape[0] >= 1 and list(ref.shape[1:]) == list(shape)
+                                and bool(torch.isfinite(ref).all()) and isinstance(ck.get("reference_name"), str)):
+        raise _fail(path, f"has a reference sample that is not finite float32 data of shape (N, {', '.join(map(str, shape))}) "
+                          f"with a reference_name")
     if not _is_state(ck["torch_rng"]):
         raise _fail(path, "has a torch_rng entry that is not a generator state (byte tensor)")
     try:
@@ -210,19 +219,62 @@ def load_checkpoint(path: str, map_location="cpu", net: torch.nn.Module | None =
     return _load(path, map_location, net)[0]
 
 
+def reference_payload(cfg: Config, data) -> dict:
+    """{reference, reference_name} for a checkpoint of a model trained on `data` (a Dataset)
+    under `cfg`: the sample metrics are scored against (data.evaluation_reference) when the
+    data have no oracle and it fits in MAX_REFERENCE_BYTES; else {} (it is built on demand)."""
+    from scoresde.training.data import evaluation_reference
+
+    if data.oracle is not None:
+        return {}
+    n = 20000  # evaluation_reference's default size
+    table = getattr(data, "table", None)
+    have = min(n, table.shape[0]) if table is not None else n
+    if have * math.prod(data.shape) * 4 > MAX_REFERENCE_BYTES:  # skip building what would not be kept
+        return {}
+    ref, name = evaluation_reference(cfg.data, data, n)
+    ref = ref.detach().float().cpu().contiguous()
+    if ref.numel() * 4 > MAX_REFERENCE_BYTES:
+        return {}
+    return dict(reference=ref, reference_name=name)
+
+
+def _lazy_reference(path: str, cfg: Config):
+    """The reference a checkpoint without a stored one gets: built from its training data on
+    first use; CheckpointError, naming the data file, when they are gone."""
+    def load():
+        from scoresde.training.data import data_from_config, evaluation_reference
+
+        try:
+            return evaluation_reference(cfg.data, data_from_config(cfg.data))
+        except (OSError, ValueError) as e:
+            raise _fail(path, f"holds no reference sample for sample-quality metrics, and its training data "
+                              f"(data.path {cfg.data.path!r}) cannot be read to build one ({e}); restore that "
+                              f"file, or sample without metrics") from None
+    return load
+
+
 def load_score_model(path: str, sde=None, device=None, use_ema: bool = True) -> ResolvedModel:
     """A trained checkpoint as a ResolvedModel (EMA weights by default) for sampling/likelihood:
-    .score_fn(x, t) = −ε_θ(x, t)/σ(t), .sde, .shape, and the data to score samples against."""
-    from scoresde.training.data import data_from_config, evaluation_reference
+    .score_fn(x, t) = −ε_θ(x, t)/σ(t), .sde, .shape, .step, .data_name, .data_config, and the
+    oracle or reference data to score samples against.
+
+    Needs no training data (a reference not stored in the file is built from them only when a
+    metric reads .data) and leaves torch's global RNG as it was."""
+    from scoresde.training.data import data_from_config
 
     ck, cfg, model = _load(path)
     if sde is not None and sde.config() != model.sde.config():
         raise CheckpointError(f"checkpoint {path!r} was trained with {model.sde!r}, not {sde!r}; drop --sde")
     model.net.load_state_dict(ck["ema" if use_ema else "model"])
     model.to(device or "cpu").eval()
-    data = data_from_config(cfg.data)
-    ref, ref_name = None, None
-    if data.oracle is None:  # for sample-quality metrics
-        ref, ref_name = evaluation_reference(cfg.data, data)
-    return ResolvedModel(path, model, model.sde, tuple(ck["shape"]), oracle=data.oracle, data=ref,
-                         info=dict(step=ck["step"], data=cfg.data.name, data_config=cfg.data, reference=ref_name))
+    # the built-in data sets need no file, and only they have oracles
+    oracle = None if cfg.data.path else data_from_config(cfg.data).oracle
+    common = dict(oracle=oracle, step=ck["step"], data_name=cfg.data.name, data_config=cfg.data)
+    if oracle is not None:
+        return ResolvedModel(path, model, model.sde, tuple(ck["shape"]), **common)
+    if "reference" in ck:
+        return ResolvedModel(path, model, model.sde, tuple(ck["shape"]), data=ck["reference"],
+                             reference_name=ck["reference_name"], **common)
+    return ResolvedModel(path, model, model.sde, tuple(ck["shape"]), load_reference=_lazy_reference(path, cfg),
+                         **common)

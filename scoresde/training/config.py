@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import math
 import sys
 from dataclasses import dataclass, field
@@ -218,6 +219,8 @@ def from_dict(raw: dict) -> Config:
 
 
 def load_config(path: str) -> Config:
+    """The Config a TOML file describes; a relative data.path is taken from the file's folder
+    (not the working folder), and made absolute so a checkpoint records where the data were."""
     try:
         with open(path, "rb") as f:
             raw = tomllib.load(f)
@@ -226,6 +229,9 @@ def load_config(path: str) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path!r} is not valid TOML: {e}") from None
     try:
-        return from_dict(raw)
+        cfg = from_dict(raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+    if cfg.data.path:
+        cfg.data.path = os.path.join(os.path.dirname(os.path.abspath(path)), os.path.expanduser(cfg.data.path))
+    return cfg

@@ -11,29 +11,26 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
-import threading
 import time
 
 import torch
 from torch import nn
 
 from scoresde._checks import resolve_device
-from scoresde._io import RunLock, remove_temps, write_text
 from scoresde.training.build import build_model
-from scoresde.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from scoresde.training.checkpoint import CheckpointError, reference_payload, save_checkpoint
 from scoresde.training.config import Config
 from scoresde.training.fastpath import StepRunner, batch_to, compile_net
+from scoresde.training.ema import EMA
 from scoresde.training.losses import ddpm_loss, dsm_loss
 from scoresde.training.nn import ScoreModel
+from scoresde.training.rundir import RunFolder, cut_log
+from scoresde.training.state import gather_state, restore_state
+from scoresde.training.stopping import StopSignals, agree_to_stop
 
 CKPT = "checkpoint.pt"
 PREVIEW_N, PREVIEW_STEPS = 2000, 30  # points (2-D data; images: 64) and Heun steps of a preview
-# keys a resumed run may change: the length, and the switches that change speed, not the model
-# (not where the data are drawn: a CPU generator's state does not continue on a CUDA one)
-RESUMABLE = ("train.steps", "train.bf16", "train.compile", "train.compile_mode", "train.channels_last",
-             "train.fused_optimizer", "train.cuda_graph")
 LOG = "log.jsonl"
 log = logging.getLogger("scoresde")
 
@@ -75,8 +72,10 @@ class Trainer:
         if self.channels_last:
             self.model.net.to(memory_format=torch.channels_last)
         self.bf16 = c.bf16 and dev.type == "cuda"
+        # what metrics score against, kept in the checkpoint (drawn before the data move, on the CPU)
+        self.reference = reference_payload(cfg, self.data) if self.rank == 0 else {}
         self.data.to(dev, max_bytes=c.data_on_device_gb * 2 ** 30)
-        self.ema = [p.detach().clone() for p in self.model.net.parameters()]
+        self.ema = EMA(self.model.net, c.ema_decay)
         self.opt = torch.optim.AdamW(self.model.net.parameters(), lr=c.lr, weight_decay=c.weight_decay,
                                      fused=c.fused_optimizer or None)
         # one generator for t and noise (on the device), one for the data (where the data set draws)
@@ -85,6 +84,14 @@ class Trainer:
             (c.seed * 1000 + self.rank + 500) % 2 ** 64)
         self.step = 0
         self.progress = progress and self.rank == 0
+        self._runner = self._step_runner()
+        self.folder = RunFolder(out_dir, CKPT, owner=self.rank == 0)
+        self._open_folder(resume)
+
+    def _step_runner(self) -> StepRunner:
+        """The network that trains (DDP-wrapped, compiled as asked) and the StepRunner that runs
+        one step of it, as a CUDA graph where one can hold the step."""
+        c, dev = self.cfg.train, self.device
         self._train_net = self.model.net
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -104,29 +111,26 @@ class Trainer:
 
             warnings.warn("train.cuda_graph needs one process and a data table on the device "
                           f"(data set {self.data.name!r} draws on {self.data.device}); training without the graph",
-                          RuntimeWarning, stacklevel=2)
-        self._runner = StepRunner(self._loss_and_grad, lambda: self.opt.zero_grad(set_to_none=True), gens,
-                                  compiled=c.compile, on_compile_failure=self._uncompile, graph=graph)
-        self._open_folder(resume)
+                          RuntimeWarning, stacklevel=3)  # the Trainer(...) call
+        return StepRunner(self._loss_and_grad, lambda: self.opt.zero_grad(set_to_none=True), gens,
+                          compiled=c.compile, on_compile_failure=self._uncompile, graph=graph)
 
-    # -- the run folder --------------------------------------------------------------------------
+    # -- the run folder and checkpoints -----------------------------------------------------------
     def _open_folder(self, resume: bool) -> None:
-        """Lock the folder (rank 0; a second trainer or --resume is refused, naming the holder),
-        remove a killed writer's temp files, restore or refuse to overwrite, and cut log.jsonl
-        back to the checkpoint's step so no step is logged twice."""
+        """Lock the folder (rank 0), restore or refuse to overwrite, and cut log.jsonl back to
+        the checkpoint's step so no step is logged twice."""
         path = os.path.join(self.out, CKPT)
-        self._lock, self._ckpt_seen = None, None
-        self._acquire()
+        self.folder.acquire()
         try:
             if resume:
                 if not os.path.exists(path):
                     raise CheckpointError(f"--resume: {path} does not exist (nothing to resume); "
                                           f"start without --resume")
-                self._restore(path)
+                restore_state(self, path)
             elif os.path.exists(path):
                 raise ValueError(f"{path} already exists; pass --resume to continue it, or choose another --out")
             if self.rank == 0:
-                self._cut_log()
+                cut_log(os.path.join(self.out, LOG), self.step)
         except BaseException:
             self.close()
             raise
@@ -135,113 +139,22 @@ class Trainer:
             log.warning(f"data.batch_size = {self.cfg.data.batch_size} is larger than the data set "
                         f"({table.shape[0]} samples): batches are drawn with replacement")
 
-    def _acquire(self) -> None:
-        if self.rank != 0 or self._lock is not None:
-            return
-        lock = RunLock(self.out).acquire()
-        if lock.stale:
-            log.warning(f"{self.out}: took over a stale lock ({lock.stale}; that process is gone)")
-        removed = remove_temps(self.out, only_dead=False) + remove_temps(os.path.join(self.out, "previews"),
-                                                                         only_dead=False)
-        if removed:
-            log.warning(f"{self.out}: removed {len(removed)} temp file(s) left by a killed writer")
-        path = os.path.join(self.out, CKPT)
-        seen = self._fingerprint(path)
-        if self._ckpt_seen is not None and seen != self._ckpt_seen:
-            lock.release()
-            raise CheckpointError(f"{path} was changed by another run since this trainer last saved it; "
-                                  f"start a new Trainer with resume=True")
-        self._lock = lock
-
-    @staticmethod
-    def _fingerprint(path: str):
-        try:
-            st = os.stat(path)
-            return st.st_mtime_ns, st.st_size, st.st_ino
-        except FileNotFoundError:
-            return None
-
-    def _cut_log(self) -> None:
-        """Keep the log lines of steps <= self.step (a fresh run keeps none)."""
-        path = os.path.join(self.out, LOG)
-        if not os.path.exists(path):
-            return
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines(keepends=True)
-        keep = []
-        for line in lines:
-            try:
-                ok = line.endswith("\n") and json.loads(line)["step"] <= self.step
-            except (ValueError, KeyError, TypeError):
-                ok = False  # a line cut short by a kill
-            if ok:
-                keep.append(line)
-        if keep != lines:
-            write_text(path, "".join(keep))
-
     def close(self) -> None:
         """Release the run folder's lock (train() does this when it returns)."""
-        lock, self._lock = getattr(self, "_lock", None), None
-        if lock is not None:
-            self._ckpt_seen = self._fingerprint(os.path.join(self.out, CKPT))
-            lock.release()
+        if hasattr(self, "folder"):
+            self.folder.release()
 
     def __del__(self):
         self.close()
 
-    # -- checkpoints --------------------------------------------------------------------------
     def state(self) -> dict:
-        import torch.distributed as dist
-
-        rng = [self.gen.get_state().cpu(), self.data_gen.get_state()]
-        rngs = [rng]
-        if self.world > 1:
-            rngs = [None] * self.world
-            dist.all_gather_object(rngs, rng)
-        names = [n for n, _ in self.model.net.named_parameters()]
-        ema = dict(self.model.net.state_dict())
-        ema.update({n: e.detach().cpu() for n, e in zip(names, self.ema)})
-        return dict(config=self.cfg.to_dict(), shape=list(self.data.shape), step=self.step,
-                    model={k: v.detach().cpu() for k, v in self.model.net.state_dict().items()},
-                    ema={k: v.detach().cpu() for k, v in ema.items()}, optimizer=self.opt.state_dict(),
-                    rng=rngs, torch_rng=torch.get_rng_state())
+        """The checkpoint payload (every rank must call it under DDP)."""
+        return gather_state(self)
 
     def save(self) -> None:
         st = self.state()  # every rank joins the gather
         if self.rank == 0:
             save_checkpoint(os.path.join(self.out, CKPT), st)
-
-    def _restore(self, path: str) -> None:
-        ckpt = load_checkpoint(path)  # checksum, types, and weights against its own config
-        if ckpt["config"] != self.cfg.to_dict():
-            mine = self.cfg.to_dict()
-            diff = [f"{s}.{k}" for s in mine for k in mine[s] if ckpt["config"].get(s, {}).get(k) != mine[s][k]]
-            if any(k not in RESUMABLE for k in diff):
-                raise CheckpointError(f"{path} was written with a different config ({', '.join(diff)}); "
-                                      f"resume with the same config (only {', '.join(RESUMABLE)} may change)")
-        if tuple(ckpt["shape"]) != tuple(self.data.shape):
-            raise CheckpointError(f"{path} was written for samples of shape {tuple(ckpt['shape'])}; the data "
-                                  f"now have shape {tuple(self.data.shape)}")
-        if len(ckpt["rng"]) != self.world:
-            raise CheckpointError(f"{path} was written by {len(ckpt['rng'])} rank(s), this run has {self.world}")
-        self.model.net.load_state_dict(ckpt["model"])
-        names = [n for n, _ in self.model.net.named_parameters()]
-        for e, n in zip(self.ema, names):
-            e.copy_(ckpt["ema"][n])
-        self.opt.load_state_dict(ckpt["optimizer"])
-        for p, st in self.opt.state.items():  # moments in the parameter's layout (the fused kernel needs it)
-            for k, v in st.items():
-                if torch.is_tensor(v) and v.shape == p.shape:
-                    st[k] = torch.empty_like(p).copy_(v)
-        loss_state, data_state = ckpt["rng"][self.rank]
-        try:  # generator states are CPU byte tensors for CUDA generators too
-            self.gen.set_state(loss_state)
-            self.data_gen.set_state(data_state)
-        except RuntimeError:
-            raise CheckpointError(f"{path} holds generator states of another device type than {self.device.type}; "
-                                  f"resume on the kind of device it was written on") from None
-        torch.set_rng_state(ckpt["torch_rng"])
-        self.step = int(ckpt["step"])
 
     # -- one step ------------------------------------------------------------------------------
     def _lr(self) -> float:
@@ -277,21 +190,13 @@ class Trainer:
             torch.compiler.cudagraph_mark_step_begin()
         loss = self._runner()
         self.opt.step()
-        # Python-float weight: one multi-tensor kernel and no host sync (a tensor would need none either)
-        decay = min(c.ema_decay, (1 + self.step) / (10 + self.step))
-        with torch.no_grad():
-            torch._foreach_lerp_(self.ema, [p.detach() for p in self.model.net.parameters()], 1 - decay)
+        self.ema.update(self.step)
         self.step += 1
         return loss
 
     def ema_model(self) -> ScoreModel:
         """A copy of the ScoreModel carrying the EMA weights (what sampling uses by default)."""
-        import copy
-
-        m = copy.deepcopy(self.model).eval()
-        for p, e in zip(m.net.parameters(), self.ema):
-            p.data.copy_(e)
-        return m
+        return self.ema.copy_of(self.model)
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self, steps: int | None = None, stop_after: int | None = None) -> list[float]:
@@ -305,85 +210,68 @@ class Trainer:
 
         c = self.cfg.train
         total = steps or c.steps
-        self._acquire()
-        losses, pending, stop, agreed = [], [], {}, {}
-        halt = stop if self.world == 1 else agreed  # under DDP every rank stops at the same step
+        self.folder.acquire()
+        losses, pending, agreed = [], [], None
         bar = tqdm(total=total, initial=self.step, desc="train", disable=not self.progress, leave=False)
         t0, s0 = time.perf_counter(), self.step
         logf = open(os.path.join(self.out, LOG), "a") if self.rank == 0 else None
-        handlers = self._catch_signals(stop)
-        try:
-            while self.step < total and (stop_after is None or len(losses) + len(pending) < stop_after):
-                loss = self.train_step()
-                pending.append(loss)
-                if self.step % c.log_every == 0 or self.step == total or len(pending) >= 64:
-                    vals = torch.stack(pending).float().cpu().tolist()  # one host sync per flush
-                    losses.extend(vals)
-                    pending = []
-                    bad = next((v for v in vals if not math.isfinite(v)), None)
-                    if bad is not None:
-                        raise FloatingPointError(f"the loss became {bad} by step {self.step}; lower train.lr "
-                                                 f"or raise train.grad_clip")
-                    rate = (self.step - s0) / max(time.perf_counter() - t0, 1e-9)
-                    bar.set_postfix(loss=f"{vals[-1]:.4f}", steps_per_s=f"{rate:.1f}")
-                    if logf and self.step % c.log_every == 0:
-                        logf.write(json.dumps(dict(step=self.step, loss=vals[-1], lr=self._lr(),
-                                                   steps_per_s=rate)) + "\n")
-                        logf.flush()
-                    if self.world > 1:
-                        self._agree_to_stop(stop, agreed)  # every rank flushes at the same steps
-                bar.update(1)
-                if halt:
-                    break
-                if c.ckpt_every and self.step % c.ckpt_every == 0:
-                    self.save()
-                if self.previews and c.preview_every and self.step % c.preview_every == 0:
-                    self.preview()
-            if pending:
-                losses.extend(torch.stack(pending).float().cpu().tolist())
+        with StopSignals() as stop:
+            def halt():  # under DDP every rank stops at the same step
+                return stop.signal if self.world == 1 else agreed
+
+            try:
+                while self.step < total and (stop_after is None or len(losses) + len(pending) < stop_after):
+                    pending.append(self.train_step())
+                    if self.step % c.log_every == 0 or self.step == total or len(pending) >= 64:
+                        losses += self._flush(pending, logf, bar, (self.step - s0) / max(time.perf_counter() - t0, 1e-9))
+                        pending = []
+                        if self.world > 1:  # every rank flushes at the same steps
+                            agreed = agree_to_stop(stop.signal, self.device)
+                    bar.update(1)
+                    if halt():
+                        break
+                    if c.ckpt_every and self.step % c.ckpt_every == 0:
+                        self.save()
+                    if self.previews and c.preview_every and self.step % c.preview_every == 0:
+                        self.preview()
+                losses += torch.stack(pending).float().cpu().tolist() if pending else []
                 pending = []
-            self.save()
-            if halt:
-                raise TrainingInterrupted(f"{halt['signal']} at step {self.step}: the checkpoint "
-                                          f"{os.path.join(self.out, CKPT)} holds steps 1-{self.step}; continue "
-                                          f"with --resume")
-            if self.previews and self.step >= total and not c.preview_every:
-                if self.progress:  # it takes seconds: say what is happening and how to skip it
-                    tqdm.write(f"end of training: sampling a preview (EMA weights, heun {PREVIEW_STEPS} steps) into "
-                               f"{os.path.join(self.out, 'previews')} (previews=False / --no-preview skips it)",
-                               file=sys.stderr)
-                self.preview()
-        finally:
-            for sig, old in handlers.items():
-                signal.signal(sig, old)
-            if pending:
-                losses.extend(torch.stack(pending).float().cpu().tolist())
-            bar.close()
-            if logf:
-                logf.close()
-            self.close()
+                self.save()
+                if halt():
+                    raise TrainingInterrupted(f"{halt()} at step {self.step}: the checkpoint "
+                                              f"{os.path.join(self.out, CKPT)} holds steps 1-{self.step}; continue "
+                                              f"with --resume")
+                if self.previews and self.step >= total and not c.preview_every:
+                    self._final_preview()
+            finally:
+                losses += torch.stack(pending).float().cpu().tolist() if pending else []
+                bar.close()
+                if logf:
+                    logf.close()
+                self.close()
         return losses
 
-    @staticmethod
-    def _catch_signals(stop: dict) -> dict:
-        """SIGINT/SIGTERM set stop['signal']; a second one raises KeyboardInterrupt at once."""
-        if threading.current_thread() is not threading.main_thread():
-            return {}
+    def _flush(self, pending: list, logf, bar, rate: float) -> list[float]:
+        """The pending losses as floats (one host sync), checked finite, shown and logged."""
+        vals = torch.stack(pending).float().cpu().tolist()
+        bad = next((v for v in vals if not math.isfinite(v)), None)
+        if bad is not None:
+            raise FloatingPointError(f"the loss became {bad} by step {self.step}; lower train.lr "
+                                     f"or raise train.grad_clip")
+        bar.set_postfix(loss=f"{vals[-1]:.4f}", steps_per_s=f"{rate:.1f}")
+        if logf and self.step % self.cfg.train.log_every == 0:
+            logf.write(json.dumps(dict(step=self.step, loss=vals[-1], lr=self._lr(), steps_per_s=rate)) + "\n")
+            logf.flush()
+        return vals
 
-        def handler(signum, frame):
-            if stop:
-                raise KeyboardInterrupt
-            stop["signal"] = signal.Signals(signum).name
+    def _final_preview(self) -> None:
+        if self.progress:  # it takes seconds: say what is happening and how to skip it
+            from tqdm.auto import tqdm
 
-        return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def _agree_to_stop(self, stop: dict, agreed: dict) -> None:
-        import torch.distributed as dist
-
-        flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item():
-            agreed["signal"] = stop.get("signal", "a signal on another rank")
+            tqdm.write(f"end of training: sampling a preview (EMA weights, heun {PREVIEW_STEPS} steps) into "
+                       f"{os.path.join(self.out, 'previews')} (previews=False / --no-preview skips it)",
+                       file=sys.stderr)
+        self.preview()
 
     def preview(self, n: int = PREVIEW_N, steps: int = PREVIEW_STEPS) -> str | None:
         """Sample from the EMA model (Heun) and save previews/step_<7-digit step>.png."""
