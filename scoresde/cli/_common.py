@@ -203,3 +203,58 @@ def duration(s: float) -> str:
     2 min, then minutes."""
     return "<0.1 s" if s < 0.1 else f"{s:.2g} s" if s < 10 else f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
+
+
+def _check_threads(ctx, param, value):
+    """--threads: 'auto' or a whole number >= 1, checked by click before any work."""
+    if value == "auto":
+        return value
+    if str(value).isdigit() and int(value) >= 1:
+        return int(value)
+    raise click.BadParameter(f"{value!r}: give auto or a whole number >= 1", ctx, param)
+
+
+def threads_option(f):
+    """--threads auto|N, shared by every command that evaluates a network on the CPU."""
+    return click.option("--threads", default="auto", metavar="auto|N", callback=_check_threads,
+                        help="CPU threads; auto times one score evaluation on torch's default count and on 1 "
+                             "and keeps the faster (on a busy shared CPU, 2 threads can be 10-40x slower "
+                             "than 1)")(f)
+
+
+class chosen_threads:
+    """`with chosen_threads(threads, score_fn, x, device):` sets torch's CPU thread count for the
+    block ('auto': see fastest_thread_count; N: that many), prints which it chose, and restores
+    the count afterwards (it is process-wide, and tests run commands in one process).  On a GPU
+    it does nothing.  `.note` is 'cuda' or 'cpu, N thread(s)'."""
+
+    def __init__(self, threads, score_fn, x, device, batch_size: int | None = None, quiet: bool = False):
+        self.threads, self.score_fn, self.x, self.batch_size, self.quiet = threads, score_fn, x, batch_size, quiet
+        self.device = device
+        self.note = str(getattr(device, "type", device))
+
+    def __enter__(self):
+        import torch
+
+        from scoresde.evaluation.compare import fastest_thread_count
+
+        self.before = torch.get_num_threads()
+        if self.note != "cpu":
+            return self
+        if self.threads == "auto":
+            k, sec = fastest_thread_count(self.score_fn, self.x, batch_size=self.batch_size)
+            why = (f"auto: {k} of {self.before} evaluates faster ({1e3 * sec:.3g} ms per evaluation)"
+                   if self.before > 1 else "auto: torch's default is already 1")
+        else:
+            torch.set_num_threads(self.threads)
+            k, why = self.threads, "--threads"
+        self.note = f"cpu, {k} thread{'s' * (k > 1)}"
+        if not self.quiet:
+            click.echo(f"threads: {k} ({why})", err=True)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.before)
+        return False

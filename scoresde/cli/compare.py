@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from scoresde.cli._common import (DEFAULT_SOLVERS, SEED, batch_options, CLIError, duration, format_table,
-    grid_steps, GridParam, model_options, option_flag, parse_list, resolve, solver_option_values, to_device)
+    grid_steps, GridParam, model_options, option_flag, parse_list, resolve, solver_option_values, threads_option, to_device)
 
 
 # what the compare table's columns mean: printed under the table and in `compare --help`
@@ -89,9 +89,7 @@ Examples:
 @click.option("--seed", type=SEED, default=0, help="seed for x_T and the noise (shared by all runs)")
 @click.option("--out", type=click.Path(file_okay=False), default="results/compare", help="output folder")
 @click.option("--device", default="cpu", metavar="auto|cpu|cuda", help="where to run")
-@click.option("--threads", default="auto", metavar="auto|N",
-              help="CPU threads; auto times one evaluation on torch's default count and on 1 and keeps the "
-                   "faster (on a busy shared CPU, 2 threads can be 10-40x slower than 1)")
+@threads_option
 @click.option("--float64", is_flag=True, help="solve in float64")
 @batch_options
 @click.option("--no-plots", is_flag=True, help="skip the PNG figures")
@@ -112,8 +110,6 @@ def command(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
     check_new_output(out, overwrite, "--out")
     names = parse_list(solver_list, "solvers", allowed=solvers.available())
     options = solver_option_values(option_pairs, names)
-    if threads != "auto" and not (threads.isdigit() and int(threads) >= 1):
-        raise CLIError(f"--threads {threads!r}: give auto or a whole number >= 1")
     is_oracle = model.startswith("oracle:")
     implied = grid_steps(grid)
     steps_list = parse_list(steps or str(implied or (ORACLE_STEPS if is_oracle else NETWORK_STEPS)), "steps",
@@ -142,7 +138,7 @@ def command(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
     result = compare(resolved, names, steps_list, n=n, seed=seed, grid=grid, device=dev,
                      dtype=torch.float64 if float64 else torch.float32, progress=not quiet, options=options,
                      features=features_path, batch_size=batch_size, cuda_graph=cuda_graph, max_nfe=max_nfe,
-                     threads=int(threads) if threads.isdigit() else "auto", label=model, on_plan=on_plan)
+                     threads=threads, label=model, on_plan=on_plan)
     _print_report(result, n, (resolved.info or {}).get("reference"))
     written = result.write(out, plots=not no_plots, overwrite=overwrite)
     click.echo(f"wrote {', '.join(written)}")

@@ -5,7 +5,8 @@ import time
 
 import click
 
-from scoresde.cli._common import SDE_CHOICES, SEED, CLIError, FiniteRange, resolve, to_device, versions
+from scoresde.cli._common import (SDE_CHOICES, SEED, CLIError, FiniteRange, chosen_threads, resolve, threads_option,
+    to_device, versions)
 
 
 @click.command("likelihood")
@@ -32,10 +33,11 @@ from scoresde.cli._common import SDE_CHOICES, SEED, CLIError, FiniteRange, resol
 @click.option("--batch-size", type=click.IntRange(min=1), default=256)
 @click.option("--seed", type=SEED, default=0)
 @click.option("--device", default="cpu", metavar="auto|cpu|cuda")
+@threads_option
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write per-sample results (.json)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, dequant_repeats, rtol, atol, eps,
-               batch_size, seed, device, out, quiet):
+               batch_size, seed, device, threads, out, quiet):
     """Log-likelihood through the probability-flow ODE, in nats and bits/dim.
 
     Prints mean ± standard error over the data points (and over Hutchinson probes), nfe and time.
@@ -81,10 +83,11 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
         raise CLIError(f"--data: samples have shape {tuple(x.shape[1:])}, the model expects {tuple(resolved.shape)}")
     # exact oracles run in float64; a network in the precision it was trained in
     x = x.to(dev, torch.float32 if isinstance(resolved.score_fn, torch.nn.Module) else torch.float64)
-    t0 = time.perf_counter()
     # --dequant-repeats only counts for quantized data; continuous data has no dequantization draws
     repeats = dequant_repeats if levels else 1
-    with tqdm(total=repeats * x.shape[0], desc="likelihood", unit="sample", disable=quiet, leave=False) as bar:
+    with chosen_threads(threads, resolved.score_fn, x[:batch_size], dev, quiet=quiet), \
+            tqdm(total=repeats * x.shape[0], desc="likelihood", unit="sample", disable=quiet, leave=False) as bar:
+        t0 = time.perf_counter()
         est = bits_per_dim_estimate(resolved.score_fn, resolved.sde, x, bits=None, levels=levels, repeats=repeats,
                                     method=method, generator=g, rtol=rtol, atol=atol, eps=eps, probes=probes,
                                     probe=probe, batch_size=batch_size, shape=resolved.shape, callback=bar.update)

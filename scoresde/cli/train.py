@@ -6,7 +6,7 @@ import time
 
 import click
 
-from scoresde.cli._common import CLIError
+from scoresde.cli._common import CLIError, chosen_threads, threads_option
 
 
 @click.command("train")
@@ -16,9 +16,10 @@ from scoresde.cli._common import CLIError
 @click.option("--resume", is_flag=True, help="continue from OUT/checkpoint.pt")
 @click.option("--device", default=None, metavar="auto|cpu|cuda", help="overrides train.device")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="overrides train.steps (total steps)")
+@threads_option
 @click.option("--no-preview", is_flag=True, help="skip the preview PNGs (by default one at the end: a few seconds)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def command(config_path, out, resume, device, steps, no_preview, quiet):
+def command(config_path, out, resume, device, steps, threads, no_preview, quiet):
     """Train an ε-network by denoising score matching; EMA weights, atomic checkpoints.
 
     One run per folder: OUT/.lock names the running trainer, and a second one exits 2.
@@ -45,7 +46,13 @@ def command(config_path, out, resume, device, steps, no_preview, quiet):
     if start >= cfg.train.steps:
         trainer.close()
         raise CLIError(f"the checkpoint in {out} is already at step {start} >= --steps {cfg.train.steps}")
-    losses = trainer.train()
+    # the network's forward pass on one training batch stands in for a training step when timing threads
+    import torch
+
+    x_probe = trainer.model.sde.prior_sample((cfg.data.batch_size, *trainer.data.shape),
+                                             generator=torch.Generator().manual_seed(0)).to(trainer.device)
+    with chosen_threads(threads, trainer.model, x_probe, trainer.device, quiet=quiet or trainer.rank != 0):
+        losses = trainer.train()
     wall = time.perf_counter() - t0
     if trainer.rank == 0:
         tail = losses[-min(len(losses), 100):]
