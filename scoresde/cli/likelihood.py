@@ -5,7 +5,7 @@ import time
 
 import click
 
-from scoresde.cli._common import (SDE_CHOICES, SEED, CLIError, FiniteRange, chosen_threads, resolve, threads_option,
+from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, CLIError, FiniteRange, chosen_threads, resolve, threads_option,
     to_device, versions)
 
 
@@ -47,6 +47,9 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
       scoresde likelihood --model oracle:gmm8 --n 128
       scoresde likelihood --checkpoint runs/digits/checkpoint.pt --bits 4 --method hutchinson --probes 4
     """
+    if (model is None) == (checkpoint is None):
+        raise CLIError("give exactly one of --model oracle:NAME or --checkpoint FILE")
+    check_model_path(model or checkpoint, "--model" if model else "--checkpoint")  # before torch is imported
     import math
 
     import torch
@@ -55,8 +58,6 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
     from scoresde._io import write_json
     from scoresde.likelihood import bits_per_dim_estimate
 
-    if (model is None) == (checkpoint is None):
-        raise CLIError("give exactly one of --model oracle:NAME or --checkpoint FILE")
     dev = to_device(device)
     resolved = resolve(model or checkpoint, sde_name, dev, "--model" if model else "--checkpoint")
     from scoresde.training.data import data_from_config, make_dataset

@@ -6,8 +6,9 @@ import time
 
 import click
 
-from scoresde.cli._common import (SEED, batch_options, CLIError, grid_steps, GridParam, model_options,
-    option_flag, resolve, solver_option_values, threads_option, chosen_threads, to_device)
+from scoresde.cli._common import (SEED, batch_options, check_model_path, check_solver, chosen_threads, CLIError,
+    grid_steps, GridParam, model_options, option_flag, output_overwrite, resolve, solver_option_values, threads_option,
+    to_device)
 
 
 @click.command("sample")
@@ -37,26 +38,27 @@ def command(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, de
       scoresde sample --model oracle:gmm8 --solver dpmpp_2m --steps 20 --n 5000 --out ring.npz --png ring.png
       scoresde sample --solver ddim -o eta=0.5 --steps 50 --out ddim.npz
     """
+    # inputs first, before torch is imported and before the output checks (see compare)
+    check_solver(solver)
+    if not out.endswith(".npz"):
+        raise CLIError(f"--out {out!r}: the output must be a .npz file")
+    implied = grid_steps(grid)
+    if implied is not None and steps not in (None, implied):
+        raise CLIError(f"--steps {steps} disagrees with --grid {grid}, which has {implied} steps; leave --steps out")
+    steps = steps or implied or 50
+    check_model_path(model)
     import numpy as np
     import torch
 
     import solvers
     from tqdm.auto import tqdm
 
-    from scoresde._io import atomic_path, check_new_output
+    from scoresde._io import atomic_path
 
-    if solver not in solvers.available():
-        raise CLIError(f"--solver: unknown solver {solver!r}; choose from: {', '.join(solvers.available())}")
-    if not out.endswith(".npz"):
-        raise CLIError(f"--out {out!r}: the output must be a .npz file")
     options = solver_option_values(option_pairs, [solver])[solver]
-    check_new_output(out, overwrite, "--out")
+    output_overwrite(out, overwrite, "--out")
     if png:
-        check_new_output(png, overwrite, "--png")
-    implied = grid_steps(grid)
-    if implied is not None and steps not in (None, implied):
-        raise CLIError(f"--steps {steps} disagrees with --grid {grid}, which has {implied} steps; leave --steps out")
-    steps = steps or implied or 50
+        output_overwrite(png, overwrite, "--png")
     dev = to_device(device)
     resolved = resolve(model, sde_name, dev)
     g = torch.Generator(device=dev).manual_seed(seed)

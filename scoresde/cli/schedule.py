@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from scoresde.cli._common import CLIError, chosen_threads, model_options, resolve, threads_option, to_device, versions
+from scoresde.cli._common import (CLIError, check_model_path, check_solver, chosen_threads, model_options, resolve,
+    threads_option, to_device, versions)
 
 
 @click.command("schedule")
@@ -38,16 +39,16 @@ def command(model, sde_name, solver, nfe, denoise, out, n_fit, n_eval, max_evals
       scoresde compare --sde ve --solvers dpmpp_2m --grid ve10.json
       scoresde schedule --model oracle:gmm8 --solver ddpm --nfe 10 --objective klub --out ddpm10.json
     """
+    check_solver(solver)  # inputs before torch is imported (see compare)
+    if not out.endswith(".json"):
+        raise CLIError(f"--out {out!r}: the output must be a .json file")
+    check_model_path(model)
     import torch
 
     import solvers
 
     from scoresde._io import write_json
 
-    if solver not in solvers.available():
-        raise CLIError(f"--solver: unknown solver {solver!r}; choose from: {', '.join(solvers.available())}")
-    if not out.endswith(".json"):
-        raise CLIError(f"--out {out!r}: the output must be a .json file")
     dev = to_device(device)
     resolved = resolve(model, sde_name, dev)
     dtype = torch.float32 if isinstance(resolved.score_fn, torch.nn.Module) else torch.float64
