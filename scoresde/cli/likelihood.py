@@ -6,7 +6,7 @@ import time
 import click
 
 from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, CLIError, FiniteRange, chosen_threads, resolve, threads_option,
-    to_device, versions)
+    duration, to_device, versions)
 
 
 @click.command("likelihood")
@@ -19,7 +19,8 @@ from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, CLIError,
                    "or a .npy/.npz file (FILE.npz:NAME picks an array) [default: the oracle's draws, or the "
                    "checkpoint's held-out data]")
 @click.option("--method", type=click.Choice(["exact", "hutchinson"]), default=None,
-              help="divergence [default: exact up to 64 dimensions, hutchinson above (images)]")
+              help="divergence [default: exact when its modelled time fits 60 s, else hutchinson; the plan "
+                   "line says which and why]")
 @click.option("--probes", type=click.IntRange(min=1), default=1, help="Hutchinson probes per sample")
 @click.option("--probe", type=click.Choice(["rademacher", "gaussian"]), default="rademacher")
 @click.option("--n", type=click.IntRange(min=1), default=256, help="number of data points")
@@ -35,7 +36,7 @@ from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, CLIError,
 @click.option("--device", default="cpu", metavar="auto|cpu|cuda")
 @threads_option
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write per-sample results (.json)")
-@click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--quiet", is_flag=True, help="no plan line and no progress bar")
 def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, dequant_repeats, rtol, atol, eps,
                batch_size, seed, device, threads, out, quiet):
     """Log-likelihood through the probability-flow ODE, in nats and bits/dim.
@@ -56,7 +57,7 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
     from tqdm.auto import tqdm
 
     from scoresde._io import write_json
-    from scoresde.likelihood import bits_per_dim_estimate
+    from scoresde.likelihood import EXPECTED_NFE, bits_per_dim_estimate, plan_likelihood
 
     dev = to_device(device)
     resolved = resolve(model or checkpoint, sde_name, dev, "--model" if model else "--checkpoint")
@@ -86,12 +87,18 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
     x = x.to(dev, torch.float32 if isinstance(resolved.score_fn, torch.nn.Module) else torch.float64)
     # --dequant-repeats only counts for quantized data; continuous data has no dequantization draws
     repeats = dequant_repeats if levels else 1
-    with chosen_threads(threads, resolved.score_fn, x[:batch_size], dev, quiet=quiet), \
-            tqdm(total=repeats * x.shape[0], desc="likelihood", unit="sample", disable=quiet, leave=False) as bar:
-        t0 = time.perf_counter()
-        est = bits_per_dim_estimate(resolved.score_fn, resolved.sde, x, bits=None, levels=levels, repeats=repeats,
-                                    method=method, generator=g, rtol=rtol, atol=atol, eps=eps, probes=probes,
-                                    probe=probe, batch_size=batch_size, shape=resolved.shape, callback=bar.update)
+    with chosen_threads(threads, resolved.score_fn, x[:batch_size], dev, quiet=quiet):
+        plan = plan_likelihood(resolved.score_fn, resolved.sde, x, method, repeats=repeats, probes=probes,
+                              batch_size=batch_size)
+        if not quiet:
+            click.echo(f"plan: method {plan.method} ({plan.reason}); {repeats} x {est_solves(plan.n, batch_size)} "
+                       f"solve(s) of ~{EXPECTED_NFE} evaluations -> about {duration(plan.estimate_s)}", err=True)
+        with SolveProgress(repeats * est_solves(plan.n, batch_size), resolved.sde.T, eps, disable=quiet) as bar:
+            t0 = time.perf_counter()
+            est = bits_per_dim_estimate(resolved.score_fn, resolved.sde, x, bits=None, levels=levels, repeats=repeats,
+                                        method=plan.method, generator=g, rtol=rtol, atol=atol, eps=eps, probes=probes,
+                                        probe=probe, batch_size=batch_size, shape=resolved.shape,
+                                        callback=bar.solved, on_eval=bar.evaluated)
     wall = time.perf_counter() - t0
     D, logp = est.D, est.logp
     click.echo(f"model {model or checkpoint}  sde {resolved.sde!r}  n={est.n}  D={D}  method={est.method}"
@@ -112,3 +119,47 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
         write_json(out, dict(model=model or checkpoint, method=est.method, n=est.n, D=D, levels=levels,
                              mean_logp=est.logp_mean, stderr=est.logp_stderr, nfe=est.nfe, wall_s=wall,
                              logp=logp.tolist(), bpd=est.bpd_per_sample.tolist(), versions=versions()))
+
+
+def est_solves(n: int, batch_size: int) -> int:
+    """ODE solves per dequantization draw: one per batch of points."""
+    return -(-n // batch_size)
+
+
+class SolveProgress:
+    """A bar over the ODE solves that moves during each one: its position is the finished solves
+    plus the fraction of [eps, T] the current one has reached, with the evaluations so far beside
+    it (a solve of a whole batch can take minutes, so a per-batch count would stand still)."""
+
+    def __init__(self, solves: int, T: float, eps: float, disable: bool = False):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=solves, desc="likelihood", unit="solve", disable=disable, leave=False,
+                        bar_format="{l_bar}{bar}| {n:.2f}/{total} solves [{elapsed}<{remaining}{postfix}]")
+        self.T, self.eps, self.done, self.reached, self.nfe_done, self.nfe = T, eps, 0, 0.0, 0, 0
+
+    def evaluated(self, t: float, nfe: int) -> None:
+        """After each drift evaluation: t reached in the current solve, its nfe so far."""
+        # an adaptive solver retries rejected steps at earlier times; show the furthest reached
+        self.reached = max(self.reached, min(1.0, (t - self.eps) / (self.T - self.eps)))
+        self.nfe = nfe
+        self._show()
+
+    def solved(self, k: int) -> None:
+        """After each solve (of k points)."""
+        self.done, self.nfe_done, self.nfe = self.done + 1, self.nfe_done + self.nfe, 0
+        self.reached = 1.0 if self.done >= self.bar.total else 0.0  # the next solve starts at eps
+        self._show()
+
+    def _show(self) -> None:
+        self.bar.n = min(self.bar.total, self.done + self.reached * (self.done < self.bar.total))
+        self.bar.set_postfix_str(f"t={self.eps + self.reached * (self.T - self.eps):.3f}, "
+                                 f"nfe {self.nfe_done + self.nfe}", refresh=False)
+        self.bar.refresh() if self.bar.n == self.bar.total else self.bar.update(0)  # update(0) is rate-limited
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+        return False
