@@ -78,3 +78,17 @@ def test_sample_refuses_an_empty_folder_named_as_its_output_file(tmp_path):
     out.mkdir()
     r = CliRunner().invoke(cli, ["sample", "--n", "10", "--steps", "2", "--quiet", "--out", str(out)])
     assert r.exit_code == 2 and "is a directory" in r.output and "Traceback" not in r.output
+
+
+def test_bits_that_contradict_the_detected_levels_are_refused_naming_both():
+    r = CliRunner().invoke(cli, ["likelihood", "--model", "oracle:gmm8", "--data", "digits-test", "--bits", "4",
+                                 "--n", "4"])
+    assert r.exit_code == 2
+    assert "--bits 4 means 16 levels, but the data digits-test have 17 levels (detected)" in r.output, r.output
+    assert "Traceback" not in r.output
+
+
+def test_likelihood_help_example_for_digits_leaves_the_levels_to_detection():
+    r = CliRunner().invoke(cli, ["likelihood", "--help"])
+    example = next(ln for ln in r.output.splitlines() if "digits/checkpoint.pt" in ln)
+    assert "--bits" not in example

@@ -25,7 +25,9 @@ from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, CLIError,
 @click.option("--probe", type=click.Choice(["rademacher", "gaussian"]), default="rademacher")
 @click.option("--n", type=click.IntRange(min=1), default=256, help="number of data points")
 @click.option("--bits", type=click.IntRange(min=1, max=16), default=None,
-              help="data are b-bit levels on [-1, 1]: dequantize and report bits/dim with the +(b-1) offset")
+              help="data are b-bit levels on [-1, 1]: dequantize and report bits/dim with the +(b-1) offset "
+                   "[default: the levels of integer data (digits: 17, images: 256), else continuous]; a value "
+                   "that contradicts the detected levels is an error")
 @click.option("--dequant-repeats", type=click.IntRange(min=1), default=1, help="average over dequantization draws")
 @click.option("--rtol", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-5)
 @click.option("--atol", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-5)
@@ -46,7 +48,8 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
     \b
     Examples:
       scoresde likelihood --model oracle:gmm8 --n 128
-      scoresde likelihood --checkpoint runs/digits/checkpoint.pt --bits 4 --method hutchinson --probes 4
+      scoresde likelihood --checkpoint runs/digits/checkpoint.pt --method hutchinson --probes 4
+      scoresde likelihood --model oracle:gmm8 --data points.npy --bits 8
     """
     if (model is None) == (checkpoint is None):
         raise CLIError("give exactly one of --model oracle:NAME or --checkpoint FILE")
@@ -81,6 +84,10 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
         x = ds.head(n, g)
         if levels is None and ds.levels is not None:  # integer data bring their levels: 8-bit images get + 7
             levels = ds.levels
+        elif levels is not None and ds.levels is not None and levels != ds.levels:
+            # a wrong offset would shift bits/dim silently (4 bits on the 17-level digits: 3.000, not 3.087)
+            raise CLIError(f"--bits {bits} means {levels} levels, but the data {data or 'of the checkpoint'} have "
+                           f"{ds.levels} levels (detected); leave --bits out to use them")
     if tuple(x.shape[1:]) != tuple(resolved.shape):
         raise CLIError(f"--data: samples have shape {tuple(x.shape[1:])}, the model expects {tuple(resolved.shape)}")
     # exact oracles run in float64; a network in the precision it was trained in
