@@ -10,8 +10,9 @@ from scoresde.cli._common import CLIError, chosen_threads, threads_option
 
 
 @click.command("train")
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
-              help="TOML run configuration (see configs/)")
+@click.option("--config", "config_path", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="TOML run configuration (see configs/) [required for a new run; with --resume, default: the "
+                   "checkpoint's own]")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="run folder (checkpoint, log, previews)")
 @click.option("--resume", is_flag=True, help="continue from OUT/checkpoint.pt")
 @click.option("--device", default=None, metavar="auto|cpu|cuda", help="overrides train.device")
@@ -30,13 +31,14 @@ def command(config_path, out, resume, device, steps, threads, no_preview, quiet)
     \b
     Examples:
       scoresde train --config configs/ring_vp.toml --out runs/ring_vp
-      scoresde train --config configs/ring_vp.toml --out runs/ring_vp --resume --steps 8000
+      scoresde train --out runs/ring_vp --resume --steps 8000
       torchrun --nproc_per_node 2 -m scoresde.cli train --config configs/digits_vp.toml --out runs/digits
     """
-    from scoresde.training.config import load_config
+    if config_path is None and not resume:
+        raise CLIError("--config is required for a new run (with --resume the checkpoint's config is used)")
     from scoresde.training.trainer import Trainer, init_distributed
 
-    cfg = load_config(config_path)
+    cfg = _config(config_path, out)
     if steps is not None:
         cfg.train.steps = steps
     init_distributed()
@@ -62,3 +64,19 @@ def command(config_path, out, resume, device, steps, threads, no_preview, quiet)
                    + (f"; preview {trainer.last_preview}" if trainer.last_preview else ""))
 
 
+
+
+def _config(config_path: str | None, out: str):
+    """The run's Config: from the TOML file, or without one (--resume) from OUT's checkpoint."""
+    from scoresde.training.config import from_dict, load_config
+
+    if config_path is not None:
+        return load_config(config_path)
+    from scoresde.training.checkpoint import load_checkpoint
+    from scoresde.training.trainer import CKPT
+
+    path = os.path.join(out, CKPT)
+    if not os.path.isfile(path):
+        raise CLIError(f"--resume without --config takes the config from {path!r}, which does not exist; pass "
+                       f"--config to start a new run in {out!r}")
+    return from_dict(load_checkpoint(path)["config"])
