@@ -1,5 +1,4 @@
 """`scoresde train`: --resume without --config takes the config from the checkpoint."""
-import json
 
 from click.testing import CliRunner
 

@@ -57,7 +57,6 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
     import math
 
     import torch
-    from tqdm.auto import tqdm
 
     from scoresde._io import write_json
     from scoresde.likelihood import EXPECTED_NFE, bits_per_dim_estimate, plan_likelihood
