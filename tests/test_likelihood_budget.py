@@ -68,8 +68,15 @@ def test_cli_prints_the_plan_before_the_run():
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
     plan = next(i for i, ln in enumerate(lines) if ln.startswith("plan: method exact ("))
-    assert "within the 60 s budget" in lines[plan] and "1 x 1 solve(s) of ~200 evaluations -> about" in lines[plan]
+    assert "within the 60 s budget" in lines[plan] and f"1 x 1 solve(s) of ~{EXPECTED_NFE} evaluations -> about" in lines[plan]
     assert plan < next(i for i, ln in enumerate(lines) if ln.startswith("log p"))
     r = CliRunner().invoke(cli, ["likelihood", "--model", "oracle:gmm8", "--n", "8", "--method", "hutchinson",
                                  "--threads", "1", "--rtol", "1e-3", "--atol", "1e-3"])
     assert r.exit_code == 0 and "plan: method hutchinson (as asked)" in r.output, r.output
+
+
+def test_help_states_the_budget_the_library_uses():
+    from scoresde.likelihood import EXACT_BUDGET_S
+
+    r = CliRunner().invoke(cli, ["likelihood", "--help"])
+    assert f"exact when its modelled time fits {EXACT_BUDGET_S:g} s" in " ".join(r.output.split())
