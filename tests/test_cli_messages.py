@@ -109,7 +109,7 @@ def test_max_nfe_skips_runs_over_budget(tmp_path):
 
 
 def test_threads_option_is_checked_and_recorded(tmp_path):
-    one_error_line(run("compare", "--threads", "two"), "--threads 'two': give auto or a whole number >= 1")
+    one_error_line(run("compare", "--threads", "two"), "Invalid value for '--threads': 'two': give auto or a whole number >= 1")
     before = torch.get_num_threads()
     try:
         r = run("compare", "--solvers", "euler", "--steps", 3, "--n", 200, "--threads", 1, "--no-plots", "--quiet",

@@ -10,6 +10,12 @@ import click
 
 SDE_CHOICES = ["vp", "vp-cosine", "subvp", "ve"]
 DEFAULT_SOLVERS = "ddpm,ddim,euler_maruyama,pc,euler,heun,dpmpp_2m,dpmpp_3m,deis,pf_ode"
+# The solver and grid names as plain text, so that a misspelt name is answered before torch is
+# imported (well under a second, against 10-20 s on a busy machine); tests/test_cli_inputs.py
+# checks that they equal solvers.available() and solvers.GRID_NAMES.
+SOLVER_NAMES = ("ddpm", "ddim", "euler_maruyama", "torchsde", "pc", "pf_ode", "euler", "heun", "euler_t", "heun_t",
+                "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "deis")
+GRID_NAMES = ("tuned", "uniform", "quadratic", "edm", "logsnr")
 
 
 class CLIError(click.ClickException):
@@ -49,6 +55,37 @@ def parse_list(value: str, name: str, cast=str, allowed=None, minimum=None) -> l
     return out
 
 
+def check_solver(name: str, option: str = "--solver") -> str:
+    """A solver name, or a CLIError naming it and the solvers there are (no torch needed)."""
+    if name not in SOLVER_NAMES:
+        raise CLIError(f"{option}: unknown solver {name!r}; choose from: {', '.join(SOLVER_NAMES)}")
+    return name
+
+
+def check_model_path(model: str, option: str = "--model") -> None:
+    """A checkpoint path that is a folder or missing is a CLIError naming `option` (and, for
+    --model, the oracles to use instead); checked before torch is imported."""
+    if model.startswith("oracle:"):
+        return
+    hint = "; or use oracle:gmm8, oracle:gaussian, oracle:gaussianD" if option == "--model" else ""
+    if os.path.isdir(model):
+        raise CLIError(f"{option} {model!r} is a folder, not a checkpoint file{hint}")
+    if not os.path.exists(model):
+        raise CLIError(f"{option} {model!r}: no such checkpoint file{hint}")
+
+
+def output_overwrite(path: str, overwrite: bool, option: str = "--out") -> bool:
+    """Whether writing `path` may replace what is there: with --overwrite, or when it is an empty
+    folder (nothing to lose, e.g. after `mkdir out`); anything else that exists is refused.  Call it
+    after every input check, so a bad input is never hidden behind this error."""
+    from scoresde._io import check_new_output
+
+    if os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path):
+        return True
+    check_new_output(path, overwrite, option)
+    return overwrite
+
+
 def to_device(name: str) -> "torch.device":  # noqa: F821
     """--device auto|cpu|cuda[:k] as a torch.device; a bad one is a CLIError naming --device."""
     from scoresde._checks import resolve_device
@@ -65,11 +102,7 @@ def resolve(model: str, sde_name: str | None, device, option: str = "--model"):
     from scoresde.evaluation.resolve import resolve_model
     from scoresde.sde import make_sde
 
-    hint = "; or use oracle:gmm8, oracle:gaussian, oracle:gaussianD" if option == "--model" else ""
-    if not model.startswith("oracle:") and os.path.isdir(model):
-        raise CLIError(f"{option} {model!r} is a folder, not a checkpoint file{hint}")
-    if not model.startswith("oracle:") and not os.path.exists(model):
-        raise CLIError(f"{option} {model!r}: no such checkpoint file{hint}")
+    check_model_path(model, option)
     sde = make_sde(sde_name) if sde_name else None
     return resolve_model(model, sde=sde, device=device)
 
@@ -150,27 +183,29 @@ class GridParam(click.ParamType):
     name = "tuned|uniform|quadratic|edm|logsnr|FILE.json"
 
     def convert(self, value, param, ctx):
-        import solvers
-
-        if value in solvers.GRID_NAMES:
+        if value in GRID_NAMES:
             return value
         if str(value).endswith(".json"):
             if not os.path.isfile(value):
                 self.fail(f"grid file {value!r} does not exist", param, ctx)
+            import solvers
+
             try:
                 solvers.load_grid(value)
             except ValueError as e:
                 self.fail(str(e), param, ctx)
             return value
-        self.fail(f"{value!r} is not one of {', '.join(map(repr, solvers.GRID_NAMES))} or a .json grid file "
+        self.fail(f"{value!r} is not one of {', '.join(map(repr, GRID_NAMES))} or a .json grid file "
                   f"(see `scoresde schedule`)", param, ctx)
 
 
 def grid_steps(grid: str | None) -> int | None:
     """Steps implied by a grid file, else None."""
+    if grid is None or grid in GRID_NAMES:
+        return None
     import solvers
 
-    return None if grid is None or grid in solvers.GRID_NAMES else len(solvers.load_grid(grid)) - 1
+    return len(solvers.load_grid(grid)) - 1
 
 
 def model_options(f):
@@ -203,3 +238,58 @@ def duration(s: float) -> str:
     2 min, then minutes."""
     return "<0.1 s" if s < 0.1 else f"{s:.2g} s" if s < 10 else f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
+
+
+def _check_threads(ctx, param, value):
+    """--threads: 'auto' or a whole number >= 1, checked by click before any work."""
+    if value == "auto":
+        return value
+    if str(value).isdigit() and int(value) >= 1:
+        return int(value)
+    raise click.BadParameter(f"{value!r}: give auto or a whole number >= 1", ctx, param)
+
+
+def threads_option(f):
+    """--threads auto|N, shared by every command that evaluates a network on the CPU."""
+    return click.option("--threads", default="auto", metavar="auto|N", callback=_check_threads,
+                        help="CPU threads; auto times one score evaluation on torch's default count and on 1 "
+                             "and keeps the faster (on a busy shared CPU, 2 threads can be 10-40x slower "
+                             "than 1)")(f)
+
+
+class chosen_threads:
+    """`with chosen_threads(threads, score_fn, x, device):` sets torch's CPU thread count for the
+    block ('auto': see fastest_thread_count; N: that many), prints which it chose, and restores
+    the count afterwards (it is process-wide, and tests run commands in one process).  On a GPU
+    it does nothing.  `.note` is 'cuda' or 'cpu, N thread(s)'."""
+
+    def __init__(self, threads, score_fn, x, device, batch_size: int | None = None, quiet: bool = False):
+        self.threads, self.score_fn, self.x, self.batch_size, self.quiet = threads, score_fn, x, batch_size, quiet
+        self.device = device
+        self.note = str(getattr(device, "type", device))
+
+    def __enter__(self):
+        import torch
+
+        from scoresde.evaluation.compare import fastest_thread_count
+
+        self.before = torch.get_num_threads()
+        if self.note != "cpu":
+            return self
+        if self.threads == "auto":
+            k, sec = fastest_thread_count(self.score_fn, self.x, batch_size=self.batch_size)
+            why = (f"auto: {k} of {self.before} evaluates faster ({1e3 * sec:.3g} ms per evaluation)"
+                   if self.before > 1 else "auto: torch's default is already 1")
+        else:
+            torch.set_num_threads(self.threads)
+            k, why = self.threads, "--threads"
+        self.note = f"cpu, {k} thread{'s' * (k > 1)}"
+        if not self.quiet:
+            click.echo(f"threads: {k} ({why})", err=True)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.before)
+        return False

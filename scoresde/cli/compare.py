@@ -1,10 +1,13 @@
 """`scoresde compare`: every (solver, steps) pair from the same noise, scored."""
 from __future__ import annotations
 
+import os
+
 import click
 
-from scoresde.cli._common import (DEFAULT_SOLVERS, SEED, batch_options, CLIError, duration, format_table,
-    grid_steps, GridParam, model_options, option_flag, parse_list, resolve, solver_option_values, to_device)
+from scoresde.cli._common import (DEFAULT_SOLVERS, SEED, SOLVER_NAMES, batch_options, check_model_path, CLIError,
+    duration, format_table, grid_steps, GridParam, model_options, option_flag, output_overwrite, parse_list, resolve,
+    solver_option_values, threads_option, to_device)
 
 
 # what the compare table's columns mean: printed under the table and in `compare --help`
@@ -89,9 +92,7 @@ Examples:
 @click.option("--seed", type=SEED, default=0, help="seed for x_T and the noise (shared by all runs)")
 @click.option("--out", type=click.Path(file_okay=False), default="results/compare", help="output folder")
 @click.option("--device", default="cpu", metavar="auto|cpu|cuda", help="where to run")
-@click.option("--threads", default="auto", metavar="auto|N",
-              help="CPU threads; auto times one evaluation on torch's default count and on 1 and keeps the "
-                   "faster (on a busy shared CPU, 2 threads can be 10-40x slower than 1)")
+@threads_option
 @click.option("--float64", is_flag=True, help="solve in float64")
 @batch_options
 @click.option("--no-plots", is_flag=True, help="skip the PNG figures")
@@ -99,27 +100,27 @@ Examples:
 @click.option("--features", "features_path", default=None, type=click.Path(dir_okay=False), metavar="PATH",
               help="image models: also a Fréchet distance in the features of this TorchScript module "
                    "(images (B, C, H, W) on [-1, 1] -> (B, F))")
-@click.option("--overwrite", is_flag=True, help="replace an existing OUT folder")
+@click.option("--overwrite", is_flag=True, help="replace an existing OUT folder (an empty one is always used)")
 def command(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs, seed, out, device, threads, float64,
             batch_size, cuda_graph, no_plots, quiet, features_path, overwrite):
-    import torch
-
-    import solvers
-
-    from scoresde._io import check_new_output
-    from scoresde.evaluation.compare import compare
-
-    check_new_output(out, overwrite, "--out")
-    names = parse_list(solver_list, "solvers", allowed=solvers.available())
-    options = solver_option_values(option_pairs, names)
-    if threads != "auto" and not (threads.isdigit() and int(threads) >= 1):
-        raise CLIError(f"--threads {threads!r}: give auto or a whole number >= 1")
+    # every input is checked before torch is imported and before the --out check, so a typo is
+    # answered at once and is never hidden behind "already exists"
+    names = parse_list(solver_list, "solvers", allowed=SOLVER_NAMES)
     is_oracle = model.startswith("oracle:")
     implied = grid_steps(grid)
     steps_list = parse_list(steps or str(implied or (ORACLE_STEPS if is_oracle else NETWORK_STEPS)), "steps",
                             cast=int, minimum=1)
     if implied is not None and steps_list != [implied]:
         raise CLIError(f"--steps {steps} disagrees with --grid {grid}, which has {implied} steps; leave --steps out")
+    check_model_path(model)
+    if features_path and not os.path.isfile(features_path):
+        raise CLIError(f"--features {features_path!r}: no such file")
+    import torch
+
+    from scoresde.evaluation.compare import compare
+
+    options = solver_option_values(option_pairs, names)
+    overwrite = output_overwrite(out, overwrite, "--out")
     dev = to_device(device)
     resolved = resolve(model, sde_name, dev)
     if features_path and len(resolved.shape) != 3:
@@ -142,7 +143,7 @@ def command(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
     result = compare(resolved, names, steps_list, n=n, seed=seed, grid=grid, device=dev,
                      dtype=torch.float64 if float64 else torch.float32, progress=not quiet, options=options,
                      features=features_path, batch_size=batch_size, cuda_graph=cuda_graph, max_nfe=max_nfe,
-                     threads=int(threads) if threads.isdigit() else "auto", label=model, on_plan=on_plan)
+                     threads=threads, label=model, on_plan=on_plan)
     _print_report(result, n, resolved.reference_name)
     written = result.write(out, plots=not no_plots, overwrite=overwrite)
     click.echo(f"wrote {', '.join(written)}")

@@ -5,7 +5,8 @@ import time
 
 import click
 
-from scoresde.cli._common import SDE_CHOICES, SEED, CLIError, FiniteRange, resolve, to_device, versions
+from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, CLIError, FiniteRange, chosen_threads, resolve, threads_option,
+    duration, to_device, versions)
 
 
 @click.command("likelihood")
@@ -18,12 +19,15 @@ from scoresde.cli._common import SDE_CHOICES, SEED, CLIError, FiniteRange, resol
                    "or a .npy/.npz file (FILE.npz:NAME picks an array) [default: the oracle's draws, or the "
                    "checkpoint's held-out data]")
 @click.option("--method", type=click.Choice(["exact", "hutchinson"]), default=None,
-              help="divergence [default: exact up to 64 dimensions, hutchinson above (images)]")
+              help="divergence [default: exact when its modelled time fits 60 s, else hutchinson; the plan "
+                   "line says which and why]")
 @click.option("--probes", type=click.IntRange(min=1), default=1, help="Hutchinson probes per sample")
 @click.option("--probe", type=click.Choice(["rademacher", "gaussian"]), default="rademacher")
 @click.option("--n", type=click.IntRange(min=1), default=256, help="number of data points")
 @click.option("--bits", type=click.IntRange(min=1, max=16), default=None,
-              help="data are b-bit levels on [-1, 1]: dequantize and report bits/dim with the +(b-1) offset")
+              help="data are b-bit levels on [-1, 1]: dequantize and report bits/dim with the +(b-1) offset "
+                   "[default: the levels of integer data (digits: 17, images: 256), else continuous]; a value "
+                   "that contradicts the detected levels is an error")
 @click.option("--dequant-repeats", type=click.IntRange(min=1), default=1, help="average over dequantization draws")
 @click.option("--rtol", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-5)
 @click.option("--atol", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-5)
@@ -32,10 +36,11 @@ from scoresde.cli._common import SDE_CHOICES, SEED, CLIError, FiniteRange, resol
 @click.option("--batch-size", type=click.IntRange(min=1), default=256)
 @click.option("--seed", type=SEED, default=0)
 @click.option("--device", default="cpu", metavar="auto|cpu|cuda")
+@threads_option
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write per-sample results (.json)")
-@click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--quiet", is_flag=True, help="no plan line and no progress bar")
 def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, dequant_repeats, rtol, atol, eps,
-               batch_size, seed, device, out, quiet):
+               batch_size, seed, device, threads, out, quiet):
     """Log-likelihood through the probability-flow ODE, in nats and bits/dim.
 
     Prints mean ± standard error over the data points (and over Hutchinson probes), nfe and time.
@@ -43,18 +48,19 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
     \b
     Examples:
       scoresde likelihood --model oracle:gmm8 --n 128
-      scoresde likelihood --checkpoint runs/digits/checkpoint.pt --bits 4 --method hutchinson --probes 4
+      scoresde likelihood --checkpoint runs/digits/checkpoint.pt --method hutchinson --probes 4
+      scoresde likelihood --model oracle:gmm8 --data points.npy --bits 8
     """
+    if (model is None) == (checkpoint is None):
+        raise CLIError("give exactly one of --model oracle:NAME or --checkpoint FILE")
+    check_model_path(model or checkpoint, "--model" if model else "--checkpoint")  # before torch is imported
     import math
 
     import torch
-    from tqdm.auto import tqdm
 
     from scoresde._io import write_json
-    from scoresde.likelihood import bits_per_dim_estimate
+    from scoresde.likelihood import EXPECTED_NFE, bits_per_dim_estimate, plan_likelihood
 
-    if (model is None) == (checkpoint is None):
-        raise CLIError("give exactly one of --model oracle:NAME or --checkpoint FILE")
     dev = to_device(device)
     resolved = resolve(model or checkpoint, sde_name, dev, "--model" if model else "--checkpoint")
     from scoresde.training.data import data_from_config, make_dataset
@@ -77,17 +83,28 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
         x = ds.head(n, g)
         if levels is None and ds.levels is not None:  # integer data bring their levels: 8-bit images get + 7
             levels = ds.levels
+        elif levels is not None and ds.levels is not None and levels != ds.levels:
+            # a wrong offset would shift bits/dim silently (4 bits on the 17-level digits: 3.000, not 3.087)
+            raise CLIError(f"--bits {bits} means {levels} levels, but the data {data or 'of the checkpoint'} have "
+                           f"{ds.levels} levels (detected); leave --bits out to use them")
     if tuple(x.shape[1:]) != tuple(resolved.shape):
         raise CLIError(f"--data: samples have shape {tuple(x.shape[1:])}, the model expects {tuple(resolved.shape)}")
     # exact oracles run in float64; a network in the precision it was trained in
     x = x.to(dev, torch.float32 if isinstance(resolved.score_fn, torch.nn.Module) else torch.float64)
-    t0 = time.perf_counter()
     # --dequant-repeats only counts for quantized data; continuous data has no dequantization draws
     repeats = dequant_repeats if levels else 1
-    with tqdm(total=repeats * x.shape[0], desc="likelihood", unit="sample", disable=quiet, leave=False) as bar:
-        est = bits_per_dim_estimate(resolved.score_fn, resolved.sde, x, bits=None, levels=levels, repeats=repeats,
-                                    method=method, generator=g, rtol=rtol, atol=atol, eps=eps, probes=probes,
-                                    probe=probe, batch_size=batch_size, shape=resolved.shape, callback=bar.update)
+    with chosen_threads(threads, resolved.score_fn, x[:batch_size], dev, quiet=quiet):
+        plan = plan_likelihood(resolved.score_fn, resolved.sde, x, method, repeats=repeats, probes=probes,
+                              batch_size=batch_size)
+        if not quiet:
+            click.echo(f"plan: method {plan.method} ({plan.reason}); {repeats} x {est_solves(plan.n, batch_size)} "
+                       f"solve(s) of ~{EXPECTED_NFE} evaluations -> about {duration(plan.estimate_s)}", err=True)
+        with SolveProgress(repeats * est_solves(plan.n, batch_size), resolved.sde.T, eps, disable=quiet) as bar:
+            t0 = time.perf_counter()
+            est = bits_per_dim_estimate(resolved.score_fn, resolved.sde, x, bits=None, levels=levels, repeats=repeats,
+                                        method=plan.method, generator=g, rtol=rtol, atol=atol, eps=eps, probes=probes,
+                                        probe=probe, batch_size=batch_size, shape=resolved.shape,
+                                        callback=bar.solved, on_eval=bar.evaluated)
     wall = time.perf_counter() - t0
     D, logp = est.D, est.logp
     click.echo(f"model {model or checkpoint}  sde {resolved.sde!r}  n={est.n}  D={D}  method={est.method}"
@@ -108,3 +125,47 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
         write_json(out, dict(model=model or checkpoint, method=est.method, n=est.n, D=D, levels=levels,
                              mean_logp=est.logp_mean, stderr=est.logp_stderr, nfe=est.nfe, wall_s=wall,
                              logp=logp.tolist(), bpd=est.bpd_per_sample.tolist(), versions=versions()))
+
+
+def est_solves(n: int, batch_size: int) -> int:
+    """ODE solves per dequantization draw: one per batch of points."""
+    return -(-n // batch_size)
+
+
+class SolveProgress:
+    """A bar over the ODE solves that moves during each one: its position is the finished solves
+    plus the fraction of [eps, T] the current one has reached, with the evaluations so far beside
+    it (a solve of a whole batch can take minutes, so a per-batch count would stand still)."""
+
+    def __init__(self, solves: int, T: float, eps: float, disable: bool = False):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=solves, desc="likelihood", unit="solve", disable=disable, leave=False,
+                        bar_format="{l_bar}{bar}| {n:.2f}/{total} solves [{elapsed}<{remaining}{postfix}]")
+        self.T, self.eps, self.done, self.reached, self.nfe_done, self.nfe = T, eps, 0, 0.0, 0, 0
+
+    def evaluated(self, t: float, nfe: int) -> None:
+        """After each drift evaluation: t reached in the current solve, its nfe so far."""
+        # an adaptive solver retries rejected steps at earlier times; show the furthest reached
+        self.reached = max(self.reached, min(1.0, (t - self.eps) / (self.T - self.eps)))
+        self.nfe = nfe
+        self._show()
+
+    def solved(self, k: int) -> None:
+        """After each solve (of k points)."""
+        self.done, self.nfe_done, self.nfe = self.done + 1, self.nfe_done + self.nfe, 0
+        self.reached = 1.0 if self.done >= self.bar.total else 0.0  # the next solve starts at eps
+        self._show()
+
+    def _show(self) -> None:
+        self.bar.n = min(self.bar.total, self.done + self.reached * (self.done < self.bar.total))
+        self.bar.set_postfix_str(f"t={self.eps + self.reached * (self.T - self.eps):.3f}, "
+                                 f"nfe {self.nfe_done + self.nfe}", refresh=False)
+        self.bar.refresh() if self.bar.n == self.bar.total else self.bar.update(0)  # update(0) is rate-limited
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+        return False

@@ -6,8 +6,9 @@ import time
 
 import click
 
-from scoresde.cli._common import (SEED, batch_options, CLIError, grid_steps, GridParam, model_options,
-    option_flag, resolve, solver_option_values, to_device)
+from scoresde.cli._common import (SEED, batch_options, check_model_path, check_solver, chosen_threads, CLIError,
+    grid_steps, GridParam, model_options, option_flag, output_overwrite, resolve, solver_option_values, threads_option,
+    to_device)
 
 
 @click.command("sample")
@@ -23,11 +24,12 @@ from scoresde.cli._common import (SEED, batch_options, CLIError, grid_steps, Gri
 @click.option("--out", type=click.Path(dir_okay=False), default="samples.npz", help="output .npz file")
 @click.option("--png", type=click.Path(dir_okay=False), default=None, help="also save a picture")
 @click.option("--device", default="cpu", metavar="auto|cpu|cuda", help="where to run")
+@threads_option
 @batch_options
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.option("--overwrite", is_flag=True, help="replace existing --out / --png files")
 @option_flag
-def command(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, device, batch_size, cuda_graph, quiet,
+def command(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, device, threads, batch_size, cuda_graph, quiet,
            overwrite, option_pairs):
     """Draw samples with one solver and save them as .npz (x, nfe, t_grid, settings).
 
@@ -36,35 +38,39 @@ def command(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, de
       scoresde sample --model oracle:gmm8 --solver dpmpp_2m --steps 20 --n 5000 --out ring.npz --png ring.png
       scoresde sample --solver ddim -o eta=0.5 --steps 50 --out ddim.npz
     """
+    # inputs first, before torch is imported and before the output checks (see compare)
+    check_solver(solver)
+    if not out.endswith(".npz"):
+        raise CLIError(f"--out {out!r}: the output must be a .npz file")
+    implied = grid_steps(grid)
+    if implied is not None and steps not in (None, implied):
+        raise CLIError(f"--steps {steps} disagrees with --grid {grid}, which has {implied} steps; leave --steps out")
+    steps = steps or implied or 50
+    check_model_path(model)
     import numpy as np
     import torch
 
     import solvers
     from tqdm.auto import tqdm
 
-    from scoresde._io import atomic_path, check_new_output
+    from scoresde._io import atomic_path
 
-    if solver not in solvers.available():
-        raise CLIError(f"--solver: unknown solver {solver!r}; choose from: {', '.join(solvers.available())}")
-    if not out.endswith(".npz"):
-        raise CLIError(f"--out {out!r}: the output must be a .npz file")
     options = solver_option_values(option_pairs, [solver])[solver]
-    check_new_output(out, overwrite, "--out")
+    output_overwrite(out, overwrite, "--out")
     if png:
-        check_new_output(png, overwrite, "--png")
-    implied = grid_steps(grid)
-    if implied is not None and steps not in (None, implied):
-        raise CLIError(f"--steps {steps} disagrees with --grid {grid}, which has {implied} steps; leave --steps out")
-    steps = steps or implied or 50
+        output_overwrite(png, overwrite, "--png")
     dev = to_device(device)
     resolved = resolve(model, sde_name, dev)
     g = torch.Generator(device=dev).manual_seed(seed)
-    bar = tqdm(total=steps, desc=solver, disable=quiet, leave=False)
-    t0 = time.perf_counter()
-    res = solvers.sample(resolved.score_fn, resolved.sde, shape=(n, *resolved.shape), solver=solver,
-                         steps=None if implied else steps, grid=grid, generator=g, device=dev, denoise=denoise,
-                         batch_size=batch_size, cuda_graph=cuda_graph, callback=lambda info: bar.update(1), **options)
-    bar.close()
+    x_probe = resolved.sde.prior_sample((n, *resolved.shape), generator=torch.Generator().manual_seed(seed)).to(dev)
+    with chosen_threads(threads, resolved.score_fn, x_probe, dev, batch_size=batch_size, quiet=quiet):
+        bar = tqdm(total=steps, desc=solver, disable=quiet, leave=False)
+        t0 = time.perf_counter()
+        res = solvers.sample(resolved.score_fn, resolved.sde, shape=(n, *resolved.shape), solver=solver,
+                             steps=None if implied else steps, grid=grid, generator=g, device=dev, denoise=denoise,
+                             batch_size=batch_size, cuda_graph=cuda_graph, callback=lambda info: bar.update(1),
+                             **options)
+        bar.close()
     wall = time.perf_counter() - t0
     x = res.x.detach().float().cpu()
     with atomic_path(out) as tmp, open(tmp, "wb") as f:

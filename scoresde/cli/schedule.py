@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from scoresde.cli._common import CLIError, model_options, resolve, to_device, versions
+from scoresde.cli._common import (CLIError, check_model_path, check_solver, chosen_threads, model_options, resolve,
+    threads_option, to_device, versions)
 
 
 @click.command("schedule")
@@ -19,10 +20,11 @@ from scoresde.cli._common import CLIError, model_options, resolve, to_device, ve
               help="optimizer evaluations [default: 150 per free time]")
 @click.option("--seed", type=int, default=0, help="seed for the fitting and evaluation batches")
 @click.option("--device", default="cpu", metavar="auto|cpu|cuda", help="where to run")
+@threads_option
 @click.option("--objective", type=click.Choice(["pathwise", "klub"]), default="pathwise",
               help="pathwise: RMS error to the ODE (deterministic solvers); klub: the KL upper bound of "
                    "Align Your Steps (any solver; needs the model's data or oracle)")
-def command(model, sde_name, solver, nfe, denoise, out, n_fit, n_eval, max_evals, seed, device, objective):
+def command(model, sde_name, solver, nfe, denoise, out, n_fit, n_eval, max_evals, seed, device, threads, objective):
     """Fit a solver's time grid to a budget of NFE score evaluations and write it as JSON.
 
     Minimizes the solver's RMS distance to a tight dopri5 solution of the probability-flow ODE
@@ -37,16 +39,16 @@ def command(model, sde_name, solver, nfe, denoise, out, n_fit, n_eval, max_evals
       scoresde compare --sde ve --solvers dpmpp_2m --grid ve10.json
       scoresde schedule --model oracle:gmm8 --solver ddpm --nfe 10 --objective klub --out ddpm10.json
     """
+    check_solver(solver)  # inputs before torch is imported (see compare)
+    if not out.endswith(".json"):
+        raise CLIError(f"--out {out!r}: the output must be a .json file")
+    check_model_path(model)
     import torch
 
     import solvers
 
     from scoresde._io import write_json
 
-    if solver not in solvers.available():
-        raise CLIError(f"--solver: unknown solver {solver!r}; choose from: {', '.join(solvers.available())}")
-    if not out.endswith(".json"):
-        raise CLIError(f"--out {out!r}: the output must be a .json file")
     dev = to_device(device)
     resolved = resolve(model, sde_name, dev)
     dtype = torch.float32 if isinstance(resolved.score_fn, torch.nn.Module) else torch.float64
@@ -56,9 +58,12 @@ def command(model, sde_name, solver, nfe, denoise, out, n_fit, n_eval, max_evals
         if data is None:
             raise CLIError(f"--objective klub needs data samples, and model {model!r} has neither an oracle nor "
                            f"reference data")
-    fit = solvers.optimize_grid(resolved.score_fn, resolved.sde, solver=solver, nfe=nfe, shape=resolved.shape,
-                                denoise=denoise, n_fit=n_fit, n_eval=n_eval, seed=seed, max_evals=max_evals,
-                                dtype=dtype, device=dev, objective=objective, data=data)
+    x_probe = resolved.sde.prior_sample((n_fit, *resolved.shape), generator=torch.Generator().manual_seed(seed),
+                                        dtype=dtype).to(dev)
+    with chosen_threads(threads, resolved.score_fn, x_probe, dev):
+        fit = solvers.optimize_grid(resolved.score_fn, resolved.sde, solver=solver, nfe=nfe, shape=resolved.shape,
+                                    denoise=denoise, n_fit=n_fit, n_eval=n_eval, seed=seed, max_evals=max_evals,
+                                    dtype=dtype, device=dev, objective=objective, data=data)
     write_json(out, dict(fit.to_json(), model=model, sde=resolved.sde.config(), versions=versions()))
     if objective == "klub":
         named = ", ".join(f"{k} {v:.4g}" for k, v in fit.named_klubs.items())
