@@ -52,13 +52,23 @@ def assert_matches_cpu(got: torch.Tensor, want: torch.Tensor, device, rtol: floa
         assert torch.equal(got, want), (got - want).abs().max()
 
 
+def _threads(k: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(k)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def one_thread():
     """Run a test on one intra-op thread (tiny tensors: a second thread only adds hand-offs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    yield from _threads(1)
+
+
+@pytest.fixture
+def two_threads():
+    """Run a test on two intra-op threads, and restore the count after it."""
+    yield from _threads(2)
 
 
 def measured_order(sde, solver: str, grid: str, opts: dict, Ks=(20, 40, 80, 160), error=None):

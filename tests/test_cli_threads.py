@@ -23,13 +23,6 @@ def _args(cmd, tmp_path):
                         "--out", str(tmp_path / "cmp")]}[cmd]
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.mark.parametrize("cmd", ["train", "sample", "likelihood", "schedule"])
 def test_explicit_count_is_used_announced_and_restored(cmd, tmp_path, two_threads):
