@@ -47,13 +47,15 @@ else
   TRAIN_STEPS=1500; LL=(--n 200 --rtol 1e-4 --atol 1e-4)
   PYTEST=(-m gpu -q -rfEs -o faulthandler_timeout=60)
   $PY -c 'import pytest_timeout' 2>/dev/null && PYTEST+=(--timeout 60)
-  B=(150 60 170 60 60 60)
+  B=(120 50 150 50 45 20)  # pytest, digits, unet33m, overhead, train/likelihood each, env: 480 s in all
 fi
 step env "${B[5]}" bash -c "nvidia-smi || true; $PY -c 'import torch,sys; print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else \"no cuda\")'"
 step pytest_gpu "${B[0]}" $PY -m pytest "${PYTEST[@]}"
+rm -f results/train_throughput.*
 step throughput_digits "${B[1]}" $PY experiments/train_throughput.py "${TP[@]}" --models digits
 cp results/train_throughput.* "$RAW/" 2>/dev/null && for f in "$RAW"/train_throughput.*; do mv "$f" "${f/train_throughput./train_throughput_digits.}"; done
 if [ "$DEV" != cpu ]; then
+  rm -f results/train_throughput.*
   step throughput_unet33m "${B[2]}" $PY experiments/train_throughput.py "${TP[@]}" --models unet33m
   cp results/train_throughput.* "$RAW/" 2>/dev/null
 fi
