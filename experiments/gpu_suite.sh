@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU run (issue 25, step 1): pytest -m gpu, train_throughput, solver_overhead, a short CLI
+# One prepared GPU run: pytest -m gpu, train_throughput, solver_overhead, a short CLI
 # training run on digits with its bits/dim. Each step has its own time budget and the suite continues past
 # a failed step. Everything lands in $OUT (default ./gpu_out): summary.md, suite.log, raw.tar.gz.
 #   bash experiments/gpu_suite.sh              # on the H200 (≤ 8 min)
