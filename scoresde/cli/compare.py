@@ -151,7 +151,7 @@ def command(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
 
 def _print_report(result, n: int, reference_name) -> None:
     """The table, its legend, the floors and band, the best run per budget and any warning."""
-    from scoresde.evaluation.compare import MIN_METRIC_SAMPLES
+    from scoresde.evaluation.compare import MIN_METRIC_SAMPLES, ranking_key
 
     rows = result.records
     cols = [c for c in ("solver", "grid", "schedule", "steps", "nfe", "wall_s", "std_ratio", "mode_w2", "off_mode",
@@ -171,13 +171,16 @@ def _print_report(result, n: int, reference_name) -> None:
     if not result.best:
         click.echo(f"no quality metrics: they need at least {MIN_METRIC_SAMPLES} samples per run (got --n {n})"
                    if n < MIN_METRIC_SAMPLES else "no quality metrics: this model has no ground truth to score against")
+    cheapest = min((r.nfe for r in result.rows), default=0)
     for budget, best in result.best.items():
         if best:
+            # the value the runs are ranked by comes first, so a winner never reads worse than the next budget's
+            rank = ("mode_w2 + off_mode" if "mode_w2" in best.metrics else "sw2", ranking_key(best))
             detail = ", ".join(f"{k} {best.metrics[k]:.4g}" for k in ("mode_w2", "std_ratio", "off_mode", "sw2")
                                if k in best.metrics)
             click.echo(f"best at <= {budget} nfe: {best.solver} ({best.grid} grid, {best.record()['steps']} steps, "
-                       f"{best.nfe} nfe; {detail})")
-        else:
+                       f"{best.nfe} nfe; ranked by {rank[0]} = {rank[1]:.4g}; {detail})")
+        elif budget >= cheapest:  # a budget below every planned run was never asked for: say nothing of it
             click.echo(f"best at <= {budget} nfe: no run fits (use --steps with fewer steps)")
     for warning in result.warnings:
         click.echo(f"WARNING: {warning}")
