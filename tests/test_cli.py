@@ -164,3 +164,26 @@ def test_compare_result_is_what_the_cli_prints_and_writes(tmp_path):
     assert f"best at <= 10 nfe: {hand['solver']} ({hand['grid']} grid, {hand['steps']} steps" in r.output
     assert f"ranked by mode_w2 + off_mode = {float(hand['mode_w2']) + float(hand['off_mode']):.4g};" in r.output
     assert res.band["metric"] == "mode_w2" and res.band == cli_json["perfect_sampler"]
+
+
+def test_an_interrupted_compare_keeps_its_finished_runs_beside_the_unwritten_folder(tmp_path, monkeypatch):
+    import solvers
+
+    real, calls = solvers.sample, []
+
+    def interrupted_at_the_third(*a, **k):
+        if k.get("callback") is not None:  # a real run (the plan replays the grids without a progress callback)
+            calls.append(k.get("steps"))
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(solvers, "sample", interrupted_at_the_third)
+    out = tmp_path / "cmp"
+    r = CliRunner().invoke(cli, ["compare", "--solvers", "ddim", "--steps", "3,5,8", "--n", "200", "--no-plots",
+                                 "--quiet", "--out", str(out)])
+    assert r.exit_code == 130 and not out.exists(), r.output
+    rows = list(csv.DictReader(open(str(out) + ".partial.csv")))
+    assert [(x["solver"], x["steps"]) for x in rows] == [("ddim", "3"), ("ddim", "5")]
+    assert "after 2 of 3 runs" in r.output and "cmp.partial.csv" in r.output
+    assert "Traceback" not in r.output

@@ -117,7 +117,7 @@ def command(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
         raise CLIError(f"--features {features_path!r}: no such file")
     import torch
 
-    from scoresde.evaluation.compare import compare
+    from scoresde.evaluation.compare import CompareInterrupted, compare
 
     options = solver_option_values(option_pairs, names)
     overwrite = output_overwrite(out, overwrite, "--out")
@@ -140,13 +140,31 @@ def command(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
         if not quiet:
             click.echo(_estimate_line(plan), err=True)
 
-    result = compare(resolved, names, steps_list, n=n, seed=seed, grid=grid, device=dev,
-                     dtype=torch.float64 if float64 else torch.float32, progress=not quiet, options=options,
-                     features=features_path, batch_size=batch_size, cuda_graph=cuda_graph, max_nfe=max_nfe,
-                     threads=threads, label=model, on_plan=on_plan)
+    try:
+        result = compare(resolved, names, steps_list, n=n, seed=seed, grid=grid, device=dev,
+                         dtype=torch.float64 if float64 else torch.float32, progress=not quiet, options=options,
+                         features=features_path, batch_size=batch_size, cuda_graph=cuda_graph, max_nfe=max_nfe,
+                         threads=threads, label=model, on_plan=on_plan)
+    except CompareInterrupted as e:
+        raise KeyboardInterrupt(_keep_partial(e, out)) from None
     _print_report(result, n, resolved.reference_name)
     written = result.write(out, plots=not no_plots, overwrite=overwrite)
     click.echo(f"wrote {', '.join(written)}")
+
+
+def _keep_partial(e, out: str) -> str:
+    """The finished runs of an interrupted compare, printed and written to OUT.partial.csv beside
+    the folder (which stays unwritten: it only ever holds a whole run); returns the message."""
+    from scoresde._io import write_csv
+
+    if not e.rows:
+        return f"{e}; no run had finished, nothing was written"
+    records = [r.record() for r in e.rows]
+    cols = [c for c in ("solver", "grid", "steps", "nfe", "wall_s", "mode_w2", "off_mode", "sw2") if c in records[0]]
+    click.echo(format_table(records, cols))
+    path = os.path.normpath(out) + ".partial.csv"
+    write_csv(path, records)
+    return f"{e}; the finished runs are above and in {path} (partial: {out} was not written)"
 
 
 def _print_report(result, n: int, reference_name) -> None:

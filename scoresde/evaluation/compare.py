@@ -282,6 +282,29 @@ def _execute(model: ResolvedModel, solver_names: Iterable[str], steps_list: Iter
         on_plan(plan)
     rows, samples = [], {}
     bar = tqdm(total=plan.total_nfe, unit="nfe", desc="compare", disable=not progress, leave=False, smoothing=0)
+    try:
+        _run_each(plan, rows, samples, bar, model, score_fn, x_T, explicit, grid, seed, device, batch_size, options,
+                  reference)
+    except KeyboardInterrupt:
+        raise CompareInterrupted(rows, len(plan.runs)) from None
+    finally:
+        bar.close()
+    return rows, samples, plan
+
+
+class CompareInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during the runs: .rows holds the runs that finished, of .planned."""
+
+    def __init__(self, rows: list, planned: int):
+        super().__init__(f"after {len(rows)} of {planned} runs")
+        self.rows, self.planned = rows, planned
+
+
+def _run_each(plan, rows, samples, bar, model, score_fn, x_T, explicit, grid, seed, device, batch_size, options,
+              reference) -> None:
+    """Every planned run in turn, appending its Row and samples as it finishes."""
+    import solvers
+
     for run in plan.runs:
         name, steps = run.solver, run.steps
         bar.set_postfix_str(f"{name} {steps or 'adaptive'}")
@@ -308,8 +331,6 @@ def _execute(model: ResolvedModel, solver_names: Iterable[str], steps_list: Iter
         samples[(name, steps)] = x
         rows.append(Row(name, "adaptive" if steps is None else res.grid, res.schedule, steps, res.nfe, wall,
                         score_samples(x, model, seed=seed, reference=reference)))
-    bar.close()
-    return rows, samples, plan
 
 
 def _record(row) -> dict:
