@@ -162,7 +162,7 @@ SOLVERS = {
 
 #: every grid name `sample(grid=...)` and the CLI accept: the named grids and 'tuned'
 GRID_NAMES = {"tuned": "fitted per solver and SDE family on the ring oracle (solvers.tuned); the default of "
-                       + ", ".join(sorted(_tuned.DEFAULT_FOR)) + " up to 20 steps", **GRIDS}
+                       + _tuned.default_summary(), **GRIDS}
 
 
 def available() -> list[str]:

@@ -70,6 +70,25 @@ def has_tuned(solver: str, sde) -> bool:
     return key is not None and solver in table().get(key, {})
 
 
+def largest_fitted() -> dict:
+    """{solver: largest fitted K over the SDE families}: the step count up to which a solver in
+    DEFAULT_FOR takes the tuned grid (K counts steps, not nfe: heun's 10 steps are 19 evaluations)."""
+    out: dict = {}
+    for fam in table().values():
+        for solver, shapes in fam.items():
+            out[solver] = max(out.get(solver, 0), max(shapes))
+    return out
+
+
+def default_summary() -> str:
+    """'deis, dpmpp_3m, euler up to 20 steps; heun, heun_t up to 10 steps': where tuned is the default."""
+    by_k: dict = {}
+    for solver, k in sorted(largest_fitted().items()):
+        if solver in DEFAULT_FOR:
+            by_k.setdefault(k, []).append(solver)
+    return "; ".join(f"{', '.join(names)} up to {k} steps" for k, names in sorted(by_k.items(), reverse=True))
+
+
 def is_default(solver: str, sde, steps: int) -> bool:
     """Whether `sample` uses the tuned grid when no grid is given (see DEFAULT_FOR)."""
     return solver in DEFAULT_FOR and has_tuned(solver, sde) and steps <= max(table()[sde_key(sde)][solver])

@@ -13,14 +13,16 @@ def command():
     import solvers
 
     w = max(map(len, solvers.SOLVERS))
-    tuned_for, max_k = {}, {}
+    tuned_for, max_k = {}, solvers.tuned.largest_fitted()
     for sde, fam in solvers.tuned.table().items():
-        for name, shapes in fam.items():
+        for name in fam:
             tuned_for.setdefault(name, []).append(sde)
-            max_k[name] = max(shapes)
     click.echo("solvers (default grid in brackets, per SDE where they differ):")
     for name, spec in solvers.SOLVERS.items():
-        grid = spec.grid if not spec.grid_by_sde else ", ".join(f"{k}: {v}" for k, v in spec.grid_by_sde.items())
+        # an SDE without its own entry falls back to spec.grid: name the fallback too
+        grid = spec.grid if not spec.grid_by_sde else ", ".join(
+            [f"{k}: {v}" for k, v in spec.grid_by_sde.items()]
+            + ([f"others: {spec.grid}"] if set(spec.grid_by_sde) < {"vp", "subvp", "ve"} else []))
         if tuned_for.get(name) and name in solvers.tuned.DEFAULT_FOR:
             grid = f"tuned up to {max_k[name]} steps on {', '.join(tuned_for[name])}; else {grid}"
         elif tuned_for.get(name):
