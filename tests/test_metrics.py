@@ -47,3 +47,13 @@ def test_off_mode_threshold_scales_with_dimension():
     data = GaussianMixture.gaussian(64)
     q = mode_metrics(data.sample(2000, generator=gen(5)), data)
     assert q["off_mode"] == 0 and abs(q["std_ratio"] - 1) < 0.01 and q["mode_w2"] < 0.06
+
+
+def test_nfe_tick_labels_keep_the_round_counts_and_never_crowd():
+    from scoresde.evaluation.plots import tick_labels
+
+    ticks = [5, 9, 10, 19, 20, 39, 50, 99, 100, 121, 999, 1000]
+    shown = tick_labels(ticks)
+    assert {5, 10, 20, 50, 100, 1000} <= shown  # 50 is kept although 39 comes first on the axis
+    kept = sorted(shown)
+    assert all(b >= 1.3 * a for a, b in zip(kept, kept[1:]))

@@ -31,6 +31,22 @@ METRIC_AXES = {"mode_w2": "within-mode W2 (mode stds; ranks solvers)",
                "off_mode": "off every mode (% of samples)"}
 
 
+# matplotlib's tab10 without its grey (index 7), which is the exact-sample band's colour
+SERIES_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
+                 "#000000")
+ROUND_NFE = (5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
+def tick_labels(ticks, gap: float = 1.3) -> set:
+    """The ticks to label on a log axis: the round step counts first, then the rest, each kept
+    only if it is at least `gap`× away from every label already kept (so 50 is not lost to 39)."""
+    kept: list = []
+    for t in sorted(ticks, key=lambda t: (t not in ROUND_NFE, t)):
+        if all(max(t, k) >= gap * min(t, k) for k in kept):
+            kept.append(t)
+    return set(kept)
+
+
 def quality_vs_nfe(rows: list[dict], path: str, title: str = "", band: dict | None = None) -> None:
     """One line per solver against nfe: the ranking metric (mode_w2 when an oracle is known,
     else sliced W2 to data) and, with an oracle, the off-mode percentage.
@@ -44,21 +60,21 @@ def quality_vs_nfe(rows: list[dict], path: str, title: str = "", band: dict | No
     fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.4), squeeze=False, layout="constrained")
     for ax, key in zip(axes[0], keys):
         scale = 100.0 if key == "off_mode" else 1.0
-        for name in dict.fromkeys(r["solver"] for r in rows):
+        for i, name in enumerate(dict.fromkeys(r["solver"] for r in rows)):
             pts = sorted((r["nfe"], scale * r[key]) for r in rows if r["solver"] == name and key in r)
             if pts:
-                ax.plot(*zip(*pts), marker="o", ms=4, label=name)
+                color, style = SERIES_COLORS[i % len(SERIES_COLORS)], ("-", "--", ":")[i // len(SERIES_COLORS) % 3]
+                ax.plot(*zip(*pts), marker="o", ms=4, label=name, color=color, ls=style)
+                if len(pts) == 1:  # a lone point (an adaptive run) has no line to follow to the legend
+                    ax.annotate(name, pts[0], xytext=(4, 4), textcoords="offset points", fontsize=7, color=color)
         if band is not None and band["metric"] == key:
             ax.axhspan(band["lo"], band["hi"], color="0.6", alpha=0.35, lw=0,
                        label=f"exact samples of this size\n(range of {band['draws']} draws)")
         ax.set_xscale("log")
         ticks = sorted({r["nfe"] for r in rows})
-        if len(ticks) <= 12:  # label the nfe actually used, as plain numbers, none crowding the last one
-            labels, last = [], 0
-            for t in ticks:
-                labels.append(str(t) if t >= 1.3 * last else "")
-                last = t if labels[-1] else last
-            ax.set_xticks(ticks, labels)
+        if len(ticks) <= 12:  # label the nfe actually used, as plain numbers, no two crowding each other
+            shown = tick_labels(ticks)
+            ax.set_xticks(ticks, [str(t) if t in shown else "" for t in ticks])
             ax.xaxis.set_minor_locator(plt.NullLocator())
         if key == "off_mode":
             ax.set_yscale("symlog", linthresh=0.1, linscale=0.5)  # linear below 0.1 %, where 0 must show
