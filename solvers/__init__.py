@@ -26,7 +26,7 @@ from .dpmpp import dpmpp_2m
 from .dpmpp_3m import dpmpp_3m
 from .dpmpp_sde import dpmpp_2m_sde
 from .euler_maruyama import euler_maruyama, predictor_corrector
-from .grids import DEFAULT_STEPS, GRIDS, explicit_grid, load_grid, resolve_grid, steps_and_eps, time_grid
+from .grids import DEFAULT_STEPS, GRIDS, check_resolution, explicit_grid, load_grid, resolve_grid, steps_and_eps, time_grid
 from .heun import euler, euler_t, heun, heun_t
 from .pf_ode import METHOD_ORDER, pf_ode
 from .sde_torchsde import torchsde_sde
@@ -251,6 +251,7 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
         ts = _tuned_times(solver, sde, steps, eps)
     else:
         ts, grid = resolve_grid(sde, grid, steps, eps, default_eps(solver, sde))
+    check_resolution(sde, ts, x.dtype)
     fn = graphed(score_fn, x.device) if cuda_graph else score_fn
     prob = Problem(fn, sde, ts, x, generator, callback, check_finite, batch_size)
     with torch.no_grad():

@@ -80,6 +80,30 @@ def time_grid(sde, steps: int, kind: str = "uniform", eps: float = 1e-3, rho: fl
     return ts.to(device)
 
 
+def check_resolution(sde, ts: torch.Tensor, dtype: torch.dtype) -> None:
+    """Raise SolverError unless the grid `ts` (float64, T … eps) stays strictly decreasing once
+    cast to the solve's `dtype`: an eps within the dtype's resolution of T (or steps finer than
+    it) would otherwise surface as a solver's own error, e.g. torchsde's 'ts must be strictly
+    increasing'.  Runs once on the grid, before any score call."""
+    if not dtype.is_floating_point or dtype == torch.float64:
+        return
+    cast = ts.detach().to("cpu", torch.float64).to(dtype)
+    bad = (cast[1:] >= cast[:-1]).nonzero()
+    if not bad.numel():
+        return
+    T, eps, steps = float(ts[0]), float(ts[-1]), ts.numel() - 1
+    spacing = float(torch.finfo(dtype).eps) * max(abs(T), 1.0)
+    if float(cast[-1]) >= float(cast[0]):
+        what = f"rounds to T = {T:g} in {dtype}"
+    else:
+        i = int(bad[0, 0])
+        what = (f"leaves t_{i} = {float(ts[i])!r} and t_{i + 1} = {float(ts[i + 1])!r} equal in {dtype} "
+                f"(the grid's {steps} steps are finer than its resolution)")
+    raise _error(f"eps = {eps!r} {what}; the grid's {steps} steps need eps <= T - about {steps * spacing:.3g} "
+                 f"(one {dtype} spacing {spacing:.3g} near T per step); choose a smaller eps, fewer steps, "
+                 f"or dtype=torch.float64")
+
+
 def _error(msg):
     from ._common import SolverError
 
