@@ -71,6 +71,15 @@ def two_threads():
     yield from _threads(2)
 
 
+def solvers_without_a_case(trait: str, cases) -> set:
+    """The solvers whose SolverSpec declares `trait` ('order' or 'weak_order', at default options)
+    but that no (solver, grid, options) case in `cases` measures."""
+    import solvers
+
+    declared = {name for name in solvers.available() if getattr(solvers.traits(name), trait) is not None}
+    return declared - {case[0] for case in cases}
+
+
 def measured_order(sde, solver: str, grid: str, opts: dict, Ks=(20, 40, 80, 160), error=None):
     """Slope of log(error) against log K for `solver`, and the errors themselves.  The error is by
     default the max distance to the 4-D Gaussian's closed-form probability flow from T to
