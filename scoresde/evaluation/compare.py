@@ -283,8 +283,32 @@ def _execute(model: ResolvedModel, solver_names: Iterable[str], steps_list: Iter
     rows, samples = [], {}
     bar = tqdm(total=plan.total_nfe, unit="nfe", desc="compare", disable=not progress, leave=False, smoothing=0)
     try:
-        _run_each(plan, rows, samples, bar, model, score_fn, x_T, explicit, grid, seed, device, batch_size, options,
-                  reference)
+        for run in plan.runs:
+            name, steps = run.solver, run.steps
+            bar.set_postfix_str(f"{name} {steps or 'adaptive'}")
+            counted, expected = [0], [run.nfe]
+
+            def tick(info):
+                if info["nfe"] > expected[0]:  # an adaptive run needs more than its probe: grow the total first
+                    bar.total += info["nfe"] - expected[0]
+                    expected[0] = info["nfe"]
+                bar.update(info["nfe"] - counted[0])
+                counted[0] = info["nfe"]
+
+            _sync(device)
+            t0 = time.perf_counter()
+            res = solvers.sample(score_fn, model.sde, x_T=x_T, solver=name, steps=None if explicit else steps or 1,
+                                 grid=grid, generator=torch.Generator(device=device).manual_seed(seed), callback=tick,
+                                 batch_size=batch_size, **options.get(name, {}))
+            _sync(device)
+            wall = time.perf_counter() - t0
+            bar.total += res.nfe - expected[0]  # an adaptive run that needed fewer than its probe
+            bar.update(res.nfe - counted[0])
+            bar.refresh()  # show the finished run (and a corrected total) even between tqdm's update intervals
+            x = res.x.detach().float().cpu()
+            samples[(name, steps)] = x
+            rows.append(Row(name, "adaptive" if steps is None else res.grid, res.schedule, steps, res.nfe, wall,
+                            score_samples(x, model, seed=seed, reference=reference)))
     except KeyboardInterrupt:
         raise CompareInterrupted(rows, len(plan.runs)) from None
     finally:
@@ -298,39 +322,6 @@ class CompareInterrupted(KeyboardInterrupt):
     def __init__(self, rows: list, planned: int):
         super().__init__(f"after {len(rows)} of {planned} runs")
         self.rows, self.planned = rows, planned
-
-
-def _run_each(plan, rows, samples, bar, model, score_fn, x_T, explicit, grid, seed, device, batch_size, options,
-              reference) -> None:
-    """Every planned run in turn, appending its Row and samples as it finishes."""
-    import solvers
-
-    for run in plan.runs:
-        name, steps = run.solver, run.steps
-        bar.set_postfix_str(f"{name} {steps or 'adaptive'}")
-        counted, expected = [0], [run.nfe]
-
-        def tick(info):
-            if info["nfe"] > expected[0]:  # an adaptive run needs more than its probe: grow the total first
-                bar.total += info["nfe"] - expected[0]
-                expected[0] = info["nfe"]
-            bar.update(info["nfe"] - counted[0])
-            counted[0] = info["nfe"]
-
-        _sync(device)
-        t0 = time.perf_counter()
-        res = solvers.sample(score_fn, model.sde, x_T=x_T, solver=name, steps=None if explicit else steps or 1,
-                             grid=grid, generator=torch.Generator(device=device).manual_seed(seed), callback=tick,
-                             batch_size=batch_size, **options.get(name, {}))
-        _sync(device)
-        wall = time.perf_counter() - t0
-        bar.total += res.nfe - expected[0]  # an adaptive run that needed fewer than its probe
-        bar.update(res.nfe - counted[0])
-        bar.refresh()  # show the finished run (and a corrected total) even between tqdm's update intervals
-        x = res.x.detach().float().cpu()
-        samples[(name, steps)] = x
-        rows.append(Row(name, "adaptive" if steps is None else res.grid, res.schedule, steps, res.nfe, wall,
-                        score_samples(x, model, seed=seed, reference=reference)))
 
 
 def _record(row) -> dict:
