@@ -60,8 +60,19 @@ def start_trainer(tmp_path, raw, out, *extra):
     conf.write_text(toml(raw))
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return conf, subprocess.Popen([sys.executable, "-m", "scoresde.cli", "train", "--config", str(conf), "--out",
-                                   str(out), "--quiet", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   str(out), "--quiet", "--threads", "1", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, cwd=ROOT, env=env)
+
+
+def train_in_process(raw: dict, folder) -> list[float]:
+    """The uninterrupted run's losses, on the one thread start_trainer's runs use: a CPU run's
+    losses depend on the thread count in their last bits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return Trainer(from_dict(raw), str(folder), progress=False).train()
+    finally:
+        torch.set_num_threads(before)
 
 
 def wait_for(cond, proc, timeout=120.0, poll=0.02):
@@ -279,9 +290,10 @@ def test_sigint_then_resume_reproduces_the_uninterrupted_losses_bit_for_bit(tmp_
     k = load_checkpoint(str(out / "checkpoint.pt"))["step"]
     assert err.strip() == f"Interrupted: SIGINT at step {k}: the checkpoint {out / 'checkpoint.pt'} holds steps " \
                           f"1-{k}; continue with --resume"
-    r = run("train", "--config", conf, "--out", out, "--resume", "--steps", k + 6, "--quiet")
+    r = run("train", "--config", conf, "--out", out, "--resume", "--steps", k + 6, "--no-preview")
     assert r.exit_code == 0 and f"trained steps {k} -> {k + 6}" in r.output, r.output
-    full = Trainer(from_dict(tiny(steps=k + 6)), str(tmp_path / "full"), progress=False).train()
+    assert "threads: 1 (auto: the count the checkpoint was trained with" in r.output, r.output
+    full = train_in_process(tiny(steps=k + 6), tmp_path / "full")
     logged_losses = [row["loss"] for row in log_steps(out)]
     assert [row["step"] for row in log_steps(out)] == list(range(1, k + 7))
     assert logged_losses == full  # json round-trips floats exactly: bit for bit
@@ -316,8 +328,7 @@ def test_kill_9_during_a_checkpoint_write_then_clean_resume(tmp_path, caplog):
     assert not [n for n in os.listdir(out) if n.startswith(".tmp-")] and not os.path.exists(out / ".lock")
     rows = log_steps(out)
     assert [row["step"] for row in rows] == list(range(1, k + 4))  # no step twice
-    full = Trainer(from_dict({**raw, "train": {**raw["train"], "steps": k + 3, "ckpt_every": 0}}),
-                   str(tmp_path / "full"), progress=False).train()
+    full = train_in_process({**raw, "train": {**raw["train"], "steps": k + 3, "ckpt_every": 0}}, tmp_path / "full")
     assert [row["loss"] for row in rows] == full
 
 

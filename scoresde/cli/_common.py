@@ -261,11 +261,15 @@ class chosen_threads:
     """`with chosen_threads(threads, score_fn, x, device):` sets torch's CPU thread count for the
     block ('auto': see fastest_thread_count; N: that many), prints which it chose, and restores
     the count afterwards (it is process-wide, and tests run commands in one process).  On a GPU
-    it does nothing.  `.note` is 'cuda' or 'cpu, N thread(s)'."""
+    it does nothing.  `.note` is 'cuda' or 'cpu, N thread(s)'.
 
-    def __init__(self, threads, score_fn, x, device, batch_size: int | None = None, quiet: bool = False):
+    `resumed` is the count a resumed training run was written with: 'auto' keeps it, because a
+    CPU run's losses depend on the thread count in their last bits, and N != resumed warns."""
+
+    def __init__(self, threads, score_fn, x, device, batch_size: int | None = None, quiet: bool = False,
+                 resumed: int | None = None):
         self.threads, self.score_fn, self.x, self.batch_size, self.quiet = threads, score_fn, x, batch_size, quiet
-        self.device = device
+        self.device, self.resumed = device, resumed
         self.note = str(getattr(device, "type", device))
 
     def __enter__(self):
@@ -276,13 +280,19 @@ class chosen_threads:
         self.before = torch.get_num_threads()
         if self.note != "cpu":
             return self
-        if self.threads == "auto":
+        if self.threads == "auto" and self.resumed is not None:
+            torch.set_num_threads(self.resumed)
+            k, why = self.resumed, "auto: the count the checkpoint was trained with, so the run continues bit for bit"
+        elif self.threads == "auto":
             k, sec = fastest_thread_count(self.score_fn, self.x, batch_size=self.batch_size)
             why = (f"auto: {k} of {self.before} evaluates faster ({1e3 * sec:.3g} ms per evaluation)"
                    if self.before > 1 else "auto: torch's default is already 1")
         else:
             torch.set_num_threads(self.threads)
             k, why = self.threads, "--threads"
+            if self.resumed not in (None, k):
+                why += (f"; the checkpoint was trained with {self.resumed}, so the losses may differ from an "
+                        f"uninterrupted run in their last bits")
         self.note = f"cpu, {k} thread{'s' * (k > 1)}"
         if not self.quiet:
             click.echo(f"threads: {k} ({why})", err=True)

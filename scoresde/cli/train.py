@@ -53,7 +53,8 @@ def command(config_path, out, resume, device, steps, threads, no_preview, quiet)
 
     x_probe = trainer.model.sde.prior_sample((cfg.data.batch_size, *trainer.data.shape),
                                              generator=torch.Generator().manual_seed(0)).to(trainer.device)
-    with chosen_threads(threads, trainer.model, x_probe, trainer.device, quiet=quiet or trainer.rank != 0):
+    with chosen_threads(threads, trainer.model, x_probe, trainer.device, quiet=quiet or trainer.rank != 0,
+                        resumed=trainer.resumed_threads):
         losses = trainer.train()
     wall = time.perf_counter() - t0
     if trainer.rank == 0:

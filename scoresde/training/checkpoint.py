@@ -142,6 +142,9 @@ def _check_types(path: str, ck) -> Config:
     if not (isinstance(rng, list) and rng and all(isinstance(r, (list, tuple)) and len(r) == 2 and
                                                     all(_is_state(s) for s in r) for r in rng)):
         raise _fail(path, "has an rng entry that is not a list of [generator state, generator state] byte tensors")
+    threads = ck.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise _fail(path, f"has threads {_short(threads)}, not a whole number >= 1")
     ref = ck.get("reference")
     if ref is not None and not (torch.is_tensor(ref) and ref.dtype == torch.float32 and ref.ndim == len(shape) + 1
                                 and ref.shape[0] >= 1 and list(ref.shape[1:]) == list(shape)

@@ -25,7 +25,9 @@ def gather_state(tr) -> dict:
     return dict(config=tr.cfg.to_dict(), shape=list(tr.data.shape), step=tr.step,
                 model={k: v.detach().cpu() for k, v in tr.model.net.state_dict().items()},
                 ema=tr.ema.state_dict(), optimizer=tr.opt.state_dict(),
-                rng=rngs, torch_rng=torch.get_rng_state(), **tr.reference)
+                rng=rngs, torch_rng=torch.get_rng_state(), **tr.reference,
+                # a CPU run's losses depend on the thread count in their last bits (reduction order)
+                **({"threads": torch.get_num_threads()} if tr.device.type == "cpu" else {}))
 
 
 def restore_state(tr, path: str) -> None:
@@ -59,3 +61,4 @@ def restore_state(tr, path: str) -> None:
                               f"resume on the kind of device it was written on") from None
     torch.set_rng_state(ckpt["torch_rng"])
     tr.step = int(ckpt["step"])
+    tr.resumed_threads = ckpt.get("threads")

@@ -83,6 +83,7 @@ class Trainer:
         self.data_gen = torch.Generator(device=self.data.device).manual_seed(
             (c.seed * 1000 + self.rank + 500) % 2 ** 64)
         self.step = 0
+        self.resumed_threads: int | None = None  # the CPU thread count the resumed checkpoint was written with
         self.progress = progress and self.rank == 0
         self._runner = self._step_runner()
         self.folder = RunFolder(out_dir, CKPT, owner=self.rank == 0)
