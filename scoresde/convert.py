@@ -1,8 +1,15 @@
-"""The one place where ε, the score and the clean estimate x̂_0 are converted into each other.
+"""The one place where ε, the score, the clean estimate x̂_0 and the velocity v are converted
+into each other.
 
 With x_t = m·x_0 + σ·ε:
     s   = −ε / σ                       (score of the Gaussian perturbation kernel)
     x̂_0 = (x − σ·ε) / m = (x + σ²·s) / m   (Tweedie's formula)
+    v   = m·ε − σ·x_0                  (Salimans & Ho 2022; diffusers' v_prediction)
+    ε   = (m·v + σ·x)/(m² + σ²),  x̂_0 = (m·x − σ·v)/(m² + σ²)
+          (m² + σ² = 1 on VP, where these are the familiar ε = m·v + σ·x, x̂_0 = m·x − σ·v)
+
+A network's output is named by its `prediction`: 'epsilon', 'x0' (diffusers' 'sample'), 'v'
+or 'score'; eps_from_prediction and prediction_from_eps are the only maps between them.
 
 `m` and `σ` are tensors of shape (B,), 0-d tensors or Python numbers; they broadcast over
 x's trailing dims.
@@ -45,3 +52,64 @@ def x0_from_score(x: torch.Tensor, score: torch.Tensor, mean_coef, std) -> torch
 def eps_from_x0(x: torch.Tensor, x0: torch.Tensor, mean_coef, std) -> torch.Tensor:
     """ε = (x − m·x̂_0)/σ."""
     return (x - _as(mean_coef, x) * x0) / _as(std, x)
+
+
+def v_from_eps(x: torch.Tensor, eps: torch.Tensor, mean_coef, std) -> torch.Tensor:
+    """v = m·ε − σ·x̂_0 with x̂_0 = (x − σ·ε)/m, i.e. v = ((m² + σ²)·ε − σ·x)/m."""
+    m, s = _as(mean_coef, x), _as(std, x)
+    return m * eps - s * (x - s * eps) / m
+
+
+def eps_from_v(x: torch.Tensor, v: torch.Tensor, mean_coef, std) -> torch.Tensor:
+    """ε = (m·v + σ·x)/(m² + σ²)."""
+    m, s = _as(mean_coef, x), _as(std, x)
+    return (m * v + s * x) / (m * m + s * s)
+
+
+def x0_from_v(x: torch.Tensor, v: torch.Tensor, mean_coef, std) -> torch.Tensor:
+    """x̂_0 = (m·x − σ·v)/(m² + σ²)."""
+    m, s = _as(mean_coef, x), _as(std, x)
+    return (m * x - s * v) / (m * m + s * s)
+
+
+PREDICTIONS = ("epsilon", "x0", "v", "score")
+
+
+def _unknown(prediction) -> ValueError:
+    return ValueError(f"prediction must be one of {', '.join(map(repr, PREDICTIONS))}, got {prediction!r}")
+
+
+def check_prediction(prediction: str) -> str:
+    """`prediction` if it is one of PREDICTIONS, else a ValueError naming the choices."""
+    if prediction not in PREDICTIONS:
+        raise _unknown(prediction)
+    return prediction
+
+
+def eps_from_prediction(prediction: str, out: torch.Tensor, x: torch.Tensor, mean_coef, std) -> torch.Tensor:
+    """ε from a network output `out` that predicts `prediction` at x_t = x:
+    ε itself; (x − m·x̂_0)/σ; (m·v + σ·x)/(m² + σ²); or −σ·s."""
+    if prediction == "epsilon":
+        return out
+    if prediction == "x0":
+        return eps_from_x0(x, out, mean_coef, std)
+    if prediction == "v":
+        return eps_from_v(x, out, mean_coef, std)
+    if prediction == "score":
+        return score_to_eps(out, std)
+    raise _unknown(prediction)
+
+
+def prediction_from_eps(prediction: str, eps: torch.Tensor, x: torch.Tensor, mean_coef, std) -> torch.Tensor:
+    """The inverse of eps_from_prediction: what a `prediction` network outputs when its ε is `eps`
+    (ε; x̂_0 = (x − σ·ε)/m; v = m·ε − σ·x̂_0; s = −ε/σ).  With eps the true noise, this is the
+    regression target of that network."""
+    if prediction == "epsilon":
+        return eps
+    if prediction == "x0":
+        return x0_from_eps(x, eps, mean_coef, std)
+    if prediction == "v":
+        return v_from_eps(x, eps, mean_coef, std)
+    if prediction == "score":
+        return eps_to_score(eps, std)
+    raise _unknown(prediction)
