@@ -32,6 +32,7 @@ class ResolvedModel:
     data_name: str | None = None
     data_config: Any = None
     reference_name: str | None = None
+    describe: str | None = None  # one line on what was inferred (a pretrained model's conventions)
     load_reference: Callable[[], tuple[torch.Tensor, str]] | None = field(default=None, repr=False)
 
     def __getattribute__(self, key):

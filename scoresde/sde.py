@@ -332,23 +332,26 @@ class VESDE(SDE):
                                         self.N, dtype=torch.float64))
 
 
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 
 
 def beta_table(beta_schedule: str, N: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
     """β_1 … β_N (float64) of diffusers' named schedules:
     'linear': linspace(β_start, β_end, N); 'scaled_linear': linspace(√β_start, √β_end, N)²;
     'squaredcos_cap_v2': β_i = min(1 − ᾱ(i/N)/ᾱ((i−1)/N), 0.999), ᾱ(t) = cos²((t + 0.008)/1.008·π/2)
-    (Nichol & Dhariwal's cosine schedule with its 0.999 cap)."""
+    (Nichol & Dhariwal's cosine schedule with its 0.999 cap);
+    'sigmoid': β_start + (β_end − β_start)·sigmoid(linspace(−6, 6, N)) (GeoDiff's)."""
     N = check_int("N", N, 1)
     if beta_schedule == "linear":
-        return torch.linspace(beta_start, beta_end, N, dtype=torch.float64)
+        return torch.linspace(beta_start, beta_end, N, dtype=torch.float64, device="cpu")
     if beta_schedule == "scaled_linear":
-        return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, N, dtype=torch.float64) ** 2
+        return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, N, dtype=torch.float64, device="cpu") ** 2
     if beta_schedule == "squaredcos_cap_v2":
-        t = torch.arange(N + 1, dtype=torch.float64) / N
+        t = torch.arange(N + 1, dtype=torch.float64, device="cpu") / N
         abar = torch.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
         return (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
+    if beta_schedule == "sigmoid":
+        return beta_start + (beta_end - beta_start) * torch.sigmoid(torch.linspace(-6, 6, N, dtype=torch.float64, device="cpu"))
     raise ValueError(f"beta_schedule must be one of {', '.join(map(repr, BETA_SCHEDULES))} or explicit "
                      f"trained_betas, got {beta_schedule!r}")
 
@@ -378,7 +381,7 @@ class DiscreteVPSDE(VPSDE):
         if betas is None:
             table = beta_table(beta_schedule, N, beta_start, beta_end)
         else:
-            table = torch.as_tensor(betas, dtype=torch.float64).flatten()
+            table = torch.as_tensor(betas, dtype=torch.float64, device="cpu").flatten()
             if table.numel() < 1:
                 raise ValueError("betas must hold at least one value")
             N, beta_schedule = table.numel(), "trained_betas"
@@ -391,7 +394,7 @@ class DiscreteVPSDE(VPSDE):
         self._explicit = betas is not None
         self.schedule = "discrete"
         self.beta_min, self.beta_max = float(table.min()) * N, float(table.max()) * N  # for plots and repr
-        log_abar = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.log1p(-table), 0)])
+        log_abar = torch.cat([torch.zeros(1, dtype=torch.float64, device="cpu"), torch.cumsum(torch.log1p(-table), 0)])
         self._discrete = (table, log_abar[1:].exp())
         self._log_abar = log_abar
         self._cache: dict = {}

@@ -295,5 +295,5 @@ def test_explicit_betas_and_bad_tables():
     with pytest.raises(ValueError, match=r"every β must lie in \(0, 1\); β_2 = 1.0"):
         DiscreteVPSDE(betas=[0.1, 1.0])
     with pytest.raises(ValueError, match="beta_schedule must be one of 'linear', 'scaled_linear', "
-                                         "'squaredcos_cap_v2' or explicit trained_betas, got 'cosine'"):
+                                         "'squaredcos_cap_v2', 'sigmoid' or explicit trained_betas, got 'cosine'"):
         DiscreteVPSDE("cosine")
