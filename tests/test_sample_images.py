@@ -110,3 +110,17 @@ def test_torchrun_with_two_ranks_writes_the_images_of_one_process(tmp_path):
                    check=True, cwd=tmp_path, timeout=300)
     a, b = images(tmp_path / "tr"), images(tmp_path / "single")
     assert a.keys() == b.keys() and len(a) == 5 and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_compare_scores_a_pretrained_model_against_a_reference_file(tmp_path, py_model):
+    ref = np.random.default_rng(0).integers(0, 256, size=(300, 3, 4, 4), dtype=np.uint8)
+    np.save(tmp_path / "ref.npy", ref)
+    args = ["compare", "--model", py_model, "--solvers", "ddim", "--steps", "5", "--n", "100", "--threads", "1",
+            "--no-plots", "--quiet"]
+    r = CliRunner().invoke(cli, [*args, "--reference", str(tmp_path / "ref.npy"), "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    assert "floors (two disjoint samples of size 100 of ref.npy)" in r.output and "ranked by sw2" in r.output, r.output
+    np.save(tmp_path / "bad.npy", ref[:, :1])
+    r = CliRunner().invoke(cli, [*args, "--reference", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "d")])
+    assert r.exit_code == 2 and "--reference: samples have shape (1, 4, 4), the model makes (3, 4, 4)" in r.output, \
+        r.output

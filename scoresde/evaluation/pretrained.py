@@ -83,10 +83,10 @@ def load_diffusers(spec: str, device=None) -> ResolvedModel:
         if local:
             sub = "unet" if os.path.isdir(os.path.join(path, "unet")) else None
             cfg = _scheduler_config(path)
-            unet = diffusers.UNet2DModel.from_pretrained(path, subfolder=sub)
+            unet = diffusers.UNet2DModel.from_pretrained(path, subfolder=sub, low_cpu_mem_usage=False)
         else:
             cfg = dict(diffusers.DDPMScheduler.load_config(path, subfolder="scheduler"))
-            unet = diffusers.UNet2DModel.from_pretrained(path, subfolder="unet")
+            unet = diffusers.UNet2DModel.from_pretrained(path, subfolder="unet", low_cpu_mem_usage=False)
     except PretrainedError:
         raise
     except Exception as e:  # a missing file, an offline hub, a foreign folder: one line naming it
