@@ -35,6 +35,11 @@ class ResolvedModel:
     describe: str | None = None  # one line on what was inferred (a pretrained model's conventions)
     load_reference: Callable[[], tuple[torch.Tensor, str]] | None = field(default=None, repr=False)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The precision to solve in: float64 for an exact oracle score, float32 for a network."""
+        return torch.float64 if getattr(self.score_fn, "oracle", None) is not None else torch.float32
+
     def __getattribute__(self, key):
         # the first read of data or reference_name builds a lazy reference, once
         if key in ("data", "reference_name"):

@@ -98,7 +98,7 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
     if tuple(x.shape[1:]) != tuple(resolved.shape):
         raise CLIError(f"--data: samples have shape {tuple(x.shape[1:])}, the model expects {tuple(resolved.shape)}")
     # exact oracles run in float64; a network in the precision it was trained in
-    x = x.to(dev, torch.float64 if getattr(resolved.score_fn, "oracle", None) is not None else torch.float32)
+    x = x.to(dev, resolved.dtype)
     # --dequant-repeats only counts for quantized data; continuous data has no dequantization draws
     repeats = dequant_repeats if levels else 1
     with chosen_threads(threads, resolved.score_fn, x[:batch_size], dev, quiet=quiet):

@@ -51,7 +51,7 @@ def command(model, sde_name, solver, nfe, denoise, out, n_fit, n_eval, max_evals
 
     dev = to_device(device)
     resolved = resolve(model, sde_name, dev)
-    dtype = torch.float32 if isinstance(resolved.score_fn, torch.nn.Module) else torch.float64
+    dtype = resolved.dtype
     data = None
     if objective == "klub":
         data = resolved.oracle.sample if resolved.oracle is not None else resolved.data
