@@ -86,30 +86,27 @@ def check_prediction(prediction: str) -> str:
     return prediction
 
 
+# prediction: (ε from the output, the output from ε), each f(x, value, m, σ)
+_MAPS = {
+    "epsilon": (lambda x, out, m, s: out, lambda x, eps, m, s: eps),
+    "x0": (lambda x, out, m, s: eps_from_x0(x, out, m, s), lambda x, eps, m, s: x0_from_eps(x, eps, m, s)),
+    "v": (lambda x, out, m, s: eps_from_v(x, out, m, s), lambda x, eps, m, s: v_from_eps(x, eps, m, s)),
+    "score": (lambda x, out, m, s: score_to_eps(out, s), lambda x, eps, m, s: eps_to_score(eps, s)),
+}
+
+
 def eps_from_prediction(prediction: str, out: torch.Tensor, x: torch.Tensor, mean_coef, std) -> torch.Tensor:
     """ε from a network output `out` that predicts `prediction` at x_t = x:
     ε itself; (x − m·x̂_0)/σ; (m·v + σ·x)/(m² + σ²); or −σ·s."""
-    if prediction == "epsilon":
-        return out
-    if prediction == "x0":
-        return eps_from_x0(x, out, mean_coef, std)
-    if prediction == "v":
-        return eps_from_v(x, out, mean_coef, std)
-    if prediction == "score":
-        return score_to_eps(out, std)
-    raise _unknown(prediction)
+    if prediction not in _MAPS:
+        raise _unknown(prediction)
+    return _MAPS[prediction][0](x, out, mean_coef, std)
 
 
 def prediction_from_eps(prediction: str, eps: torch.Tensor, x: torch.Tensor, mean_coef, std) -> torch.Tensor:
     """The inverse of eps_from_prediction: what a `prediction` network outputs when its ε is `eps`
     (ε; x̂_0 = (x − σ·ε)/m; v = m·ε − σ·x̂_0; s = −ε/σ).  With eps the true noise, this is the
     regression target of that network."""
-    if prediction == "epsilon":
-        return eps
-    if prediction == "x0":
-        return x0_from_eps(x, eps, mean_coef, std)
-    if prediction == "v":
-        return v_from_eps(x, eps, mean_coef, std)
-    if prediction == "score":
-        return eps_to_score(eps, std)
-    raise _unknown(prediction)
+    if prediction not in _MAPS:
+        raise _unknown(prediction)
+    return _MAPS[prediction][1](x, eps, mean_coef, std)
