@@ -1,0 +1,305 @@
+"""The DDPM variational bound and the continuous-time ELBO against exact answers on the oracles."""
+import math
+
+import pytest
+import torch
+from scipy import integrate
+from scipy.stats import norm
+
+from conftest import gen
+from scoresde import VESDE, SubVPSDE, VPSDE
+from scoresde.bounds import (continuous_elbo, ddpm_vlb, decoder_nll, elbo_terms, likelihood_report, vlb_term,
+                             vlb_terms)
+from scoresde.likelihood import bits_per_dim, log_likelihood
+from scoresde.oracle import GaussianMixture
+from scoresde.sde import SDE
+
+EPS = 1e-5
+
+
+def gaussian_prior_kl(data, sde) -> float:
+    """KL(p_T ‖ prior) for a single diagonal Gaussian: p_T = N(m μ, m²λ + σ²), closed form."""
+    t = torch.tensor(sde.T, dtype=torch.float64)
+    m, s = torch.exp(sde.log_mean_coef(t)), sde.std(t)
+    v, mu, p2 = m ** 2 * data.eigvals[0] + s ** 2, m * data.means[0], sde.prior_std ** 2
+    return 0.5 * (torch.log(p2 / v) + (v + mu ** 2) / p2 - 1).sum().item()
+
+
+def gaussian_neg_entropy(data, sde, t) -> float:
+    """E_{p_t} log p_t for a single diagonal Gaussian: −½Σ log(2πe v)."""
+    t = torch.tensor(t, dtype=torch.float64)
+    v = torch.exp(2 * sde.log_mean_coef(t)) * data.eigvals[0] + sde.std(t) ** 2
+    return -0.5 * torch.log(2 * math.pi * math.e * v).sum().item()
+
+
+def draws_at_eps(data, sde, n, g):
+    """x ~ p_eps exactly: the data pushed to t = eps by the forward kernel."""
+    x0 = data.sample(n, generator=g, dtype=torch.float64)
+    return sde.marginal_sample(x0, torch.tensor(EPS, dtype=torch.float64), generator=g)[0]
+
+
+def mean_se(v):
+    return v.mean().item(), v.std().item() / math.sqrt(len(v))
+
+
+SHORT = {  # SDEs whose terminal marginal is visibly not the prior, so KL(p_T ‖ π) is tested, not ~0
+    "vp": lambda: VPSDE(beta_max=3.0),
+    "vp-default": lambda: VPSDE(),
+    "subvp": lambda: SubVPSDE(beta_max=3.0),
+    "ve": lambda: VESDE(sigma_max=3.0),
+}
+
+
+@pytest.mark.parametrize("name", list(SHORT))
+def test_elbo_with_exact_score_is_logp_minus_prior_kl(name):
+    # With the exact score the reverse SDE is the exact time reversal, so only the prior differs:
+    # E_{x~p_eps} ELBO(x) = E log p_eps − KL(p_T ‖ π).  Paired with log p_eps(x) per point, the
+    # difference has the Monte Carlo noise only.
+    sde, data = SHORT[name](), GaussianMixture.gaussian(2)
+    g = gen(0)
+    x = draws_at_eps(data, sde, 2000, g)
+    out = elbo_terms(data.score_fn(sde), sde, x, eps=EPS, samples=16, generator=g)
+    d, se = mean_se(out["elbo"] - data.log_prob_t(x, EPS, sde))
+    kl = gaussian_prior_kl(data, sde)
+    assert abs(d + kl) < 4 * se + 1e-3, (d, se, -kl)
+    assert se < 0.05
+    # the Estimate's mean against the closed form, within its own standard error
+    est = continuous_elbo(data.score_fn(sde), sde, x, eps=EPS, samples=16, generator=gen(1))
+    target = gaussian_neg_entropy(data, sde, EPS) - kl
+    assert abs(est.logp_mean - target) < 4 * est.logp_stderr, (est.logp_mean, est.logp_stderr, target)
+    assert est.nfe >= 1 and est.evals == 2 * 16 * 2000
+
+
+def test_elbo_with_exact_score_on_a_mixture():
+    # The ring under a short VP SDE: p_T is a mixture, so KL(p_T ‖ π) comes from exact draws of p_T
+    # and its exact density, independently of the bound.
+    sde, data = VPSDE(beta_max=3.0), GaussianMixture.ring()
+    g = gen(2)
+    x = draws_at_eps(data, sde, 2000, g)
+    out = elbo_terms(data.score_fn(sde), sde, x, eps=EPS, samples=16, generator=g)
+    d, se = mean_se(out["elbo"] - data.log_prob_t(x, EPS, sde))
+    xT = sde.marginal_sample(data.sample(200000, generator=g, dtype=torch.float64), 1.0, generator=g)[0]
+    kl, kl_se = mean_se(data.log_prob_t(xT, 1.0, sde) - sde.prior_logp(xT))
+    assert kl > 0.5
+    assert abs(d + kl) < 4 * math.hypot(se, kl_se), (d, se, -kl)
+
+
+@pytest.mark.parametrize("name", ["vp-default", "ve"])
+def test_perturbed_score_lowers_the_elbo_by_the_score_matching_error(name):
+    # s_θ = s* + Δs with Δs(x, t) = c·(1 + t)·x: averaged over x ~ p_eps the cross term vanishes
+    # (tower property), and the mean ELBO drops by ½∫ g²·E_{p_t}‖Δs‖² dt, here by quadrature of the
+    # closed-form E‖x_t‖² = Σ m²(λ + μ²) + σ².  The same seed gives both runs the same t and ε.
+    sde, data = SHORT[name](), GaussianMixture.gaussian(2)
+    c = 0.3 if name == "vp-default" else 0.04
+    exact = data.score_fn(sde)
+
+    def perturbed(x, t):
+        return exact(x, t) + c * (1 + t)[:, None] * x
+
+    x = draws_at_eps(data, sde, 2000, gen(3))
+    a = elbo_terms(exact, sde, x, eps=EPS, samples=16, generator=gen(4))["elbo"]
+    b = elbo_terms(perturbed, sde, x, eps=EPS, samples=16, generator=gen(4))["elbo"]
+    drop, se = mean_se(a - b)
+
+    def integrand(t):
+        tt = torch.tensor(t, dtype=torch.float64)
+        m2, s2 = torch.exp(2 * sde.log_mean_coef(tt)), sde.std(tt) ** 2
+        ex2 = (m2 * (data.eigvals[0] + data.means[0] ** 2) + s2).sum()
+        return float(0.5 * sde.g2(tt) * c ** 2 * (1 + t) ** 2 * ex2)
+
+    expected = integrate.quad(integrand, EPS, sde.T, limit=200)[0]
+    assert expected > 0.2
+    assert abs(drop - expected) < 4 * se + 0.01 * expected, (drop, se, expected)
+
+
+class ChainSDE(SDE):
+    """m and σ of the discrete DDPM chain (m = √ᾱ_i, σ = √(1 − ᾱ_i) at t = i/N), so that the
+    oracle's score under it is the exact score of the chain's marginals."""
+
+    prior_std = 1.0
+
+    def __init__(self, sde):
+        super().__init__(sde.N, 1.0)
+        self.abar = sde.alphas_cumprod
+
+    def _i(self, t):
+        return (t.double() * self.N).round().long().clamp(1, self.N) - 1
+
+    def _log_mean_coef(self, t):
+        return (0.5 * torch.log(self.abar[self._i(t)])).to(t.dtype)
+
+    def _std(self, t):
+        return torch.sqrt(1 - self.abar[self._i(t)]).to(t.dtype)
+
+    def _f_coef(self, t):
+        raise NotImplementedError
+
+    def _g2(self, t):
+        raise NotImplementedError
+
+    def config(self):
+        return {}
+
+
+def chain_score_fn(data, sde):
+    """The score whose ε̂ = −σ(t_i)·s is the exact ε-prediction of the discrete chain."""
+    chain = ChainSDE(sde)
+
+    def score_fn(x, t):
+        return data.score(x, t, chain) * (chain.std(t) / sde.std(t)).to(x.dtype)[:, None]
+    return score_fn
+
+
+def test_vlb_of_the_exact_eps_tends_to_the_continuous_elbo():
+    # A narrow 1-D Gaussian (std 0.03) makes the discretization gap large at N = 100.  With σ² = β
+    # (right for data wider than the first steps' noise) the gap closes as N grows.
+    data = GaussianMixture.gaussian(1, mean=[0.3], stds=[0.03])
+    x0 = data.sample(1500, generator=gen(5), dtype=torch.float64)
+    ref = elbo_terms(data.score_fn(VPSDE()), VPSDE(), x0, eps=EPS, samples=16, generator=gen(6))["elbo"]
+    gaps = {}
+    for N in (100, 1000, 4000):
+        sde = VPSDE(N=N)
+        out = vlb_terms(chain_score_fn(data, sde), sde, x0, variance="beta", generator=gen(7), batch_size=100000)
+        gaps[N] = mean_se(-out["nll"] - ref)
+    (g1, s1), (g2, s2), (g3, s3) = gaps[100], gaps[1000], gaps[4000]
+    assert g1 < -0.4, gaps
+    assert abs(g2) < abs(g1) / 3 and abs(g2) < 0.15, gaps
+    assert abs(g3) < 0.08 + 3 * s3 and abs(g3) < abs(g1) / 6, gaps
+
+
+@pytest.mark.parametrize("variance", ["beta_tilde", "beta"])
+@pytest.mark.parametrize("i", [2, 7, 30, 50])
+def test_vlb_term_matches_a_numerical_kl(i, variance):
+    # On a single 2-D Gaussian: q(x_{i−1} | x_i, x_0) ∝ N(x_i; √α_i x_{i−1}, β_i)·N(x_{i−1}; √ᾱ_{i−1}x_0,
+    # 1 − ᾱ_{i−1}) by Bayes on a grid, per coordinate; p_θ = the same posterior at x̂_0 (its mean
+    # from the grid) with variance σ_i²; the KL by quadrature on the grid.
+    sde, data = VPSDE(N=50), GaussianMixture.gaussian(2)
+    x0 = torch.tensor([[0.2, -0.7]], dtype=torch.float64)
+    noise = torch.tensor([[0.9, -1.3]], dtype=torch.float64)
+    closed = vlb_term(data.score_fn(sde), sde, x0, i, noise, variance=variance).item()
+    betas, abar = sde.discrete_betas.numpy(), sde.alphas_cumprod.numpy()
+    b, a, ap = betas[i - 1], abar[i - 1], abar[i - 2]
+    xt = math.sqrt(a) * x0 + math.sqrt(1 - a) * noise
+    t = torch.full((1,), i / 50, dtype=torch.float64)
+    eps_hat = -sde.std(t) * data.score(xt, t, sde)
+    x0_hat = (xt - math.sqrt(1 - a) * eps_hat) / math.sqrt(a)
+    total = 0.0
+    for d in range(2):
+        c = math.sqrt(ap) * x0[0, d].item()
+        grid = torch.linspace(c - 10, c + 10, 400001, dtype=torch.float64)  # ±10 prior stds: no tail lost
+        dx = (grid[1] - grid[0]).item()
+
+        def log_post(x0d):
+            lp = (norm.logpdf(xt[0, d].item(), math.sqrt(1 - b) * grid.numpy(), math.sqrt(b))
+                  + norm.logpdf(grid.numpy(), math.sqrt(ap) * x0d, math.sqrt(1 - ap)))
+            lp = torch.as_tensor(lp)
+            return lp - torch.logsumexp(lp, 0) - math.log(dx)
+
+        lq = log_post(x0[0, d].item())
+        lq_hat = log_post(x0_hat[0, d].item())
+        mean_hat = (torch.exp(lq_hat) * grid).sum().item() * dx
+        if variance == "beta_tilde":
+            lp = lq_hat
+        else:
+            lp = torch.as_tensor(norm.logpdf(grid.numpy(), mean_hat, math.sqrt(b)))
+        total += (torch.exp(lq) * (lq - lp)).sum().item() * dx
+    assert closed == pytest.approx(total, rel=1e-4, abs=1e-7)
+
+
+@pytest.mark.parametrize("levels", [None, 256, 17])
+def test_decoder_matches_quadrature(levels):
+    # L_0 per coordinate: the Gaussian's mass over the data point's bin (outer bins open), by quad.
+    g = gen(8)
+    if levels is None:
+        x0 = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    else:
+        k = torch.randint(0, levels, (3, 4), generator=g).double()
+        k[0, 0], k[0, 1] = 0, levels - 1  # both edge bins
+        x0 = 2 * k / (levels - 1) - 1
+    mean = x0 + 0.01 * torch.randn(3, 4, generator=g, dtype=torch.float64)
+    var = 2e-4
+    got = decoder_nll(x0, mean, var, levels)
+    want = torch.zeros(3, dtype=torch.float64)
+    for r in range(3):
+        for d in range(4):
+            x, mu, sd = x0[r, d].item(), mean[r, d].item(), math.sqrt(var)
+            if levels is None:
+                want[r] -= norm.logpdf(x, mu, sd)
+                continue
+            h = 1 / (levels - 1)
+            lo = -math.inf if x < -1 + h / 2 else x - h
+            hi = math.inf if x > 1 - h / 2 else x + h
+            want[r] -= math.log(integrate.quad(lambda y: norm.pdf(y, mu, sd), lo, hi, points=[mu])[0]
+                                if math.isfinite(lo) and math.isfinite(hi) else norm.cdf(hi, mu, sd) - norm.cdf(lo, mu, sd))
+    assert torch.allclose(got, want, rtol=1e-6, atol=1e-8)
+    # far into a tail the log-mass stays finite and accurate (no 1e-12 floor)
+    far = decoder_nll(torch.zeros(1, 1, dtype=torch.float64), torch.full((1, 1), 0.5, dtype=torch.float64), 1e-4, 256)
+    assert far.item() == pytest.approx(-norm.logsf((0.5 - 1 / 255) / 1e-2), rel=1e-6)
+
+
+def test_sampled_vlb_agrees_with_the_full_sum():
+    # importance-sampled steps are unbiased: the same data, uniform and log-SNR sampling
+    sde, data = VPSDE(N=100), GaussianMixture.gaussian(2)
+    x0 = data.sample(1000, generator=gen(9), dtype=torch.float64)
+    full = vlb_terms(data.score_fn(sde), sde, x0, generator=gen(10))["nll"]
+    for how in ("uniform", "logsnr"):
+        part = vlb_terms(data.score_fn(sde), sde, x0, terms=8, t_sampling=how, generator=gen(11))["nll"]
+        d, se = mean_se(part - full)
+        assert abs(d) < 4 * se, (how, d, se)
+
+
+def test_ode_is_at_least_both_bounds_with_exact_scores():
+    # With the exact score the ODE and the SDE model share E log p_eps − KL(p_T ‖ π) (a tie up to
+    # the Monte Carlo noise); the DDPM chain's Gaussian steps cost a real gap below both.
+    sde, data = VPSDE(), GaussianMixture.gaussian(2)
+    x = data.sample(256, generator=gen(12), dtype=torch.float64)
+    ode = log_likelihood(data.score_fn(sde), sde, x, method="exact", rtol=1e-6, atol=1e-6).logp
+    elbo = elbo_terms(data.score_fn(sde), sde, x, eps=EPS, samples=64, generator=gen(13))["elbo"]
+    vlb = -vlb_terms(data.score_fn(sde), sde, x, generator=gen(14))["nll"]
+    d, se = mean_se(ode - elbo)
+    assert -3 * se < d < 3 * se and se < 0.05, (d, se)
+    d, se = mean_se(ode - vlb)
+    assert d > 3 * se, (d, se)
+
+
+def test_report_bits_per_dim_share_one_scale():
+    # 8-bit data: the ODE and the ELBO on dequantized points with the + (b − 1) offset, the VLB with
+    # the discretized decoder on the integers; the oracle's exact density makes all three close
+    sde, data = VPSDE(N=200), GaussianMixture.gaussian(2, mean=[0.1, -0.2], stds=[0.3, 0.5])
+    x = data.sample(64, generator=gen(15), dtype=torch.float64).clamp(-1, 1)
+    x = 2 * torch.round((x + 1) / 2 * 255) / 255 - 1
+    rep = likelihood_report(data.score_fn(sde), sde, x, bits=8, generator=gen(16),
+                            ode=dict(method="exact", rtol=1e-4, atol=1e-4), elbo=dict(samples=4))
+    assert list(rep) == ["ode", "elbo", "vlb"]
+    for e in rep.values():
+        assert e.levels == 256 and e.n == 64 and e.D == 2 and math.isfinite(e.stderr) and e.seconds > 0
+        assert e.bpd == pytest.approx(bits_per_dim(e.logp, 2, levels=256).mean().item(), rel=1e-9)
+    assert abs(rep["elbo"].bpd - rep["ode"].bpd) < 0.2
+    assert rep["vlb"].bpd > rep["ode"].bpd - 0.05
+    assert "lower bound" in rep["vlb"].what and "not a bound" in rep["ode"].what
+
+
+@pytest.mark.parametrize("sde", [VESDE(), SubVPSDE()], ids=["ve", "subvp"])
+def test_vlb_needs_a_variance_preserving_sde(sde):
+    data = GaussianMixture.gaussian(2)
+    with pytest.raises(ValueError, match=type(sde).__name__):
+        ddpm_vlb(data.score_fn(sde), sde, data.sample(4, generator=gen(0)))
+
+
+def test_bad_inputs_are_named():
+    sde, data = VPSDE(N=10), GaussianMixture.gaussian(2)
+    x = data.sample(4, generator=gen(0), dtype=torch.float64)
+    with pytest.raises(ValueError, match="variance"):
+        ddpm_vlb(data.score_fn(sde), sde, x, variance="large")
+    with pytest.raises(ValueError, match="t_sampling"):
+        continuous_elbo(data.score_fn(sde), sde, x, t_sampling="cosine")
+    with pytest.raises(ValueError, match="17-level grid"):
+        ddpm_vlb(data.score_fn(sde), sde, x.clamp(-1, 1), levels=17)
+    with pytest.raises(ValueError, match="repeats"):
+        continuous_elbo(data.score_fn(sde), sde, x, repeats=2)
+    with pytest.raises(ValueError, match="eps"):
+        continuous_elbo(data.score_fn(sde), sde, x, eps=0.0)
+    with pytest.raises(ValueError, match="samples"):
+        continuous_elbo(data.score_fn(sde), sde, x, samples=0)
+    with pytest.raises(ValueError, match="estimates"):
+        likelihood_report(data.score_fn(sde), sde, x, estimates=("nll",))
