@@ -303,3 +303,41 @@ def test_bad_inputs_are_named():
         continuous_elbo(data.score_fn(sde), sde, x, samples=0)
     with pytest.raises(ValueError, match="estimates"):
         likelihood_report(data.score_fn(sde), sde, x, estimates=("nll",))
+
+
+def cli(*args):
+    from click.testing import CliRunner
+
+    from scoresde.cli import cli as main
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_cli_reports_the_three_numbers(tmp_path):
+    r = cli("likelihood", "--model", "oracle:gaussian", "--estimate", "all", "--n", 32, "--elbo-samples", 4,
+            "--rtol", 1e-4, "--atol", 1e-4, "--quiet", "--out", tmp_path / "l.json")
+    assert r.exit_code == 0, r.output
+    for name in ("ode", "elbo", "vlb"):
+        assert any(line.startswith(name) for line in r.output.splitlines()), r.output
+    assert "lower bound on log p_eps of the reverse-SDE model" in r.output and "1000-step DDPM chain" in r.output
+    assert "log p     " in r.output  # the ODE's own block is unchanged
+    import json
+    res = json.load(open(tmp_path / "l.json"))
+    assert set(res["estimates"]) == {"elbo", "vlb"} and len(res["logp"]) == 32
+    assert res["estimates"]["vlb"]["nfe"] > 0 and len(res["estimates"]["elbo"]["logp"]) == 32
+    # a bound alone runs no ODE
+    r = cli("likelihood", "--model", "oracle:gaussian", "--estimate", "elbo", "--n", 8, "--elbo-samples", 2,
+            "--t-sampling", "uniform", "--quiet")
+    assert r.exit_code == 0 and "elbo  bits/dim" in r.output and "log p     " not in r.output, r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sde", "ve", "--estimate", "vlb"], "--estimate vlb: the DDPM bound needs a variance-preserving SDE"),
+    (["--sde", "subvp", "--estimate", "all"], "got SubVPSDE("),
+    (["--estimate", "elbo,nll"], "--estimate: unknown value 'nll'; choose from: ode, elbo, vlb, all"),
+    (["--estimate", ","], "--estimate is empty"),
+    (["--estimate", "vlb", "--bits", "8"], "needs values in [-1, 1]"),
+])
+def test_cli_bound_errors_are_one_line(args, message):
+    r = cli("likelihood", "--model", "oracle:gaussian", "--n", 8, *args)
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], r.output
