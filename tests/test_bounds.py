@@ -341,3 +341,17 @@ def test_cli_bound_errors_are_one_line(args, message):
     r = cli("likelihood", "--model", "oracle:gaussian", "--n", 8, *args)
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], r.output
+
+
+def test_vlb_on_a_discrete_beta_table_sde():
+    # An SDE built on a β table (diffusers' schedules) has m, σ equal to the chain's at t = i/N, so
+    # its oracle score is already the chain's exact ε: the bound equals the one above to rounding.
+    DiscreteVPSDE = getattr(__import__("scoresde.sde", fromlist=["sde"]), "DiscreteVPSDE", None)
+    if DiscreteVPSDE is None:
+        pytest.skip("this tree has no DiscreteVPSDE")
+    data = GaussianMixture.gaussian(2)
+    x0 = data.sample(200, generator=gen(0), dtype=torch.float64)
+    disc, vp = DiscreteVPSDE(N=1000), VPSDE(N=1000)
+    a = vlb_terms(data.score_fn(disc), disc, x0, generator=gen(1))["nll"]
+    b = vlb_terms(chain_score_fn(data, vp), vp, x0, generator=gen(1))["nll"]
+    assert torch.allclose(a, b, rtol=0, atol=1e-9)
