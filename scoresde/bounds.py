@@ -472,33 +472,63 @@ def vlb_terms(score_fn: Callable, sde, x0: torch.Tensor, *, variance: str = "bet
     return dict(nll=prior + kl + dec, prior=prior, kl=kl, decoder=dec, nfe=calls, evals=len(idx))
 
 
+DECODERS = ("discretized", "dequantized")
+
+
 def ddpm_vlb(score_fn: Callable, sde, x: torch.Tensor, *, bits: float | None = None, levels: int | None = None,
              variance: str = "beta_tilde", terms: int | None = None, t_sampling: str = "uniform",
-             generator: torch.Generator | None = None, batch_size: int = 4096) -> Estimate:
+             decoder: str = "discretized", repeats: int = 1, generator: torch.Generator | None = None,
+             batch_size: int = 4096) -> Estimate:
     """The DDPM variational bound of a VP model on its discrete schedule (the SDE's discrete_betas
     and alphas_cumprod, N steps, model times t_i = i/N) as an Estimate (see vlb_terms).
 
-    Discrete data (bits or levels L, values 2k/(L−1) − 1, not dequantized): the discretized decoder
-    bounds the probability of the integers, bpd = nll/(D ln 2), an upper bound on −log₂P(k)/D; the
-    Estimate's logp is −nll + D·log(L/2), the density scale of the dequantized ODE and ELBO.
-    Continuous data (neither given): the Gaussian decoder density, bpd = nll/(D ln 2).  stderr: over
-    the data points (it includes the noise of the one ε per term, and of sampled steps)."""
+    Discrete data (bits or levels L, values 2k/(L−1) − 1):
+    - decoder 'discretized' (DDPM's): the data are scored as they are, the discretized decoder bounds
+      the probability of the integers, bpd = nll/(D ln 2), an upper bound on −log₂P(k)/D.  This is
+      the bound of a model trained on the integer data (DDPM's own, a diffusers checkpoint);
+    - decoder 'dequantized': as on the ODE route, `repeats` draws x̃ = 2(k + u)/L − 1, the Gaussian
+      decoder density at x̃, averaged per point, bpd = nll/(D ln 2) + (log₂L − 1) (bits_per_dim): the
+      bound of a model trained on dequantized data (this toolkit's trainer), comparable to the ODE's
+      and the ELBO's numbers.  A model of dequantized data has spread its density over each cell, so
+      its ε̂ near t = 0 does not point at the integers and the discretized bound is far above it.
+    The Estimate's logp is on the density scale of the dequantized ODE and ELBO (for 'discretized',
+    −nll + D·log(L/2)).  Continuous data (neither given): the Gaussian decoder density,
+    bpd = nll/(D ln 2).  stderr: over the data points (it includes the noise of the one ε per term,
+    and of sampled steps)."""
     _check_x(x)
     L = _levels(bits, levels)
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {', '.join(map(repr, DECODERS))}, got {decoder!r}")
+    repeats = _check_count("repeats", repeats)
+    if repeats > 1 and not (L and decoder == "dequantized"):
+        raise ValueError(f"repeats={repeats} averages over dequantization draws; only decoder='dequantized' on "
+                         f"discrete data has them, so use repeats=1")
     t0 = time.perf_counter()
-    out = vlb_terms(score_fn, sde, x, variance=variance, levels=L, terms=terms, t_sampling=t_sampling,
-                    generator=generator, batch_size=batch_size)
     D = x[0].numel()
-    nll = out["nll"]
-    bpd = nll / (D * math.log(2))
-    logp = -nll + (D * math.log(L / 2) if L else 0.0)
+    if L and decoder == "dequantized":
+        runs = [vlb_terms(score_fn, sde, dequantize(x, levels=L, generator=generator), variance=variance,
+                          terms=terms, t_sampling=t_sampling, generator=generator, batch_size=batch_size)
+                for _ in range(repeats)]
+        out = {k: (torch.stack([r[k] for r in runs]).mean(0) if torch.is_tensor(runs[0][k]) else
+                   sum(r[k] for r in runs)) for k in runs[0]}
+        nll = out["nll"]
+        logp = -nll
+        bpd = bits_per_dim(logp, D, levels=L)
+    else:
+        out = vlb_terms(score_fn, sde, x, variance=variance, levels=L, terms=terms, t_sampling=t_sampling,
+                        generator=generator, batch_size=batch_size)
+        nll = out["nll"]
+        bpd = nll / (D * math.log(2))
+        logp = -nll + (D * math.log(L / 2) if L else 0.0)
     N = len(discrete_schedule(sde)[0])
     how = "full sum over all N terms" if terms is None else f"{terms} sampled steps per point ({t_sampling}, importance-weighted)"
-    details = dict(prior=out["prior"].mean().item(), kl=out["kl"].mean().item(), decoder=out["decoder"].mean().item(),
-                   N=N, variance=variance, terms=terms, t_sampling=t_sampling if terms else None)
+    details = dict(prior=out["prior"].mean().item(), kl=out["kl"].mean().item(), decoder_nll=out["decoder"].mean().item(),
+                   N=N, variance=variance, terms=terms, t_sampling=t_sampling if terms else None,
+                   decoder=(decoder if L else "gaussian"), repeats=repeats)
     return Estimate("vlb", bpd.mean().item(), _stderr(bpd), logp, out["nfe"], out["evals"], time.perf_counter() - t0,
                     len(nll), D, L, f"lower bound on log p of the {N}-step DDPM chain, σ² = "
-                    f"{'β̃' if variance == 'beta_tilde' else 'β'} (upper bound on its bits/dim); {how}", details)
+                    f"{'β̃' if variance == 'beta_tilde' else 'β'} (upper bound on its bits/dim); {how}"
+                    + (f", {decoder} decoder" if L else ""), details)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -525,8 +555,8 @@ def likelihood_report(score_fn: Callable, sde, x: torch.Tensor, estimates=ESTIMA
                       levels: int | None = None, repeats: int = 1, generator: torch.Generator | None = None,
                       ode: dict | None = None, elbo: dict | None = None, vlb: dict | None = None) -> dict:
     """{name: Estimate} for each of `estimates` ('ode', 'elbo', 'vlb') on the same data, in that
-    order, with the same bits/levels; `repeats` dequantization draws for the ODE and the ELBO (the
-    VLB's discretized decoder needs none).  ode/elbo/vlb: extra options for ode_estimate,
+    order, with the same bits/levels; `repeats` dequantization draws for the ODE and the ELBO (and
+    the VLB with decoder='dequantized'; DDPM's discretized decoder needs none).  ode/elbo/vlb: extra options for ode_estimate,
     continuous_elbo and ddpm_vlb."""
     unknown = [e for e in estimates if e not in ESTIMATES]
     if unknown or not estimates:
@@ -542,5 +572,8 @@ def likelihood_report(score_fn: Callable, sde, x: torch.Tensor, estimates=ESTIMA
             out[name] = continuous_elbo(score_fn, sde, x, levels=L, repeats=repeats if L else 1, generator=generator,
                                         **(elbo or {}))
         else:
-            out[name] = ddpm_vlb(score_fn, sde, x, levels=L, generator=generator, **(vlb or {}))
+            opts = dict(vlb or {})
+            if L and opts.get("decoder") == "dequantized":
+                opts.setdefault("repeats", repeats)
+            out[name] = ddpm_vlb(score_fn, sde, x, levels=L, generator=generator, **opts)
     return out

@@ -277,6 +277,15 @@ def test_report_bits_per_dim_share_one_scale():
     assert abs(rep["elbo"].bpd - rep["ode"].bpd) < 0.2
     assert rep["vlb"].bpd > rep["ode"].bpd - 0.05
     assert "lower bound" in rep["vlb"].what and "not a bound" in rep["ode"].what
+    # the VLB on dequantized points (Gaussian decoder, + (b − 1)) bounds the same quantity as the
+    # other two; with repeats it averages over dequantization draws like them
+    deq = ddpm_vlb(data.score_fn(sde), sde, x, bits=8, decoder="dequantized", repeats=2, variance="beta",
+                   generator=gen(17))
+    assert deq.details["decoder"] == "dequantized" and deq.details["repeats"] == 2
+    assert deq.bpd == pytest.approx(bits_per_dim(deq.logp, 2, levels=256).mean().item(), rel=1e-9)
+    assert abs(deq.bpd - rep["ode"].bpd) < 0.2
+    with pytest.raises(ValueError, match="repeats"):
+        ddpm_vlb(data.score_fn(sde), sde, x, bits=8, repeats=2)
 
 
 @pytest.mark.parametrize("sde", [VESDE(), SubVPSDE()], ids=["ve", "subvp"])

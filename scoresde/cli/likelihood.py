@@ -32,6 +32,11 @@ from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, CLIError,
               help="elbo: draw t uniformly in log-SNR (importance sampling, t ∝ g²/σ²) or uniformly in t")
 @click.option("--vlb-variance", type=click.Choice(["beta_tilde", "beta"]), default="beta_tilde", show_default=True,
               help="vlb: reverse-step variance σ² = β̃ (the ddpm solver's default) or β")
+@click.option("--vlb-decoder", type=click.Choice(["discretized", "dequantized"]), default="discretized",
+              show_default=True,
+              help="vlb on discrete data: DDPM's discretized decoder on the integers (a model trained on them), or "
+                   "dequantized points with a Gaussian decoder and the +(b-1) offset, like the ODE and the ELBO (a "
+                   "model trained on dequantized data, as scoresde train does)")
 @click.option("--vlb-terms", type=click.IntRange(min=1), default=None,
               help="vlb: K importance-sampled steps per point (unbiased) instead of the full sum over all N steps "
                    "[default: the full sum]")
@@ -53,7 +58,8 @@ from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, CLIError,
 @threads_option
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write per-sample results (.json)")
 @click.option("--quiet", is_flag=True, help="no plan line and no progress bar")
-def command(model, checkpoint, sde_name, data, method, estimate, elbo_samples, t_sampling, vlb_variance, vlb_terms,
+def command(model, checkpoint, sde_name, data, method, estimate, elbo_samples, t_sampling, vlb_variance, vlb_decoder,
+            vlb_terms,
             probes, probe, n, bits, dequant_repeats, rtol, atol, eps, batch_size, seed, device, threads, out, quiet):
     """Log-likelihood through the probability-flow ODE, in nats and bits/dim; with --estimate also
     the continuous-time ELBO and the DDPM variational bound of the same model on the same data.
@@ -120,6 +126,7 @@ def command(model, checkpoint, sde_name, data, method, estimate, elbo_samples, t
     repeats = dequant_repeats if levels else 1
     bound_args = dict(chosen=chosen, resolved=resolved, x=x, levels=levels, repeats=repeats, eps=eps, g=g,
                       elbo_samples=elbo_samples, t_sampling=t_sampling, vlb_variance=vlb_variance, vlb_terms=vlb_terms,
+                      vlb_decoder=vlb_decoder,
                       batch_size=batch_size, threads=threads, dev=dev, quiet=quiet)
     if "ode" not in chosen:
         extra = report_bounds(**bound_args)
@@ -221,7 +228,7 @@ def parse_estimates(value: str) -> list[str]:
 
 
 def report_bounds(chosen, resolved, x, levels, repeats, eps, g, elbo_samples, t_sampling, vlb_variance, vlb_terms,
-                  batch_size, threads, dev, quiet, ode=None) -> dict:
+                  vlb_decoder, batch_size, threads, dev, quiet, ode=None) -> dict:
     """Compute and print the requested bounds (and a summary beside the ODE's number when given as
     (BitsPerDimResult, seconds)); returns {'estimates': {name: summary}} for --out."""
     import math
@@ -243,14 +250,16 @@ def report_bounds(chosen, resolved, x, levels, repeats, eps, g, elbo_samples, t_
                                               batch_size=batch_size)
         if "vlb" in chosen:
             xv = x
-            if levels:  # the discretized decoder scores the integers: the cell each point lies in
+            if levels and vlb_decoder == "discretized":  # it scores the integers: the cell each point lies in
                 cell = 1.0 / (levels - 1)
                 if float(x.abs().max()) > 1 + cell:
                     raise CLIError(f"--estimate vlb with {levels}-level data needs values in [-1, 1]; the data reach "
                                    f"{float(x.abs().max()):.3g}")
                 xv = 2 * torch.round((x.clamp(-1, 1) + 1) / 2 * (levels - 1)) / (levels - 1) - 1
             results["vlb"] = ddpm_vlb(resolved.score_fn, resolved.sde, xv, levels=levels, variance=vlb_variance,
-                                      terms=vlb_terms, generator=g, batch_size=batch_size)
+                                      terms=vlb_terms, decoder=vlb_decoder,
+                                      repeats=repeats if levels and vlb_decoder == "dequantized" else 1,
+                                      generator=g, batch_size=batch_size)
     exact = None
     if resolved.oracle is not None and not levels:
         exact = resolved.oracle.log_prob(x.double().cpu())
