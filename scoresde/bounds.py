@@ -174,6 +174,17 @@ def elbo_terms(score_fn: Callable, sde, x: torch.Tensor, *, eps: float | None = 
         raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps!r}")
     samples = _check_count("samples", samples)
     batch_size = _check_count("batch_size", batch_size)
+    # points in chunks of about 4·batch_size rows, so memory stays bounded for any n; the control
+    # variate's data scale comes from all of x
+    chunk = max(1, (4 * batch_size) // (samples * (2 if antithetic else 1)))
+    var_x = x.double().flatten(1).var(0).mean().item() if x.shape[0] > 1 else 1.0
+    parts = [_elbo_chunk(score_fn, sde, x[a:a + chunk], eps, samples, t_sampling, antithetic, control, var_x,
+                         generator, batch_size) for a in range(0, x.shape[0], chunk)]
+    return {k: torch.cat([q[k] for q in parts]) if torch.is_tensor(parts[0][k]) else sum(q[k] for q in parts)
+            for k in parts[0]}
+
+
+def _elbo_chunk(score_fn, sde, x, eps, samples, t_sampling, antithetic, control, var_x, generator, batch_size):
     n, D, dt = x.shape[0], x[0].numel(), x.dtype
     t, w = sample_times(sde, n, samples, eps, t_sampling, generator)
     lm_eps, s_eps = sde.log_mean_coef(eps).double(), sde.std(eps).double()
@@ -204,7 +215,6 @@ def elbo_terms(score_fn: Callable, sde, x: torch.Tensor, *, eps: float | None = 
         # ε²(σ_c²/v² − 2/v); c = r(2 − r), r = σ_c²/v, removes it.  v is taken as
         # m_c²·var(x) + σ_c², var(x) the batch's mean variance per coordinate: at high noise this
         # removes the chi-square noise of ‖ε‖²/σ_c² (the DSM form's), at low noise that of εᵀ(∂s/∂x)ε.
-        var_x = x.double().flatten(1).var(0).mean().item() if n > 1 else 1.0
         r = (sc ** 2 / (mc ** 2 * var_x + sc ** 2)).reshape(-1).to(dt).to(x.device)
         inner = inner + r * (2 - r) * (_sq(zf) - D) / scf ** 2
     h = (0.5 * g2.reshape(-1).to(dt).to(x.device) * inner).reshape(n, samples)

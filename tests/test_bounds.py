@@ -337,6 +337,20 @@ def test_cli_reports_the_three_numbers(tmp_path):
     r = cli("likelihood", "--model", "oracle:gaussian", "--estimate", "elbo", "--n", 8, "--elbo-samples", 2,
             "--t-sampling", "uniform", "--quiet")
     assert r.exit_code == 0 and "elbo  bits/dim" in r.output and "log p     " not in r.output, r.output
+    r = cli("likelihood", "--model", "oracle:gaussian", "--estimate", "vlb", "--vlb-terms", 4, "--vlb-variance", "beta",
+            "--n", 8, "--quiet")
+    assert r.exit_code == 0 and "4 sampled steps per point (logsnr, importance-weighted)" in r.output, r.output
+
+
+def test_elbo_in_chunks_is_the_same_bound():
+    # a small batch_size splits the points into chunks: same per-point distribution, same mean
+    sde, data = VPSDE(beta_max=3.0), GaussianMixture.gaussian(2)
+    x = draws_at_eps(data, sde, 600, gen(30))
+    a = elbo_terms(data.score_fn(sde), sde, x, eps=EPS, samples=8, generator=gen(31))
+    b = elbo_terms(data.score_fn(sde), sde, x, eps=EPS, samples=8, generator=gen(32), batch_size=40)
+    assert b["nfe"] > 10 * a["nfe"] and b["evals"] == a["evals"] == 600 * 8 * 2
+    d, se = mean_se(a["elbo"] - b["elbo"])
+    assert abs(d) < 4 * se
 
 
 @pytest.mark.parametrize("args, message", [

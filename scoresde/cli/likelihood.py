@@ -29,7 +29,8 @@ from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, CLIError,
 @click.option("--elbo-samples", type=click.IntRange(min=1), default=16, show_default=True,
               help="elbo: Monte Carlo times per data point (each with an antithetic pair of noises)")
 @click.option("--t-sampling", type=click.Choice(["logsnr", "uniform"]), default="logsnr", show_default=True,
-              help="elbo: draw t uniformly in log-SNR (importance sampling, t ∝ g²/σ²) or uniformly in t")
+              help="elbo: draw t uniformly in log-SNR (importance sampling, t ∝ g²/σ²) or uniformly in t; vlb with "
+                   "--vlb-terms: draw steps ∝ their log-SNR drop or uniformly")
 @click.option("--vlb-variance", type=click.Choice(["beta_tilde", "beta"]), default="beta_tilde", show_default=True,
               help="vlb: reverse-step variance σ² = β̃ (the ddpm solver's default) or β")
 @click.option("--vlb-decoder", type=click.Choice(["discretized", "dequantized"]), default="discretized",
@@ -257,7 +258,7 @@ def report_bounds(chosen, resolved, x, levels, repeats, eps, g, elbo_samples, t_
                                    f"{float(x.abs().max()):.3g}")
                 xv = 2 * torch.round((x.clamp(-1, 1) + 1) / 2 * (levels - 1)) / (levels - 1) - 1
             results["vlb"] = ddpm_vlb(resolved.score_fn, resolved.sde, xv, levels=levels, variance=vlb_variance,
-                                      terms=vlb_terms, decoder=vlb_decoder,
+                                      terms=vlb_terms, t_sampling=t_sampling, decoder=vlb_decoder,
                                       repeats=repeats if levels and vlb_decoder == "dequantized" else 1,
                                       generator=g, batch_size=batch_size)
     exact = None
