@@ -165,7 +165,9 @@ def elbo_terms(score_fn: Callable, sde, x: torch.Tensor, *, eps: float | None = 
     from sample_times, and per time one ε, used twice (ε and −ε) when `antithetic`:
     ½g²·[½(‖s₊‖² + ‖s₋‖²) + (s₊ − s₋)·ε/σ_c], s± = s_θ(m_c x ± σ_c ε).  The term ε/σ_c has
     variance ∝ 1/σ_c² as t → eps; the antithetic pair cancels it to first order (it becomes
-    ≈ 2εᵀ(∂s/∂x)ε), so the estimate keeps a finite variance there.
+    ≈ 2εᵀ(∂s/∂x)ε), so the estimate keeps a finite variance there.  With `control`, the zero-mean
+    term c(t)·(‖ε‖² − D)/σ_c² is added, c = r(2 − r), r = σ_c²/(m_c²·var(x) + σ_c²): it cancels the
+    chi-square noise that a Gaussian of x's scale would leave in the bracket (see the code).
     'elbo' = prior + drift − diffusion; 'nfe' and 'evals': calls and rows of score_fn.
     """
     _check_x(x)
@@ -213,10 +215,12 @@ def _elbo_chunk(score_fn, sde, x, eps, samples, t_sampling, antithetic, control,
         # c·(‖ε‖² − D)/σ_c² has mean zero for every x and t, so any c keeps the estimate unbiased.
         # For a Gaussian of variance v along a direction the ε² part of `inner` is
         # ε²(σ_c²/v² − 2/v); c = r(2 − r), r = σ_c²/v, removes it.  v is taken as
-        # m_c²·var(x) + σ_c², var(x) the batch's mean variance per coordinate: at high noise this
+        # m_c²·var(x) + σ_c², var(x) the data's mean variance per coordinate: at high noise this
         # removes the chi-square noise of ‖ε‖²/σ_c² (the DSM form's), at low noise that of εᵀ(∂s/∂x)ε.
-        r = (sc ** 2 / (mc ** 2 * var_x + sc ** 2)).reshape(-1).to(dt).to(x.device)
-        inner = inner + r * (2 - r) * (_sq(zf) - D) / scf ** 2
+        # The coefficient r(2 − r)/σ_c² → 2/v as t → eps is formed in float64 (tiny over tiny).
+        r = sc ** 2 / (mc ** 2 * var_x + sc ** 2)
+        cv = (r * (2 - r) / sc ** 2).reshape(-1).to(dt).to(x.device)
+        inner = inner + cv * (_sq(zf) - D)
     h = (0.5 * g2.reshape(-1).to(dt).to(x.device) * inner).reshape(n, samples)
     diffusion = (w.to(dt).to(x.device) * h).mean(1)
     s2 = sde.prior_std ** 2
