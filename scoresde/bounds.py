@@ -134,7 +134,9 @@ def sample_times(sde, n: int, samples: int, eps: float, t_sampling: str = "logsn
     fastest, near eps, where a sharp (e.g. dequantized) data density makes the integrand large."""
     if t_sampling not in T_SAMPLING:
         raise ValueError(f"t_sampling must be one of {', '.join(map(repr, T_SAMPLING))}, got {t_sampling!r}")
-    u = (torch.arange(samples, dtype=torch.float64) + _rng.rand((n, samples), generator, torch.float64)) / samples
+    # host-side float64 tables (drawn where the generator lives, then on the CPU); moved to x's device by the caller
+    u = (torch.arange(samples, dtype=torch.float64, device="cpu")
+         + _rng.rand((n, samples), generator, torch.float64, "cpu")) / samples
     T = sde.T
     if t_sampling == "uniform":
         return eps + u * (T - eps), torch.full_like(u, T - eps)
@@ -289,13 +291,15 @@ def discrete_schedule(sde) -> tuple[torch.Tensor, torch.Tensor]:
     at t_i = i/N; a one-line ValueError naming the SDE otherwise (sub-VP has the tables but is
     not variance preserving, so its marginals are not the chain's)."""
     betas, abar = getattr(sde, "discrete_betas", None), getattr(sde, "alphas_cumprod", None)
-    half = torch.tensor(0.5 * sde.T, dtype=torch.float64)
+    half = torch.tensor(0.5 * sde.T, dtype=torch.float64, device="cpu")
     vp = betas is not None and abar is not None and abs(
         float(torch.exp(2 * sde.log_mean_coef(half)) + sde.std(half) ** 2) - 1) < 1e-6
     if not vp:
         raise ValueError(f"the DDPM bound needs a variance-preserving SDE with a discrete β table "
                          f"(discrete_betas, alphas_cumprod), got {sde!r}; use the continuous ELBO instead")
-    betas, abar = torch.as_tensor(betas, dtype=torch.float64), torch.as_tensor(abar, dtype=torch.float64)
+    # float64 tables on the CPU: the bound reads them per step and moves what it needs
+    betas = torch.as_tensor(betas, dtype=torch.float64, device="cpu")
+    abar = torch.as_tensor(abar, dtype=torch.float64, device="cpu")
     if sde.T < 1 - 1e-9:  # the chain's last step is at t_N = N/N = 1
         raise ValueError(f"the DDPM chain's times i/N reach t = 1, past T = {sde.T} of {sde!r}")
     return betas, abar
@@ -303,7 +307,7 @@ def discrete_schedule(sde) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _tables(sde):
     betas, abar = discrete_schedule(sde)
-    abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+    abar_prev = torch.cat([torch.ones(1, dtype=torch.float64, device="cpu"), abar[:-1]])
     return betas, abar, abar_prev
 
 
@@ -406,7 +410,7 @@ def term_probabilities(sde, t_sampling: str = "uniform") -> torch.Tensor:
         raise ValueError(f"t_sampling must be one of {', '.join(map(repr, T_SAMPLING))}, got {t_sampling!r}")
     _, abar, _ = _tables(sde)
     if t_sampling == "uniform":
-        return torch.full((len(abar) - 1,), 1.0 / (len(abar) - 1), dtype=torch.float64)
+        return torch.full((len(abar) - 1,), 1.0 / (len(abar) - 1), dtype=torch.float64, device="cpu")
     logsnr = torch.log(abar) - torch.log1p(-abar)
     d = logsnr[:-1] - logsnr[1:]
     return d / d.sum()
@@ -440,10 +444,12 @@ def vlb_terms(score_fn: Callable, sde, x0: torch.Tensor, *, variance: str = "bet
         if off > 1e-4:
             raise ValueError(f"the discretized decoder needs data on the {levels}-level grid 2k/{levels - 1} − 1; "
                              f"x is off it by up to {off:.3g} (dequantized data?)")
+    # the (point, step, weight) rows and the per-point sums are host-side bookkeeping on the CPU
+    cpu = dict(device="cpu")
     if terms is None:
-        idx = torch.arange(1, N + 1).repeat(n)
-        pts = torch.arange(n).repeat_interleave(N)
-        wts = torch.ones(n * N, dtype=torch.float64)
+        idx = torch.arange(1, N + 1, **cpu).repeat(n)
+        pts = torch.arange(n, **cpu).repeat_interleave(N)
+        wts = torch.ones(n * N, dtype=torch.float64, **cpu)
     else:
         terms = _check_count("terms", terms)
         if N < 2:
@@ -451,17 +457,23 @@ def vlb_terms(score_fn: Callable, sde, x0: torch.Tensor, *, variance: str = "bet
         p = term_probabilities(sde, t_sampling)
         draw = torch.multinomial(p.to(generator.device if generator is not None else "cpu"), n * terms,
                                  replacement=True, generator=generator).cpu()
-        idx = torch.cat([torch.ones(n, dtype=torch.long), draw + 2])
-        pts = torch.cat([torch.arange(n), torch.arange(n).repeat_interleave(terms)])
-        wts = torch.cat([torch.ones(n, dtype=torch.float64), 1.0 / (terms * p[draw])])
+        idx = torch.cat([torch.ones(n, dtype=torch.long, **cpu), draw + 2])
+        pts = torch.cat([torch.arange(n, **cpu), torch.arange(n, **cpu).repeat_interleave(terms)])
+        wts = torch.cat([torch.ones(n, dtype=torch.float64, **cpu), 1.0 / (terms * p[draw])])
     # per-step coefficients (float64 tables, then the data dtype)
-    var_model = torch.tensor([reverse_variance(sde, i, variance) for i in range(1, N + 1)], dtype=torch.float64)
+    if variance == "beta_tilde" and N < 2:
+        raise ValueError("variance='beta_tilde' needs N >= 2 steps (β̃_1 = 0 leaves the decoder no variance); "
+                         "use variance='beta'")
     var_post = (1 - abar_prev) / (1 - abar) * betas
-    const = torch.zeros(N, dtype=torch.float64)
+    # reverse_variance for every step at once: β_i, or β̃_i with β̃_2 in place of β̃_1 = 0
+    var_model = betas.clone() if variance == "beta" else var_post.clone()
+    if variance == "beta_tilde" and N > 1:
+        var_model[0] = var_post[1]
+    const = torch.zeros(N, dtype=torch.float64, **cpu)
     const[1:] = 0.5 * D * (torch.log(var_model[1:] / var_post[1:]) + var_post[1:] / var_model[1:] - 1)
     coef = betas ** 2 / (2 * var_model * (1 - betas) * (1 - abar))
-    kl = torch.zeros(n, dtype=torch.float64)
-    dec = torch.zeros(n, dtype=torch.float64)
+    kl = torch.zeros(n, dtype=torch.float64, **cpu)
+    dec = torch.zeros(n, dtype=torch.float64, **cpu)
     calls = 0
     view = (-1,) + (1,) * (x0.ndim - 1)
     for a in range(0, len(idx), batch_size):
