@@ -1,4 +1,5 @@
-"""`scoresde likelihood`: log-likelihood and bits/dim through the probability-flow ODE."""
+"""`scoresde likelihood`: log-likelihood and bits/dim through the probability-flow ODE, and the two
+variational bounds beside it (the reverse SDE's continuous-time ELBO and DDPM's discrete bound)."""
 from __future__ import annotations
 
 import time
@@ -22,6 +23,25 @@ from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, CLIError,
 @click.option("--method", type=click.Choice(["exact", "hutchinson"]), default=None,
               help="divergence [default: exact when its modelled time fits 60 s, else hutchinson; the plan "
                    "line says which and why]")
+@click.option("--estimate", "estimate", default="ode", metavar="ode,elbo,vlb|all", show_default=True,
+              help="which numbers to report, comma-separated: ode (log p of the probability-flow ODE model, an "
+                   "estimate), elbo (a lower bound on log p of the reverse-SDE model, any SDE), vlb (DDPM's variational "
+                   "bound of the N-step chain, VP only); all = ode,elbo,vlb. --method picks the ODE's divergence")
+@click.option("--elbo-samples", type=click.IntRange(min=1), default=16, show_default=True,
+              help="elbo: Monte Carlo times per data point (each with an antithetic pair of noises)")
+@click.option("--t-sampling", type=click.Choice(["logsnr", "uniform"]), default="logsnr", show_default=True,
+              help="elbo: draw t uniformly in log-SNR (importance sampling, t ∝ g²/σ²) or uniformly in t; vlb with "
+                   "--vlb-terms: draw steps ∝ their log-SNR drop or uniformly")
+@click.option("--vlb-variance", type=click.Choice(["beta_tilde", "beta"]), default="beta_tilde", show_default=True,
+              help="vlb: reverse-step variance σ² = β̃ (the ddpm solver's default) or β")
+@click.option("--vlb-decoder", type=click.Choice(["discretized", "dequantized"]), default="discretized",
+              show_default=True,
+              help="vlb on discrete data: DDPM's discretized decoder on the integers (a model trained on them), or "
+                   "dequantized points with a Gaussian decoder and the +(b-1) offset, like the ODE and the ELBO (a "
+                   "model trained on dequantized data, as scoresde train does)")
+@click.option("--vlb-terms", type=click.IntRange(min=1), default=None,
+              help="vlb: K importance-sampled steps per point (unbiased) instead of the full sum over all N steps "
+                   "[default: the full sum]")
 @click.option("--probes", type=click.IntRange(min=1), default=1, help="Hutchinson probes per sample")
 @click.option("--probe", type=click.Choice(["rademacher", "gaussian"]), default="rademacher")
 @click.option("--n", type=click.IntRange(min=1), default=256, help="number of data points")
@@ -41,22 +61,28 @@ from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, CLIError,
 @threads_option
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write per-sample results (.json)")
 @click.option("--quiet", is_flag=True, help="no plan line and no progress bar")
-def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, dequant_repeats, rtol, atol, eps,
-               batch_size, seed, device, threads, out, quiet):
-    """Log-likelihood through the probability-flow ODE, in nats and bits/dim.
+def command(model, checkpoint, sde_name, data, method, estimate, elbo_samples, t_sampling, vlb_variance, vlb_decoder,
+            vlb_terms,
+            probes, probe, n, bits, dequant_repeats, rtol, atol, eps, batch_size, seed, device, threads, out, quiet):
+    """Log-likelihood through the probability-flow ODE, in nats and bits/dim; with --estimate also
+    the continuous-time ELBO and the DDPM variational bound of the same model on the same data.
 
     Prints mean ± standard error over the data points (and over Hutchinson probes), nfe and time.
+    The bounds are lower bounds on log p (upper bounds on bits/dim) of the reverse-SDE model (elbo)
+    and of the N-step DDPM chain (vlb); with the exact score the ODE and the ELBO agree in the mean.
 
     \b
     Examples:
       scoresde likelihood --model oracle:gmm8 --n 128
       scoresde likelihood --checkpoint runs/digits/checkpoint.pt --method hutchinson --probes 4
       scoresde likelihood --model oracle:gmm8 --data points.npy --bits 8
-      scoresde likelihood --model diffusers:my_ddpm --data images.npy
+      scoresde likelihood --checkpoint runs/digits/checkpoint.pt --estimate all
+      scoresde likelihood --model diffusers:my_ddpm --data images.npy --estimate all
     """
     if (model is None) == (checkpoint is None):
         raise CLIError("give exactly one of --model SPEC or --checkpoint FILE")
     check_model_path(model or checkpoint, "--model" if model else "--checkpoint")  # before torch is imported
+    chosen = parse_estimates(estimate)
     import math
 
     import torch
@@ -71,6 +97,12 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
     if data is None and resolved.oracle is None and resolved.data_config is None:
         raise CLIError(f"--data is required for {model}: a .npy/.npz file of samples (uint8 images are dequantized)")
     eps = resolved.sde.likelihood_eps if eps is None else eps
+    if "vlb" in chosen:  # refused before any data are read or solves run
+        from scoresde.bounds import discrete_schedule
+        try:
+            discrete_schedule(resolved.sde)
+        except ValueError as e:
+            raise CLIError(f"--estimate vlb: {e}") from None
     from scoresde.training.data import data_from_config, make_dataset
 
     g = torch.Generator().manual_seed(seed)
@@ -101,6 +133,16 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
     x = x.to(dev, resolved.dtype)
     # --dequant-repeats only counts for quantized data; continuous data has no dequantization draws
     repeats = dequant_repeats if levels else 1
+    bound_args = dict(chosen=chosen, resolved=resolved, x=x, levels=levels, repeats=repeats, eps=eps, g=g,
+                      elbo_samples=elbo_samples, t_sampling=t_sampling, vlb_variance=vlb_variance, vlb_terms=vlb_terms,
+                      vlb_decoder=vlb_decoder,
+                      batch_size=batch_size, threads=threads, dev=dev, quiet=quiet)
+    if "ode" not in chosen:
+        extra = report_bounds(**bound_args)
+        if out:
+            write_json(out, dict(model=model or checkpoint, n=x.shape[0], D=x[0].numel(), levels=levels, **extra,
+                                 versions=versions()))
+        return
     with chosen_threads(threads, resolved.score_fn, x[:batch_size], dev, quiet=quiet):
         plan = plan_likelihood(resolved.score_fn, resolved.sde, x, method, repeats=repeats, probes=probes,
                               batch_size=batch_size)
@@ -129,10 +171,11 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
         click.echo(f"exact log p_0 (oracle)  {exact.mean().item():.4f};  mean |ODE − exact| "
                    f"{(logp - exact).abs().mean().item():.2e} nats")
     click.echo(f"nfe {est.nfe}   time {wall:.2f} s")
+    extra = report_bounds(**bound_args, ode=(est, wall)) if len(chosen) > 1 else {}
     if out:
         write_json(out, dict(model=model or checkpoint, method=est.method, n=est.n, D=D, levels=levels,
                              mean_logp=est.logp_mean, stderr=est.logp_stderr, nfe=est.nfe, wall_s=wall,
-                             logp=logp.tolist(), bpd=est.bpd_per_sample.tolist(), versions=versions()))
+                             logp=logp.tolist(), bpd=est.bpd_per_sample.tolist(), **extra, versions=versions()))
 
 
 def est_solves(n: int, batch_size: int) -> int:
@@ -177,3 +220,72 @@ class SolveProgress:
     def __exit__(self, *exc):
         self.bar.close()
         return False
+
+
+ESTIMATE_NAMES = ("ode", "elbo", "vlb")
+
+
+def parse_estimates(value: str) -> list[str]:
+    """--estimate as the list of names in report order (ode, elbo, vlb); 'all' is all three."""
+    items = [v.strip() for v in str(value).split(",") if v.strip()]
+    if not items:
+        raise CLIError("--estimate is empty; give ode, elbo, vlb (comma-separated) or all")
+    for v in items:
+        if v not in ESTIMATE_NAMES + ("all",):
+            raise CLIError(f"--estimate: unknown value {v!r}; choose from: ode, elbo, vlb, all")
+    return [e for e in ESTIMATE_NAMES if e in items or "all" in items]
+
+
+def report_bounds(chosen, resolved, x, levels, repeats, eps, g, elbo_samples, t_sampling, vlb_variance, vlb_terms,
+                  vlb_decoder, batch_size, threads, dev, quiet, ode=None) -> dict:
+    """Compute and print the requested bounds (and a summary beside the ODE's number when given as
+    (BitsPerDimResult, seconds)); returns {'estimates': {name: summary}} for --out."""
+    import math
+
+    import torch
+
+    from scoresde.bounds import continuous_elbo, ddpm_vlb
+
+    rows = []
+    if ode is not None:
+        est, wall = ode
+        rows.append(("ode", est.bpd, est.stderr, est.logp_mean, est.logp_stderr, est.nfe, wall,
+                     f"log p_eps of the probability-flow ODE model (an estimate, not a bound; {est.method} divergence)"))
+    results = {}
+    with chosen_threads(threads, resolved.score_fn, x[:batch_size], dev, quiet=True):
+        if "elbo" in chosen:
+            results["elbo"] = continuous_elbo(resolved.score_fn, resolved.sde, x, levels=levels, repeats=repeats,
+                                              eps=eps, samples=elbo_samples, t_sampling=t_sampling, generator=g,
+                                              batch_size=batch_size)
+        if "vlb" in chosen:
+            xv = x
+            if levels and vlb_decoder == "discretized":  # it scores the integers: the cell each point lies in
+                cell = 1.0 / (levels - 1)
+                if float(x.abs().max()) > 1 + cell:
+                    raise CLIError(f"--estimate vlb with {levels}-level data needs values in [-1, 1]; the data reach "
+                                   f"{float(x.abs().max()):.3g}")
+                xv = 2 * torch.round((x.clamp(-1, 1) + 1) / 2 * (levels - 1)) / (levels - 1) - 1
+            results["vlb"] = ddpm_vlb(resolved.score_fn, resolved.sde, xv, levels=levels, variance=vlb_variance,
+                                      terms=vlb_terms, t_sampling=t_sampling, decoder=vlb_decoder,
+                                      repeats=repeats if levels and vlb_decoder == "dequantized" else 1,
+                                      generator=g, batch_size=batch_size)
+    exact = None
+    if resolved.oracle is not None and not levels:
+        exact = resolved.oracle.log_prob(x.double().cpu())
+    for name, r in results.items():
+        click.echo(f"{name:<5} bits/dim  {r.bpd:.4f} ± {r.stderr:.4f}   log p >= {r.logp_mean:.4f} ± {r.logp_stderr:.4f} "
+                   f"nats per sample   nfe {r.nfe} ({r.evals} point evaluations)   time {r.seconds:.2f} s")
+        click.echo(f"      {r.what}")
+        if exact is not None:
+            gap = exact - r.logp
+            click.echo(f"      exact log p_0 (oracle) − bound: {gap.mean().item():.4f} ± "
+                       f"{gap.std().item() / math.sqrt(len(gap)):.4f} nats")
+        rows.append((name, r.bpd, r.stderr, r.logp_mean, r.logp_stderr, r.nfe, r.seconds, r.what.split(";")[0]))
+    if len(rows) > 1:
+        click.echo(f"{'':5} {'bits/dim':>18}  {'nfe':>7}  {'time':>8}  what")
+        for name, bpd, se, _, _, nfe, sec, what in rows:
+            click.echo(f"{name:<5} {bpd:>9.4f} ± {se:<6.4f}  {nfe:>7}  {sec:>6.2f} s  {what}")
+    return {"estimates": {name: dict(bpd=r.bpd, stderr=r.stderr, mean_logp=r.logp_mean, logp_stderr=r.logp_stderr,
+                                     nfe=r.nfe, evals=r.evals, wall_s=r.seconds, what=r.what, details=r.details,
+                                     logp=r.logp.tolist())
+                          for name, r in results.items()}}
