@@ -278,3 +278,32 @@ def test_cli_errors_for_pretrained_specs(tmp_path):
     assert r.exit_code == 2 and "--data is required" in r.output, r.output
     r = CliRunner().invoke(cli, ["sample", "--model", "py:no_such_module:f", "--out", str(tmp_path / "s.npz")])
     assert r.exit_code != 0 and "cannot import 'f' from 'no_such_module'" in r.output, r.output
+
+
+def test_vlb_of_a_saved_model_agrees_with_a_transcription_of_vb_terms_bpd(tmp_path):
+    # the DDPM bound of a diffusers UNet through the adapter, against improved-diffusion's
+    # per-step computation written out in tests/test_bounds.py, the same noise per (point, step)
+    import numpy as np
+    from test_bounds import vb_terms_bpd_transcribed
+
+    from scoresde.bounds import vlb_terms
+
+    _, spec = save_model(tmp_path, "epsilon", "linear", N=20)
+    model = load_diffusers(spec)
+    unet = model.score_fn.net.double()
+    img = np.random.default_rng(5).integers(0, 256, size=(3, 1, 8, 8))
+    x = torch.as_tensor(2 * img / 255 - 1, dtype=torch.float64)
+    n, N, D = 3, 20, 64
+    noise = torch.randn((n * N, D), generator=torch.Generator().manual_seed(9), dtype=torch.float64).reshape(n, N, D)
+
+    def eps_model(xt, t):  # the UNet at diffusers' integer timestep t
+        with torch.no_grad():
+            return unet(torch.as_tensor(xt).reshape(n, 1, 8, 8), torch.tensor(t)).sample.reshape(n, D).numpy()
+
+    kl_want, dec_want = vb_terms_bpd_transcribed(eps_model, model.sde.discrete_betas.numpy(), x.reshape(n, D).numpy(),
+                                                 noise.numpy(), 256, cdf="exact")
+    out = vlb_terms(model.score_fn, model.sde, x, levels=256, generator=torch.Generator().manual_seed(9),
+                    batch_size=n * N)
+    bpd = 1 / (D * math.log(2))
+    assert abs(((out["prior"] + out["kl"]) * bpd).numpy() - kl_want).max() < 1e-9
+    assert abs((out["decoder"] * bpd).numpy() - dec_want).max() < 1e-8
