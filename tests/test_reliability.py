@@ -332,6 +332,109 @@ def test_kill_9_during_a_checkpoint_write_then_clean_resume(tmp_path, caplog):
     assert [row["loss"] for row in rows] == full
 
 
+def double_sigint(tmp_path, during_write: bool, gap: float = 0.06):
+    """Start a trainer, SIGINT it, and SIGINT it again `gap` s later or (during_write) as soon as
+    the interrupt's checkpoint has a temp file (a larger network makes that write take a while).
+    Returns (exit code, stderr, run folder)."""
+    out = tmp_path / "run"
+    raw = tiny(steps=100000)
+    if during_write:
+        raw = {**raw, "model": {"hidden": 256, "blocks": 4}}
+    _, proc = start_trainer(tmp_path, raw, out)
+    try:
+        wait_for(logged(out, 3), proc)
+        proc.send_signal(signal.SIGINT)
+        if during_write:
+            t0 = time.time()
+            while not any(n.startswith(".tmp-") for n in os.listdir(out)) and time.time() - t0 < 20 \
+                    and proc.poll() is None:
+                time.sleep(0.0005)
+        else:
+            time.sleep(gap)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return proc.returncode, err, out
+
+
+def check_double_sigint(rc, err, out):
+    assert rc == 130, (rc, err)
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert err.strip().startswith("Interrupted: ") and len(err.strip().splitlines()) == 1, err
+    assert not [n for n in os.listdir(out) if n.startswith(".tmp-")], os.listdir(out)
+    assert not os.path.exists(out / ".lock")
+    step = load_checkpoint(str(out / "checkpoint.pt"))["step"]  # whole, and it says which steps it holds
+    assert f"holds steps 1-{step};" in err, err
+
+
+@pytest.mark.parametrize("during_write", [False, True])
+def test_a_second_sigint_exits_130_without_a_traceback_or_a_temp_file(tmp_path, during_write):
+    """One try each of the two timings; test_double_sigint_20_tries repeats them (slow)."""
+    check_double_sigint(*double_sigint(tmp_path, during_write))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("during_write", [False, True])
+def test_double_sigint_20_tries(tmp_path, during_write):
+    rng = random.Random(1)
+    for i in range(20):
+        check_double_sigint(*double_sigint(tmp_path / str(i), during_write, gap=rng.uniform(0.05, 0.08)))
+
+
+def test_a_second_sigint_during_the_checkpoint_write_waits_for_it(tmp_path, monkeypatch):
+    """In-process and deterministic: the first SIGINT lands in step 3, the second inside the
+    interrupt's checkpoint write; the write finishes, no temp file is left, and the message names
+    the checkpoint's steps."""
+    import scoresde.training.trainer as trmod
+
+    tr = Trainer(from_dict(tiny(steps=100000)), str(tmp_path), progress=False)
+    real_step, real_save = tr.train_step, trmod.save_checkpoint
+
+    def step():
+        if tr.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step()
+
+    def save(path, state):
+        with ckmod.atomic_path(str(tmp_path / "probe.txt")) as tmp:  # a temp file exists now
+            os.kill(os.getpid(), signal.SIGINT)
+            open(tmp, "w").write("written after the signal")
+        real_save(path, state)
+
+    monkeypatch.setattr(tr, "train_step", step)
+    monkeypatch.setattr(trmod, "save_checkpoint", save)
+    with pytest.raises(trmod.TrainingInterrupted) as err:
+        tr.train()
+    assert str(err.value) == (f"a second SIGINT at step 3 stopped training at once: the checkpoint "
+                              f"{tmp_path / 'checkpoint.pt'} holds steps 1-3; continue with --resume")
+    assert load_checkpoint(str(tmp_path / "checkpoint.pt"))["step"] == 3
+    assert (tmp_path / "probe.txt").read_text() == "written after the signal"
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "log.jsonl", "probe.txt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_atomic_writes_hold_a_signal_until_the_temp_file_is_gone(tmp_path):
+    from scoresde import _io
+
+    target = tmp_path / "f.txt"
+    with pytest.raises(KeyboardInterrupt):
+        with _io.atomic_path(str(target)) as tmp:
+            os.kill(os.getpid(), signal.SIGINT)
+            open(tmp, "w").write("whole")  # still runs: the signal waits for the block's end
+    assert target.read_text() == "whole" and os.listdir(tmp_path) == ["f.txt"]
+    with pytest.raises(KeyboardInterrupt):  # raised inside the block: the temp file is removed
+        with _io.atomic_path(str(tmp_path / "g.txt")) as tmp:
+            open(tmp, "w").write("half")
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        with _io.atomic_dir(str(tmp_path / "d")) as tmp:
+            open(os.path.join(tmp, "a"), "w").write("x")
+            raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == ["f.txt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_stale_lock_is_taken_over_and_a_live_one_in_this_process_refuses(tmp_path, caplog):
     cfg = from_dict(tiny())
     (tmp_path / ".lock").write_text("pid 999999 on host elsewhere since yesterday\n")
