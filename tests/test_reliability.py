@@ -379,6 +379,7 @@ def test_a_second_sigint_exits_130_without_a_traceback_or_a_temp_file(tmp_path, 
 def test_double_sigint_20_tries(tmp_path, during_write):
     rng = random.Random(1)
     for i in range(20):
+        (tmp_path / str(i)).mkdir()
         check_double_sigint(*double_sigint(tmp_path / str(i), during_write, gap=rng.uniform(0.05, 0.08)))
 
 
@@ -598,3 +599,68 @@ def test_progress_moves_within_a_compare_run_and_over_likelihood_batches(monkeyp
     x = model.oracle.sample(6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     log_likelihood(model.score_fn, model.sde, x, batch_size=2, rtol=1e-3, atol=1e-3, callback=chunks.append)
     assert chunks == [2, 2, 2]
+
+
+# -- 9. long compares speak before they work ------------------------------------------------------------
+
+def test_extrapolated_nfe_equals_the_replay_for_every_fixed_step_solver(monkeypatch):
+    import solvers
+    from scoresde.evaluation import compare as cmp
+    from scoresde.evaluation.resolve import resolve_model
+
+    model = resolve_model("oracle:gmm8")
+    x_T = model.sde.prior_sample((4, 2), generator=torch.Generator().manual_seed(0))
+    names = [s for s in solvers.available() if not cmp.is_adaptive(s)]
+    exact = cmp.plan_runs(model, names, [300], x_T)
+    monkeypatch.setattr(cmp, "REPLAY_STEPS", 200)
+    extrapolated = cmp.plan_runs(model, names, [300], x_T)
+    assert [(r.solver, r.steps) for r in extrapolated] == [(r.solver, r.steps) for r in exact]
+    assert all(r.extrapolated for r in extrapolated)
+    off = {r.solver: r.nfe - e.nfe for r, e in zip(extrapolated, exact) if r.nfe != e.nfe}
+    assert set(off) <= {"torchsde"} and all(abs(d) <= 2 for d in off.values()), off  # its own step rounding
+
+
+def test_the_plan_comes_before_any_full_size_work(monkeypatch):
+    """n = 200 000: everything the plan line needs runs on at most PROBE_N samples (score) and
+    METRIC_PROBE_N (metrics); the full batch is first touched by the runs."""
+    import dataclasses
+
+    from scoresde.evaluation import compare as cmp
+    from scoresde.evaluation.resolve import resolve_model
+
+    model = resolve_model("oracle:gmm8")
+    seen = []
+
+    def score(x, t):
+        seen.append(x.shape[0])
+        return model.score_fn(x, t)
+
+    scored = []
+    real_score_samples = cmp.score_samples
+    monkeypatch.setattr(cmp, "score_samples", lambda x, *a, **k: scored.append(x.shape[0]) or real_score_samples(x, *a, **k))
+
+    class Planned(Exception):
+        pass
+
+    def on_plan(plan):
+        raise Planned(plan)
+
+    with pytest.raises(Planned) as got:
+        cmp.compare(dataclasses.replace(model, score_fn=score), ["heun", "pf_ode"], [5, 5000], n=200_000,
+                    threads="auto", on_plan=on_plan, progress=False)
+    plan = got.value.args[0]
+    assert max(seen) <= cmp.PROBE_N and max(scored) <= cmp.METRIC_PROBE_N, (max(seen), scored)
+    assert [r.nfe for r in plan.runs if r.steps] == [10, 10000]  # heun: 2 per step, the 5000 extrapolated
+    assert plan.memory.total > 200_000 * cmp.METRIC_BYTES(2) and plan.estimate_s > plan.eval_s > 0
+
+
+def test_a_compare_too_big_for_memory_is_refused_in_one_line(monkeypatch):
+    from scoresde.evaluation import compare as cmp
+
+    assert cmp.available_memory() > 0  # readable on this machine
+    monkeypatch.setattr(cmp, "available_memory", lambda: 200 * 2 ** 20)
+    line = one_line_error(run("compare", "--n", 1_000_000, "--solvers", "heun,euler", "--steps", "5,10",
+                              "--out", "/nonexistent/never-written", "--threads", 1))
+    assert line.startswith("Error: --n 1000000 with 4 runs needs about ") and "200 MB is available" in line, line
+    largest = int(line.split("use --n ")[1].split()[0])
+    assert 10_000 < largest < 1_000_000, line
