@@ -664,3 +664,41 @@ def test_a_compare_too_big_for_memory_is_refused_in_one_line(monkeypatch):
     assert line.startswith("Error: --n 1000000 with 4 runs needs about ") and "200 MB is available" in line, line
     largest = int(line.split("use --n ")[1].split()[0])
     assert 10_000 < largest < 1_000_000, line
+
+
+# -- 10. silent inaccuracy: the oracle checks the spread -----------------------------------------------
+
+def test_spread_ratio_is_one_for_exact_samples_and_the_warning_names_solver_steps_and_ratio():
+    from scoresde.evaluation.metrics import SPREAD_OFF, spread_ratio, spread_warning
+    from scoresde.oracle import GaussianMixture
+    from scoresde.sde import make_sde
+
+    data, sde, g = GaussianMixture.ring(), make_sde("ve"), torch.Generator().manual_seed(0)
+    for t in (1e-5, 0.3, 1.0):
+        m, s = sde.marginal(torch.tensor([t]))
+        x_t = m * data.sample(20000, generator=g) + s * torch.randn(20000, 2, generator=g)
+        assert abs(spread_ratio(x_t, data, sde, t) - 1) < 0.03, t
+        assert spread_warning(x_t, data, sde, t, "x") is None
+        line = spread_warning(x_t * SPREAD_OFF * 1.5, data, sde, t, "heun 3 steps")
+        assert line.startswith(f"heun 3 steps: the samples' spread is 3 x the exact spread at t = {t:.3g}"), line
+        assert spread_warning(x_t / 3, data, sde, t, "x") is not None
+
+
+def test_few_step_runs_far_off_the_oracle_warn_in_sample_and_compare(tmp_path):
+    r = run("sample", "--sde", "ve", "--solver", "euler_maruyama", "--steps", 5, "--n", 400, "--quiet",
+            "--threads", 1, "--out", tmp_path / "a.npz")
+    assert r.exit_code == 0, r.output
+    warning = [ln for ln in r.output.splitlines() if ln.startswith("WARNING:")]
+    assert len(warning) == 1 and "euler_maruyama 5 steps: the samples' spread is " in warning[0], r.output
+    assert float(warning[0].split("spread is ")[1].split(" x")[0]) > 10
+    r = run("sample", "--sde", "ve", "--solver", "heun", "--steps", 20, "--n", 400, "--quiet", "--threads", 1,
+            "--out", tmp_path / "b.npz")
+    assert r.exit_code == 0 and "WARNING" not in r.output, r.output
+    from scoresde.evaluation.compare import compare
+    from scoresde.evaluation.resolve import resolve_model
+    from scoresde.sde import make_sde
+
+    res = compare(resolve_model("oracle:gmm8", sde=make_sde("ve")), ["euler_maruyama", "heun"], [5, 20], n=200,
+                  progress=False, threads=None)
+    spread = [w for w in res.warnings if "spread" in w]
+    assert [w.split(":")[0] for w in spread] == ["euler_maruyama 5 steps"], res.warnings  # 20 steps: within 2x

@@ -16,7 +16,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from scoresde.evaluation.metrics import ImageReference, mode_metrics, quality, sliced_w2, sw2_with_floor
+from scoresde.evaluation.metrics import (ImageReference, mode_metrics, quality, sliced_w2, spread_warning,
+                                        sw2_with_floor)
 from scoresde.evaluation.resolve import ResolvedModel
 
 # Below this many samples of vector data the metrics' own sampling noise (eight mode weights from a
@@ -361,6 +362,7 @@ class Row:
     nfe: int
     wall_s: float
     metrics: dict = field(default_factory=dict)
+    spread_warning: str | None = None  # the oracle's check of the samples' spread (metrics.spread_warning)
 
     def record(self) -> dict:
         """The run as the columns of results.csv and results.json: solver, grid, schedule, steps
@@ -453,12 +455,19 @@ def _execute(model: ResolvedModel, solver_names: Iterable[str], steps_list: Iter
             x = res.x.detach().float().cpu()
             samples[(name, steps)] = x
             rows.append(Row(name, "adaptive" if steps is None else res.grid, res.schedule, steps, res.nfe, wall,
-                            score_samples(x, model, seed=seed, reference=reference)))
+                            score_samples(x, model, seed=seed, reference=reference),
+                            _spread_check(x, model, name, steps, float(res.t_grid[-1]))))
     except KeyboardInterrupt:
         raise CompareInterrupted(rows, len(plan.runs)) from None
     finally:
         bar.close()
     return rows, samples, plan
+
+
+def _spread_check(x: torch.Tensor, model: ResolvedModel, solver: str, steps: int | None, t: float) -> str | None:
+    if model.oracle is None or x.shape[0] < MIN_METRIC_SAMPLES:  # below that the spread itself is noise
+        return None
+    return spread_warning(x, model.oracle, model.sde, t, f"{solver} {steps or 'adaptive'} steps")
 
 
 class MemoryBudgetError(ValueError):
@@ -663,7 +672,7 @@ def compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: Itera
         for r in rows:
             r.metrics = {}
     band = perfect_sampler_band(model, n, seed)
-    best, warnings = {}, []
+    best, warnings = {}, [r.spread_warning for r in rows if r.spread_warning]
     if any("sw2" in r.metrics for r in rows):
         best = {b: best_at_nfe(rows, b) for b in BUDGETS}
         overall = best_at_nfe(rows, math.inf)
