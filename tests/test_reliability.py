@@ -229,9 +229,11 @@ def test_fuzz_500_damaged_checkpoints_are_refused_in_one_line(tiny_ckpt, tmp_pat
     for name in ("empty", "overwrite_3", "truncate_5", "signed_ema_list", "signed_other_architecture",
                  "signed_rng_garbage", "plain_torch_v1", "random_1"):
         path = tmp_path / f"{name}.pt"
+        said = "--model '{}' is empty (0 bytes)" if name == "empty" else "checkpoint '{}'"  # 0 bytes: before torch
         assert one_line_error(run("sample", "--model", path, "--n", 4, "--out", tmp_path / "s.npz")).startswith(
-            f"Error: checkpoint '{path}'")
-        assert "Error: checkpoint" in one_line_error(run("likelihood", "--checkpoint", path, "--n", 2))
+            "Error: " + said.format(path))
+        assert ("Error: --checkpoint" if name == "empty" else "Error: checkpoint") in one_line_error(
+            run("likelihood", "--checkpoint", path, "--n", 2))
     run_dir = tmp_path / "resume"
     run_dir.mkdir()
     (run_dir / "checkpoint.pt").write_bytes(files["overwrite_7"])
