@@ -47,7 +47,8 @@ class _Group(click.Group):
             # has put SIG_DFL back during finalization, by killing the process (exit -2, not ours).
             # SIG_IGN is the one setting finalization keeps.  In-process (tests) the old handlers return.
             for sig, handler in old.items():
-                signal.signal(sig, signal.SIG_IGN if owns_process else handler)
+                if owns_process or handler is not None:  # None: set outside Python, nothing to put back
+                    signal.signal(sig, signal.SIG_IGN if owns_process else handler)
         sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx):

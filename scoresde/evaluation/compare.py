@@ -231,9 +231,11 @@ def available_memory() -> int | None:
         except (ValueError, OSError, AttributeError):
             pass
     try:
-        limit = open("/sys/fs/cgroup/memory.max").read().strip()
-        if limit.isdigit():
-            room = int(limit) - int(open("/sys/fs/cgroup/memory.current").read())
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit.isdigit():  # 'max': no limit
+            with open("/sys/fs/cgroup/memory.current") as f:
+                room = int(limit) - int(f.read())
             have = room if have is None else min(have, room)
     except (OSError, ValueError):
         pass
