@@ -14,6 +14,8 @@ import socket
 import tempfile
 import zlib
 
+from scoresde._signals import deferred
+
 
 def _umask() -> int:
     # the only portable way to read the umask is to set it; put it straight back
@@ -24,25 +26,29 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def atomic_path(path: str, clean: bool = True):
-    """Yield a temp path beside `path`; on success it replaces `path`, on error it is removed.
+    """Yield a temp path beside `path`; on success it replaces `path`, on error (Ctrl-C included)
+    it is removed.  SIGINT and SIGTERM are held from the temp file's creation until it has been
+    renamed or removed (_signals.deferred), so a second Ctrl-C cannot land between the two and
+    leave the temp file behind; the signal is acted on as soon as the file is settled.
     clean: first remove the temps that dead writers left beside it (a caller writing many files
     into one folder does that once, not once per file)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     if clean:
         remove_temps(folder)
-    fd, tmp = tempfile.mkstemp(prefix=_prefix(), suffix=os.path.splitext(path)[1], dir=folder)
-    os.close(fd)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
+    with deferred():
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(), suffix=os.path.splitext(path)[1], dir=folder)
+        os.close(fd)
+        try:
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
 
 
 def _prefix() -> str:
@@ -125,24 +131,31 @@ def atomic_dir(path: str, overwrite: bool = False):
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     remove_temps(parent)
-    tmp = tempfile.mkdtemp(prefix=_prefix(), dir=parent)
+    # the block itself (plots, seconds) stays interruptible; creating, renaming and removing the
+    # temp folder are held against a Ctrl-C (_signals.deferred), which would leave it behind
+    tmp = None
     try:
+        with deferred():  # a signal held here is raised on leaving it: inside the try, so tmp is removed
+            tmp = tempfile.mkdtemp(prefix=_prefix(), dir=parent)
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's folder is private (0700); the result is not
-        if os.path.lexists(path):
-            if not overwrite:
-                raise FileExistsError(f"{path!r} appeared while this run was writing; its results are "
-                                      f"left in {tmp!r}")
-            old = tempfile.mkdtemp(prefix=_prefix(), dir=parent)
-            os.replace(path, os.path.join(old, "old"))
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        with deferred():
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's folder is private (0700); the result is not
+            if os.path.lexists(path):
+                if not overwrite:
+                    raise FileExistsError(f"{path!r} appeared while this run was writing; its results are "
+                                          f"left in {tmp!r}")
+                old = tempfile.mkdtemp(prefix=_prefix(), dir=parent)
+                os.replace(path, os.path.join(old, "old"))
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
     except FileExistsError:
         raise
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            with deferred():
+                shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

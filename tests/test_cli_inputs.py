@@ -60,6 +60,35 @@ def test_input_errors_come_before_the_output_check_and_without_torch(args, messa
     assert wall < 10, f"an input error took {wall:.1f} s"  # about 0.3 s idle; generous for a loaded machine
 
 
+@pytest.mark.parametrize("args, message", [
+    (["compare", "--model", "runs/x"], "Error: --model 'runs/x' is a folder, not a checkpoint file: give a checkpoint "
+                                       "file such as runs/x/checkpoint.pt; or use oracle:gmm8"),
+    (["sample", "--model", "bare"], "Error: --model 'bare' is a folder, not a checkpoint file: it holds no .pt file; "
+                                    "give a checkpoint file (a run folder's is bare/checkpoint.pt)"),
+    (["likelihood", "--checkpoint", "empty.pt"], "Error: --checkpoint 'empty.pt' is empty (0 bytes), not a checkpoint "
+                                                 "file: give a checkpoint written by `scoresde train`"),
+    (["likelihood", "--model", "oracle:gmm8", "--eps", "nan"],
+     "Error: Invalid value for '--eps': nan is not a finite number; give a finite number in (0, 1)"),
+    (["likelihood", "--model", "oracle:gmm8", "--rtol", "-1"],
+     "Error: Invalid value for '--rtol': -1 is outside (0, 1); give a finite number in (0, 1)"),
+    (["likelihood", "--model", "oracle:gmm8", "--atol", "1"],
+     "Error: Invalid value for '--atol': 1 is outside (0, 1); give a finite number in (0, 1)"),
+    (["likelihood", "--model", "oracle:gmm8", "--atol", "tiny"],
+     "Error: Invalid value for '--atol': 'tiny' is not a number; give a finite number in (0, 1)"),
+])
+def test_each_refusal_names_the_value_and_what_is_allowed(args, message, tmp_path):
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    (tmp_path / "runs" / "x" / "checkpoint.pt").write_bytes(b"x")
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "empty.pt").write_bytes(b"")
+    proc = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = res["output"].strip().splitlines()
+    assert res["code"] == 2 and len(lines) == 1 and lines[0].startswith(message), res["output"]
+    assert not res["torch"], "the input check imported torch"
+
+
 def test_compare_writes_into_an_empty_existing_folder_and_refuses_a_full_one(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

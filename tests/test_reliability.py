@@ -229,9 +229,11 @@ def test_fuzz_500_damaged_checkpoints_are_refused_in_one_line(tiny_ckpt, tmp_pat
     for name in ("empty", "overwrite_3", "truncate_5", "signed_ema_list", "signed_other_architecture",
                  "signed_rng_garbage", "plain_torch_v1", "random_1"):
         path = tmp_path / f"{name}.pt"
+        said = "--model '{}' is empty (0 bytes)" if name == "empty" else "checkpoint '{}'"  # 0 bytes: before torch
         assert one_line_error(run("sample", "--model", path, "--n", 4, "--out", tmp_path / "s.npz")).startswith(
-            f"Error: checkpoint '{path}'")
-        assert "Error: checkpoint" in one_line_error(run("likelihood", "--checkpoint", path, "--n", 2))
+            "Error: " + said.format(path))
+        assert ("Error: --checkpoint" if name == "empty" else "Error: checkpoint") in one_line_error(
+            run("likelihood", "--checkpoint", path, "--n", 2))
     run_dir = tmp_path / "resume"
     run_dir.mkdir()
     (run_dir / "checkpoint.pt").write_bytes(files["overwrite_7"])
@@ -330,6 +332,110 @@ def test_kill_9_during_a_checkpoint_write_then_clean_resume(tmp_path, caplog):
     assert [row["step"] for row in rows] == list(range(1, k + 4))  # no step twice
     full = train_in_process({**raw, "train": {**raw["train"], "steps": k + 3, "ckpt_every": 0}}, tmp_path / "full")
     assert [row["loss"] for row in rows] == full
+
+
+def double_sigint(tmp_path, during_write: bool, gap: float = 0.06):
+    """Start a trainer, SIGINT it, and SIGINT it again `gap` s later or (during_write) as soon as
+    the interrupt's checkpoint has a temp file (a larger network makes that write take a while).
+    Returns (exit code, stderr, run folder)."""
+    out = tmp_path / "run"
+    raw = tiny(steps=100000)
+    if during_write:
+        raw = {**raw, "model": {"hidden": 256, "blocks": 4}}
+    _, proc = start_trainer(tmp_path, raw, out)
+    try:
+        wait_for(logged(out, 3), proc)
+        proc.send_signal(signal.SIGINT)
+        if during_write:
+            t0 = time.time()
+            while not any(n.startswith(".tmp-") for n in os.listdir(out)) and time.time() - t0 < 20 \
+                    and proc.poll() is None:
+                time.sleep(0.0005)
+        else:
+            time.sleep(gap)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return proc.returncode, err, out
+
+
+def check_double_sigint(rc, err, out):
+    assert rc == 130, (rc, err)
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert err.strip().startswith("Interrupted: ") and len(err.strip().splitlines()) == 1, err
+    assert not [n for n in os.listdir(out) if n.startswith(".tmp-")], os.listdir(out)
+    assert not os.path.exists(out / ".lock")
+    step = load_checkpoint(str(out / "checkpoint.pt"))["step"]  # whole, and it says which steps it holds
+    assert f"holds steps 1-{step};" in err, err
+
+
+@pytest.mark.parametrize("during_write", [False, True])
+def test_a_second_sigint_exits_130_without_a_traceback_or_a_temp_file(tmp_path, during_write):
+    """One try each of the two timings; test_double_sigint_20_tries repeats them (slow)."""
+    check_double_sigint(*double_sigint(tmp_path, during_write))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("during_write", [False, True])
+def test_double_sigint_20_tries(tmp_path, during_write):
+    rng = random.Random(1)
+    for i in range(20):
+        (tmp_path / str(i)).mkdir()
+        check_double_sigint(*double_sigint(tmp_path / str(i), during_write, gap=rng.uniform(0.05, 0.08)))
+
+
+def test_a_second_sigint_during_the_checkpoint_write_waits_for_it(tmp_path, monkeypatch):
+    """In-process and deterministic: the first SIGINT lands in step 3, the second inside the
+    interrupt's checkpoint write; the write finishes, no temp file is left, and the message names
+    the checkpoint's steps."""
+    import scoresde.training.trainer as trmod
+
+    tr = Trainer(from_dict(tiny(steps=100000)), str(tmp_path), progress=False)
+    real_step, real_save = tr.train_step, trmod.save_checkpoint
+
+    def step():
+        if tr.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step()
+
+    def save(path, state):
+        with ckmod.atomic_path(str(tmp_path / "probe.txt")) as tmp:  # a temp file exists now
+            os.kill(os.getpid(), signal.SIGINT)
+            open(tmp, "w").write("written after the signal")
+        real_save(path, state)
+
+    monkeypatch.setattr(tr, "train_step", step)
+    monkeypatch.setattr(trmod, "save_checkpoint", save)
+    with pytest.raises(trmod.TrainingInterrupted) as err:
+        tr.train()
+    assert str(err.value) == (f"a second SIGINT at step 3 stopped training at once: the checkpoint "
+                              f"{tmp_path / 'checkpoint.pt'} holds steps 1-3; continue with --resume")
+    assert load_checkpoint(str(tmp_path / "checkpoint.pt"))["step"] == 3
+    assert (tmp_path / "probe.txt").read_text() == "written after the signal"
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "log.jsonl", "probe.txt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_atomic_writes_hold_a_signal_until_the_temp_file_is_gone(tmp_path):
+    from scoresde import _io
+
+    target = tmp_path / "f.txt"
+    with pytest.raises(KeyboardInterrupt):
+        with _io.atomic_path(str(target)) as tmp:
+            os.kill(os.getpid(), signal.SIGINT)
+            open(tmp, "w").write("whole")  # still runs: the signal waits for the block's end
+    assert target.read_text() == "whole" and os.listdir(tmp_path) == ["f.txt"]
+    with pytest.raises(KeyboardInterrupt):  # raised inside the block: the temp file is removed
+        with _io.atomic_path(str(tmp_path / "g.txt")) as tmp:
+            open(tmp, "w").write("half")
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        with _io.atomic_dir(str(tmp_path / "d")) as tmp:
+            open(os.path.join(tmp, "a"), "w").write("x")
+            raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == ["f.txt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_stale_lock_is_taken_over_and_a_live_one_in_this_process_refuses(tmp_path, caplog):
@@ -495,3 +601,106 @@ def test_progress_moves_within_a_compare_run_and_over_likelihood_batches(monkeyp
     x = model.oracle.sample(6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     log_likelihood(model.score_fn, model.sde, x, batch_size=2, rtol=1e-3, atol=1e-3, callback=chunks.append)
     assert chunks == [2, 2, 2]
+
+
+# -- 9. long compares speak before they work ------------------------------------------------------------
+
+def test_extrapolated_nfe_equals_the_replay_for_every_fixed_step_solver(monkeypatch):
+    import solvers
+    from scoresde.evaluation import compare as cmp
+    from scoresde.evaluation.resolve import resolve_model
+
+    model = resolve_model("oracle:gmm8")
+    x_T = model.sde.prior_sample((4, 2), generator=torch.Generator().manual_seed(0))
+    names = [s for s in solvers.available() if not cmp.is_adaptive(s)]
+    exact = cmp.plan_runs(model, names, [300], x_T)
+    monkeypatch.setattr(cmp, "REPLAY_STEPS", 200)
+    extrapolated = cmp.plan_runs(model, names, [300], x_T)
+    assert [(r.solver, r.steps) for r in extrapolated] == [(r.solver, r.steps) for r in exact]
+    assert all(r.extrapolated for r in extrapolated)
+    off = {r.solver: r.nfe - e.nfe for r, e in zip(extrapolated, exact) if r.nfe != e.nfe}
+    assert set(off) <= {"torchsde"} and all(abs(d) <= 2 for d in off.values()), off  # its own step rounding
+
+
+def test_the_plan_comes_before_any_full_size_work(monkeypatch):
+    """n = 200 000: everything the plan line needs runs on at most PROBE_N samples (score) and
+    METRIC_PROBE_N (metrics); the full batch is first touched by the runs."""
+    import dataclasses
+
+    from scoresde.evaluation import compare as cmp
+    from scoresde.evaluation.resolve import resolve_model
+
+    model = resolve_model("oracle:gmm8")
+    seen = []
+
+    def score(x, t):
+        seen.append(x.shape[0])
+        return model.score_fn(x, t)
+
+    scored = []
+    real_score_samples = cmp.score_samples
+    monkeypatch.setattr(cmp, "score_samples", lambda x, *a, **k: scored.append(x.shape[0]) or real_score_samples(x, *a, **k))
+
+    class Planned(Exception):
+        pass
+
+    def on_plan(plan):
+        raise Planned(plan)
+
+    with pytest.raises(Planned) as got:
+        cmp.compare(dataclasses.replace(model, score_fn=score), ["heun", "pf_ode"], [5, 5000], n=200_000,
+                    threads="auto", on_plan=on_plan, progress=False)
+    plan = got.value.args[0]
+    assert max(seen) <= cmp.PROBE_N and max(scored) <= cmp.METRIC_PROBE_N, (max(seen), scored)
+    assert [r.nfe for r in plan.runs if r.steps] == [10, 10000]  # heun: 2 per step, the 5000 extrapolated
+    assert plan.memory.total > 200_000 * cmp.METRIC_BYTES(2) and plan.estimate_s > plan.eval_s > 0
+
+
+def test_a_compare_too_big_for_memory_is_refused_in_one_line(monkeypatch):
+    from scoresde.evaluation import compare as cmp
+
+    assert cmp.available_memory() > 0  # readable on this machine
+    monkeypatch.setattr(cmp, "available_memory", lambda: 200 * 2 ** 20)
+    line = one_line_error(run("compare", "--n", 1_000_000, "--solvers", "heun,euler", "--steps", "5,10",
+                              "--out", "/nonexistent/never-written", "--threads", 1))
+    assert line.startswith("Error: --n 1000000 with 4 runs needs about ") and "200 MB is available" in line, line
+    largest = int(line.split("use --n ")[1].split()[0])
+    assert 10_000 < largest < 1_000_000, line
+
+
+# -- 10. silent inaccuracy: the oracle checks the spread -----------------------------------------------
+
+def test_spread_ratio_is_one_for_exact_samples_and_the_warning_names_solver_steps_and_ratio():
+    from scoresde.evaluation.metrics import SPREAD_OFF, spread_ratio, spread_warning
+    from scoresde.oracle import GaussianMixture
+    from scoresde.sde import make_sde
+
+    data, sde, g = GaussianMixture.ring(), make_sde("ve"), torch.Generator().manual_seed(0)
+    for t in (1e-5, 0.3, 1.0):
+        m, s = sde.marginal(torch.tensor([t]))
+        x_t = m * data.sample(20000, generator=g) + s * torch.randn(20000, 2, generator=g)
+        assert abs(spread_ratio(x_t, data, sde, t) - 1) < 0.03, t
+        assert spread_warning(x_t, data, sde, t, "x") is None
+        line = spread_warning(x_t * SPREAD_OFF * 1.5, data, sde, t, "heun 3 steps")
+        assert line.startswith(f"heun 3 steps: the samples' spread is 3 x the exact spread at t = {t:.3g}"), line
+        assert spread_warning(x_t / 3, data, sde, t, "x") is not None
+
+
+def test_few_step_runs_far_off_the_oracle_warn_in_sample_and_compare(tmp_path):
+    r = run("sample", "--sde", "ve", "--solver", "euler_maruyama", "--steps", 5, "--n", 400, "--quiet",
+            "--threads", 1, "--out", tmp_path / "a.npz")
+    assert r.exit_code == 0, r.output
+    warning = [ln for ln in r.output.splitlines() if ln.startswith("WARNING:")]
+    assert len(warning) == 1 and "euler_maruyama 5 steps: the samples' spread is " in warning[0], r.output
+    assert float(warning[0].split("spread is ")[1].split(" x")[0]) > 10
+    r = run("sample", "--sde", "ve", "--solver", "heun", "--steps", 20, "--n", 400, "--quiet", "--threads", 1,
+            "--out", tmp_path / "b.npz")
+    assert r.exit_code == 0 and "WARNING" not in r.output, r.output
+    from scoresde.evaluation.compare import compare
+    from scoresde.evaluation.resolve import resolve_model
+    from scoresde.sde import make_sde
+
+    res = compare(resolve_model("oracle:gmm8", sde=make_sde("ve")), ["euler_maruyama", "heun"], [5, 20], n=200,
+                  progress=False, threads=None)
+    spread = [w for w in res.warnings if "spread" in w]
+    assert [w.split(":")[0] for w in spread] == ["euler_maruyama 5 steps"], res.warnings  # 20 steps: within 2x

@@ -13,15 +13,17 @@ import threading
 
 import click
 
-from scoresde import __version__  # torch is imported inside the commands, so --help answers fast
+from scoresde import __version__, _signals  # torch is imported inside the commands, so --help answers fast
 from scoresde.cli import compare, likelihood, sample, schedule, solvers, train
 
 
 class _Group(click.Group):
     """Turns every expected failure into one line on stderr and exit code 2."""
 
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        old_term = _sigterm_interrupts()
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, owns_process=False, **extra):
+        """owns_process: the process ends with this command (the `scoresde` entry point), so the
+        signal handlers are not put back: SIGINT and SIGTERM stay ignored through the exit."""
+        old = _interrupt_once()
         try:
             rv = super().main(args, prog_name or "scoresde", complete_var, standalone_mode=False, **extra)
         except click.exceptions.Abort:
@@ -40,8 +42,13 @@ class _Group(click.Group):
             click.echo(f"Error: {e}".replace("\n", " "), err=True)
             sys.exit(2)
         finally:
-            if old_term is not None:
-                signal.signal(signal.SIGTERM, old_term)
+            # In a process that ends here, a signal can now only interrupt the exit: as a
+            # KeyboardInterrupt in an atexit callback (torch's print a traceback), or, once Python
+            # has put SIG_DFL back during finalization, by killing the process (exit -2, not ours).
+            # SIG_IGN is the one setting finalization keeps.  In-process (tests) the old handlers return.
+            for sig, handler in old.items():
+                if owns_process or handler is not None:  # None: set outside Python, nothing to put back
+                    signal.signal(sig, signal.SIG_IGN if owns_process else handler)
         sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx):
@@ -55,15 +62,22 @@ class _Interrupted(Exception):
     pass
 
 
-def _sigterm_interrupts():
-    """SIGTERM raises KeyboardInterrupt, so temp files are removed as on Ctrl-C; returns the old handler."""
+def _interrupt_once() -> dict:
+    """SIGINT and SIGTERM raise KeyboardInterrupt (so temp files are removed as on Ctrl-C), once:
+    after that first one, or after the trainer's own first (_signals.request_stop), the command is
+    already stopping, and a further KeyboardInterrupt could only land in its clean-up or the exit
+    path and print a traceback, so it is ignored.  Returns the old handlers ({} off the main thread)."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return {}
+    _signals.reset()
 
     def interrupt(signum, frame):
+        if _signals.stop_requested():
+            return
+        _signals.request_stop(signal.Signals(signum).name)
         raise KeyboardInterrupt
 
-    return signal.signal(signal.SIGTERM, interrupt)
+    return {sig: signal.signal(sig, interrupt) for sig in _signals.STOP_SIGNALS}
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -82,7 +96,7 @@ for _module in (solvers, compare, sample, schedule, train, likelihood):
 
 
 def main():
-    cli()
+    cli.main(prog_name="scoresde", owns_process=True)
 
 
 if __name__ == "__main__":

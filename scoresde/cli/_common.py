@@ -26,13 +26,25 @@ SEED = click.IntRange(0, 2 ** 64 - 1)
 
 
 class FiniteRange(click.FloatRange):
-    """A FloatRange that also refuses nan and inf, naming the option."""
+    """A FloatRange that also refuses nan and inf; every refusal names the value given and the
+    allowed range as an interval, e.g. "-1.0 is outside (0, 1): give a finite number in (0, 1)"."""
+
+    def allowed(self) -> str:
+        lo = "-inf" if self.min is None else f"{self.min:g}"
+        hi = "inf" if self.max is None else f"{self.max:g}"
+        return f"{'(' if self.min_open or self.min is None else '['}{lo}, {hi}{')' if self.max_open or self.max is None else ']'}"
 
     def convert(self, value, param, ctx):
-        v = super().convert(value, param, ctx)
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number; give a finite number in {self.allowed()}", param, ctx)
         if not math.isfinite(v):
-            self.fail(f"{v} is not a finite number", param, ctx)
-        return v
+            self.fail(f"{value} is not a finite number; give a finite number in {self.allowed()}", param, ctx)
+        try:
+            return super().convert(v, param, ctx)
+        except click.BadParameter:
+            self.fail(f"{value} is outside {self.allowed()}; give a finite number in {self.allowed()}", param, ctx)
 
 
 def parse_list(value: str, name: str, cast=str, allowed=None, minimum=None) -> list:
@@ -79,9 +91,16 @@ def check_model_path(model: str, option: str = "--model") -> None:
         return
     hint = "; or use oracle:gmm8, oracle:gaussian, oracle:gaussianD" if option == "--model" else ""
     if os.path.isdir(model):
-        raise CLIError(f"{option} {model!r} is a folder, not a checkpoint file{hint}")
+        inside = sorted(n for n in os.listdir(model) if n.endswith(".pt") and not n.startswith("."))
+        which = os.path.join(model, "checkpoint.pt" if "checkpoint.pt" in inside else (inside or ["checkpoint.pt"])[0])
+        found = (f"give a checkpoint file such as {which}" if inside else
+                 f"it holds no .pt file; give a checkpoint file (a run folder's is {which})")
+        raise CLIError(f"{option} {model!r} is a folder, not a checkpoint file: {found}{hint}")
     if not os.path.exists(model):
         raise CLIError(f"{option} {model!r}: no such checkpoint file{hint}")
+    if os.path.isfile(model) and os.path.getsize(model) == 0:
+        raise CLIError(f"{option} {model!r} is empty (0 bytes), not a checkpoint file: give a checkpoint "
+                       f"written by `scoresde train` (OUT/checkpoint.pt){hint}")
 
 
 def output_overwrite(path: str, overwrite: bool, option: str = "--out") -> bool:

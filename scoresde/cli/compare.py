@@ -43,12 +43,22 @@ def metric_legend(cols, width: int = 88) -> str:
 def _estimate_line(plan) -> str:
     adaptive = [r for r in plan.runs if r.measured]
     probe = ", ".join(f"{r.solver} ~{r.nfe}" for r in adaptive)
+    long = sorted({r.steps for r in plan.runs if r.extrapolated})
     return (f"plan: {len(plan.runs)} runs, {plan.total_nfe} score evaluations"
             + (f" (adaptive {probe}, measured on a subset)" if adaptive else "")
+            + (f" ({', '.join(map(str, long))} steps: counted from shorter replays)" if long else "")
             + f"; one evaluation of n = {plan.n} takes {1e3 * plan.sec_per_eval:.3g} ms ({plan.threads})"
             + f" -> about {duration(plan.estimate_s)} ({duration(plan.eval_s)} of score evaluations, "
               f"{duration(plan.overhead_s)} of solver overhead, {duration(plan.metric_s * len(plan.runs))} "
-              f"of metrics)")
+              f"of metrics)"
+            + (f"; memory about {_gb(plan.memory.total)}" + (f" of {_gb(plan.memory.available)} available"
+                                                           if plan.memory.available else "") if plan.memory else ""))
+
+
+def _gb(b) -> str:
+    from scoresde.evaluation.compare import _gb as fmt
+
+    return fmt(b)
 
 
 def _run_label(run) -> str:
@@ -120,7 +130,7 @@ def command(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
         raise CLIError(f"--features {features_path!r}: no such file")
     import torch
 
-    from scoresde.evaluation.compare import CompareInterrupted, compare
+    from scoresde.evaluation.compare import CompareInterrupted, MemoryBudgetError, compare
 
     options = solver_option_values(option_pairs, names)
     overwrite = output_overwrite(out, overwrite, "--out")
@@ -154,6 +164,8 @@ def command(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
                          threads=threads, label=model, on_plan=on_plan)
     except CompareInterrupted as e:
         raise KeyboardInterrupt(_keep_partial(e, out)) from None
+    except MemoryBudgetError as e:
+        raise CLIError(e.need.why_not("--n")) from None
     _print_report(result, n, resolved.reference_name)
     written = result.write(out, plots=not no_plots, overwrite=overwrite)
     click.echo(f"wrote {', '.join(written)}")

@@ -94,6 +94,13 @@ def command(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, im
         msg += "  (" + ", ".join(f"{k} {v:.4g}" for k, v in q.items()) + ")"
     elif n < MIN_METRIC_SAMPLES and (resolved.oracle is not None or resolved.data is not None):
         msg += f"  (no quality metrics: they need at least {MIN_METRIC_SAMPLES} samples, got --n {n})"
+    if resolved.oracle is not None and n >= MIN_METRIC_SAMPLES:
+        from scoresde.evaluation.metrics import spread_warning
+
+        warning = spread_warning(x, resolved.oracle, resolved.sde, 0.0 if denoise else float(res.t_grid[-1]),
+                                 f"{solver} {res.t_grid.numel() - 1} steps")
+        if warning:
+            click.echo(f"WARNING: {warning}", err=True)
     if png:
         from scoresde.evaluation.plots import save_samples_png
 

@@ -16,7 +16,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from scoresde.evaluation.metrics import ImageReference, mode_metrics, quality, sliced_w2, sw2_with_floor
+from scoresde.evaluation.metrics import (ImageReference, mode_metrics, quality, sliced_w2, spread_warning,
+                                        sw2_with_floor)
 from scoresde.evaluation.resolve import ResolvedModel
 
 # Below this many samples of vector data the metrics' own sampling noise (eight mode weights from a
@@ -25,6 +26,15 @@ from scoresde.evaluation.resolve import ResolvedModel
 MIN_METRIC_SAMPLES = 100
 ADAPTIVE_PROBE = 128  # samples used to measure an adaptive solver's nfe before the full run
 FLOOR_DRAWS = 8  # independent exact samples that give the perfect-sampler band
+# Everything timed before the plan line runs on at most this many samples and is scaled up, so a
+# huge --n is announced (and refused, if it cannot fit) in seconds: one score evaluation is
+# linear in n, the metrics sort, so n log n.
+PROBE_N, METRIC_PROBE_N = 65536, 4096
+# A fixed-step replay runs the solver's Python loop: 100 000 steps took 16-60 s per solver on a
+# loaded CPU.  Above this many steps nfe is extrapolated from replays at 64, 96 and 128 steps
+# (every fixed-step solver's nfe is a·K + b, to within an evaluation or two for torchsde, whose own
+# step rounding adds one now and then; the three points check it).
+REPLAY_STEPS = 1000
 
 
 def _sync(device):
@@ -112,6 +122,7 @@ class Run:
     nfe: int
     measured: bool = False  # nfe from a probe run (approximate) rather than an exact replay
     overhead_s: float = 0.0  # the replay's wall time: the solver's own per-step cost, without the model
+    extrapolated: bool = False  # steps > REPLAY_STEPS: nfe and overhead scaled from shorter replays
 
 
 @dataclass
@@ -123,6 +134,8 @@ class Plan:
     metric_s: float = 0.0  # scoring one run's samples
     title: str = ""  # the line naming model, SDE, n and seed that heads the table and the figures
     threads: str = ""  # where the score is evaluated: 'cuda', or 'cpu, N threads'
+    band_s: float = 0.0  # the perfect-sampler band, computed after the runs
+    memory: "MemoryNeed | None" = None
 
     @property
     def total_nfe(self) -> int:
@@ -140,7 +153,121 @@ class Plan:
 
     @property
     def estimate_s(self) -> float:
-        return self.eval_s + self.overhead_s + self.metric_s * len(self.runs)
+        return self.eval_s + self.overhead_s + self.metric_s * len(self.runs) + self.band_s
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after_first_step(info):  # the solver and its grid were accepted: that is all a check needs
+    raise _Stop
+
+
+def _affine_nfe(run_k: Callable[[int], Run], k: int) -> Run:
+    """Run(nfe, overhead) for k steps from replays at 64, 96 and 128 steps, when nfe is affine in
+    the steps there (overhead scaled per step); else the full replay."""
+    a, b, c = run_k(64), run_k(96), run_k(128)
+    slope = (c.nfe - a.nfe) / 64
+    if b.nfe - a.nfe != slope * 32 or slope != int(slope):
+        return run_k(k)
+    return Run(c.solver, k, int(c.nfe + slope * (k - 128)), overhead_s=c.overhead_s * k / 128, extrapolated=True)
+
+
+# -- memory -------------------------------------------------------------------------------------
+# Bytes per sample, measured with ru_maxrss on oracle:gmm8 (D = 2, K = 8 modes, float32): a solve
+# (state and the mixture score) 450-770, the metrics of one run 2 800-3 600 (float64 projections
+# sorted 32 at a time, the whitened offsets, a reference sample), a band draw 1 500.
+SOLVE_COPIES = 16  # copies of one sample the solver's state holds (x, score, noise, history, temporaries)
+ORACLE_SCORE_COPIES = 10  # (K, D) temporaries per sample in the mixture score
+METRIC_BYTES = lambda D: 8 * (14 * 32 + 16 * D)  # noqa: E731  (float64)
+
+
+@dataclass
+class MemoryNeed:
+    """The estimated peak of a compare, in bytes: x_T, every run's samples (kept for the figures),
+    and the larger of one solve and one run's metrics; `available` what this machine has free
+    (None: unknown)."""
+    n: int
+    runs: int
+    samples: int
+    solve: int
+    metrics: int
+    available: int | None
+
+    @property
+    def total(self) -> int:
+        return self.samples + max(self.solve, self.metrics)
+
+    @property
+    def largest_n(self) -> int:
+        return int(self.n * self.available / self.total) if self.available else self.n
+
+    def fits(self) -> bool:
+        return self.available is None or self.total <= self.available
+
+    def why_not(self, option: str = "n =") -> str:
+        largest = self.largest_n // 1000 * 1000 or self.largest_n
+        return (f"{option} {self.n} with {self.runs} runs needs about {_gb(self.total)} of memory (samples kept "
+                f"{_gb(self.samples)}, one run's metrics {_gb(self.metrics)}, one solve {_gb(self.solve)}); "
+                f"{_gb(self.available)} is available: use {option} {largest} or fewer, or fewer solvers × steps")
+
+
+def _gb(b) -> str:
+    return f"{b / 2 ** 30:.3g} GB" if b >= 2 ** 30 else f"{b / 2 ** 20:.3g} MB"
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process may still use: Linux's MemAvailable (free plus reclaimable
+    cache), else POSIX free pages (SC_AVPHYS_PAGES, which leaves the cache out), capped by a cgroup
+    v2 limit (a container); None when none can be read."""
+    have = None
+    try:
+        with open("/proc/meminfo") as f:
+            have = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        try:
+            have = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit.isdigit():  # 'max': no limit
+            with open("/sys/fs/cgroup/memory.current") as f:
+                room = int(limit) - int(f.read())
+            have = room if have is None else min(have, room)
+    except (OSError, ValueError):
+        pass
+    return have
+
+
+def memory_need(model: ResolvedModel, n: int, runs: int, dtype, device, batch_size: int | None = None
+                ) -> MemoryNeed:
+    """What a compare of `runs` runs on n samples needs at its peak (see MemoryNeed).  A network's
+    activations are not counted (they are bounded by batch_size); on CUDA the solve is checked
+    against the device's free memory and the rest against the host's."""
+    D = math.prod(model.shape)
+    item = torch.empty((), dtype=dtype).element_size()
+    k = getattr(getattr(model, "oracle", None), "means", None)
+    score = min(n, batch_size or n) * D * item * ORACLE_SCORE_COPIES * (k.shape[0] if k is not None else 0)
+    solve = n * D * item * SOLVE_COPIES + score
+    samples = n * D * item + runs * n * D * 4
+    metrics = n * METRIC_BYTES(D)
+    if torch.device(device).type == "cuda":
+        need = MemoryNeed(n, runs, samples, 0, metrics, available_memory())
+        if need.fits():  # the solve is on the device: check it there
+            free, _ = torch.cuda.mem_get_info(torch.device(device))
+            need = MemoryNeed(n, runs, 0, solve, 0, free)
+        return need
+    return MemoryNeed(n, runs, samples, solve, metrics, available_memory())
+
+
+def scaled(seconds: float, probe: int, n: int, sort: bool = False) -> float:
+    """A time measured on `probe` samples, for n (linear, or n log n for what sorts)."""
+    if n <= probe:
+        return seconds
+    return seconds * n / probe * (math.log(n) / math.log(probe) if sort else 1.0)
 
 
 def plan_runs(model: ResolvedModel, solver_names: Iterable[str], steps_list: Iterable[int], x_T: torch.Tensor,
@@ -171,11 +298,22 @@ def plan_runs(model: ResolvedModel, solver_names: Iterable[str], steps_list: Ite
                                  steps=None if explicit else 1, grid=grid, generator=g, **opts)
             runs.append(Run(name, None, res.nfe, measured=True, overhead_s=time.perf_counter() - t0))
             continue
-        for k in [None] if explicit else steps_list:
+        def replay(k, callback=None):
             t0 = time.perf_counter()
             res = solvers.sample(stand_in, model.sde, x_T=x_T[:1], solver=name, steps=k, grid=grid,
-                                 generator=g, check_finite=False, **opts)
-            runs.append(Run(name, res.t_grid.numel() - 1, res.nfe, overhead_s=time.perf_counter() - t0))
+                                 generator=torch.Generator(device=x_T.device).manual_seed(0), check_finite=False,
+                                 callback=callback, **opts)
+            return Run(name, res.t_grid.numel() - 1, res.nfe, overhead_s=time.perf_counter() - t0)
+
+        for k in [None] if explicit else steps_list:
+            if k is not None and k > REPLAY_STEPS:
+                try:  # the solver's own checks of a k-step grid, at the cost of one step
+                    replay(k, _stop_after_first_step)
+                except _Stop:
+                    pass
+                runs.append(_affine_nfe(replay, k))
+            else:
+                runs.append(replay(k))
     return runs
 
 
@@ -226,6 +364,7 @@ class Row:
     nfe: int
     wall_s: float
     metrics: dict = field(default_factory=dict)
+    spread_warning: str | None = None  # the oracle's check of the samples' spread (metrics.spread_warning)
 
     def record(self) -> dict:
         """The run as the columns of results.csv and results.json: solver, grid, schedule, steps
@@ -265,19 +404,29 @@ def _execute(model: ResolvedModel, solver_names: Iterable[str], steps_list: Iter
     if feature_net is not None and reference is None:
         raise ValueError("a feature network scores images; this model has no image reference data")
     explicit = is_explicit(grid)
+    runs = len(solver_names) * (1 if explicit else len(steps_list))
+    memory = memory_need(model, n, runs, dtype, device, batch_size)
+    if not memory.fits():  # before x_T is drawn: say so instead of swapping for an hour
+        raise MemoryBudgetError(memory)
     g = torch.Generator(device=device).manual_seed(seed)
     x_T = model.sde.prior_sample((n, *model.shape), generator=g, dtype=dtype, device=device)
     score_fn = solvers.graphed(model.score_fn, device) if cuda_graph else model.score_fn
     planned = plan_runs(model, solver_names, steps_list, x_T, grid, options)
     over = [r for r in planned if max_nfe is not None and r.nfe > max_nfe]
-    # also the network's warm-up on the full batch, so no run pays first-call costs
-    # (with cuda_graph, also the capture at the runs' batch shapes)
+    # also the network's warm-up on the full batch, so no run pays first-call costs (with cuda_graph,
+    # also the capture at the runs' batch shapes); above PROBE_N a first run pays them instead
+    probe = min(n, PROBE_N)
     plan = Plan([r for r in planned if r not in over], over,
-                seconds_per_eval(score_fn, x_T, 0.5 * model.sde.T, batch_size=batch_size), n, title=title,
-                threads=threads)
+                scaled(seconds_per_eval(score_fn, x_T[:probe], 0.5 * model.sde.T, batch_size=batch_size), probe, n),
+                n, title=title, threads=threads, memory=memory)
+    probe = n if reference is not None else min(n, METRIC_PROBE_N)  # image metrics compare like-sized sets
     t0 = time.perf_counter()
-    score_samples(x_T.detach().float().cpu(), model, seed=seed, reference=reference)  # what scoring a run costs
-    plan.metric_s = time.perf_counter() - t0
+    score_samples(x_T[:probe].detach().float().cpu(), model, seed=seed, reference=reference)  # what scoring costs
+    plan.metric_s = scaled(time.perf_counter() - t0, probe, n, sort=True)
+    if n >= MIN_METRIC_SAMPLES:
+        t0 = time.perf_counter()
+        perfect_sampler_band(model, probe, seed, draws=1)
+        plan.band_s = scaled(time.perf_counter() - t0, probe, n, sort=True) * FLOOR_DRAWS
     if on_plan is not None:
         on_plan(plan)
     rows, samples = [], {}
@@ -308,12 +457,27 @@ def _execute(model: ResolvedModel, solver_names: Iterable[str], steps_list: Iter
             x = res.x.detach().float().cpu()
             samples[(name, steps)] = x
             rows.append(Row(name, "adaptive" if steps is None else res.grid, res.schedule, steps, res.nfe, wall,
-                            score_samples(x, model, seed=seed, reference=reference)))
+                            score_samples(x, model, seed=seed, reference=reference),
+                            _spread_check(x, model, name, steps, float(res.t_grid[-1]))))
     except KeyboardInterrupt:
         raise CompareInterrupted(rows, len(plan.runs)) from None
     finally:
         bar.close()
     return rows, samples, plan
+
+
+def _spread_check(x: torch.Tensor, model: ResolvedModel, solver: str, steps: int | None, t: float) -> str | None:
+    if model.oracle is None or x.shape[0] < MIN_METRIC_SAMPLES:  # below that the spread itself is noise
+        return None
+    return spread_warning(x, model.oracle, model.sde, t, f"{solver} {steps or 'adaptive'} steps")
+
+
+class MemoryBudgetError(ValueError):
+    """A compare that would not fit in memory (.need: the MemoryNeed), refused before any work."""
+
+    def __init__(self, need: MemoryNeed):
+        super().__init__(need.why_not())
+        self.need = need
 
 
 class CompareInterrupted(KeyboardInterrupt):
@@ -489,8 +653,8 @@ def compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: Itera
     thread_note, threads_before = dev.type, torch.get_num_threads()
     if dev.type == "cpu" and threads is not None:
         if threads == "auto":
-            probe = model.sde.prior_sample((n, *model.shape), generator=torch.Generator().manual_seed(seed),
-                                           dtype=dtype)
+            probe = model.sde.prior_sample((min(n, PROBE_N), *model.shape),
+                                           generator=torch.Generator().manual_seed(seed), dtype=dtype)
             fastest_thread_count(model.score_fn, probe, batch_size=batch_size)
         else:
             torch.set_num_threads(threads)
@@ -510,7 +674,7 @@ def compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: Itera
         for r in rows:
             r.metrics = {}
     band = perfect_sampler_band(model, n, seed)
-    best, warnings = {}, []
+    best, warnings = {}, [r.spread_warning for r in rows if r.spread_warning]
     if any("sw2" in r.metrics for r in rows):
         best = {b: best_at_nfe(rows, b) for b in BUDGETS}
         overall = best_at_nfe(rows, math.inf)

@@ -223,3 +223,29 @@ class ImageReference:
         if x.shape != self.ref.shape:
             raise ValueError(f"samples have shape {tuple(x.shape)}, the reference {tuple(self.ref.shape)}")
         return dict(self._metrics(x), **self.floor)
+
+
+# A run whose spread is off by this factor either way is broken for the data, not just inaccurate:
+# converged solvers on the oracles score 0.97-1.03, and the few-step and extreme-eps runs that
+# land 10x off have no other symptom (their samples are finite).
+SPREAD_OFF = 2.0
+
+
+def spread_ratio(x: torch.Tensor, data: GaussianMixture, sde, t: float) -> float:
+    """The samples' RMS distance from their mean over the exact one of p_t (the oracle's marginal
+    at the solve's end time t: covariance m(t)²·Cov_0 + σ(t)²·I); 1 for a correct sampler up to
+    sampling noise, nan for non-finite samples."""
+    m, s = sde.marginal(torch.tensor([float(t)], dtype=torch.float64))
+    exact = float(m[0] ** 2 * torch.trace(data.covariance()) + s[0] ** 2 * data.D)
+    xf = x.detach().double().cpu().flatten(1)
+    return math.sqrt(float((xf - xf.mean(0)).pow(2).sum(1).mean()) / exact)
+
+
+def spread_warning(x: torch.Tensor, data: GaussianMixture, sde, t: float, label: str) -> str | None:
+    """One line when the spread of x is SPREAD_OFF or more times off the exact one at t (see
+    spread_ratio), naming `label` (solver and steps) and the ratio; else None."""
+    r = spread_ratio(x, data, sde, t)
+    if not math.isfinite(r) or 1 / SPREAD_OFF < r < SPREAD_OFF:
+        return None
+    return (f"{label}: the samples' spread is {r:.3g} x the exact spread at t = {t:.3g} (the oracle's); "
+            f"too few steps or too extreme an eps for this solver (see 'Steps and eps' in docs/solvers.md)")

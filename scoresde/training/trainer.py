@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from scoresde._checks import resolve_device
+from scoresde._signals import deferred
 from scoresde.training.build import build_model
 from scoresde.training.checkpoint import CheckpointError, reference_payload, save_checkpoint
 from scoresde.training.config import Config
@@ -88,6 +89,7 @@ class Trainer:
         self._runner = self._step_runner()
         self.folder = RunFolder(out_dir, CKPT, owner=self.rank == 0)
         self._open_folder(resume)
+        self.saved_step: int | None = self.step if resume else None  # what OUT/checkpoint.pt holds
 
     def _step_runner(self) -> StepRunner:
         """The network that trains (DDP-wrapped, compiled as asked) and the StepRunner that runs
@@ -155,7 +157,10 @@ class Trainer:
     def save(self) -> None:
         st = self.state()  # every rank joins the gather
         if self.rank == 0:
-            save_checkpoint(os.path.join(self.out, CKPT), st)
+            # a Ctrl-C during the write is acted on once the file is whole and saved_step says so
+            with deferred():
+                save_checkpoint(os.path.join(self.out, CKPT), st)
+                self.saved_step = self.step
 
     # -- one step ------------------------------------------------------------------------------
     def _lr(self) -> float:
@@ -239,18 +244,32 @@ class Trainer:
                 pending = []
                 self.save()
                 if halt():
+                    stop.committed = True
                     raise TrainingInterrupted(f"{halt()} at step {self.step}: the checkpoint "
                                               f"{os.path.join(self.out, CKPT)} holds steps 1-{self.step}; continue "
                                               f"with --resume")
                 if self.previews and self.step >= total and not c.preview_every:
                     self._final_preview()
+            except KeyboardInterrupt as e:
+                if isinstance(e, TrainingInterrupted) or stop.signal is None:
+                    raise
+                stop.committed = True  # the second signal: stop now, and say what the checkpoint holds
+                raise TrainingInterrupted(self._stopped_at_once(stop.signal)) from None
             finally:
-                losses += torch.stack(pending).float().cpu().tolist() if pending else []
-                bar.close()
-                if logf:
-                    logf.close()
-                self.close()
+                with deferred():  # the lock must be released even if another Ctrl-C lands here
+                    losses += torch.stack(pending).float().cpu().tolist() if pending else []
+                    bar.close()
+                    if logf:
+                        logf.close()
+                    self.close()
         return losses
+
+    def _stopped_at_once(self, name: str) -> str:
+        where = os.path.join(self.out, CKPT)
+        if self.saved_step is None:
+            return f"a second {name} at step {self.step} stopped training before any checkpoint was written"
+        return (f"a second {name} at step {self.step} stopped training at once: the checkpoint {where} holds "
+                f"steps 1-{self.saved_step}; continue with --resume")
 
     def _flush(self, pending: list, logf, bar, rate: float) -> list[float]:
         """The pending losses as floats (one host sync), checked finite, shown and logged."""
