@@ -39,7 +39,7 @@ def _build(cfg: Config, shape: tuple) -> ScoreModel:
                              f"(model.channel_mult = {m.channel_mult})")
         net = UNet(shape[0], shape[1], m.channels, tuple(m.channel_mult), m.blocks,
                    tuple(m.attention_resolutions), m.time_embedding, m.dropout)
-    return ScoreModel(net, sde, m.sigma_data)
+    return ScoreModel(net, sde, m.sigma_data, m.prediction)
 
 
 def build_model(cfg: Config) -> tuple[ScoreModel, Dataset]:

@@ -1,8 +1,8 @@
-"""ε-networks with the time embedded in every block, and the ScoreModel wrapper.
+"""Networks with the time embedded in every block, and the ScoreModel wrapper.
 
-ScoreModel turns an ε-network into the score s_θ(x, t) = −ε_θ(x̃, t)/σ(t), where the input is
-scaled to unit variance, x̃ = x/√(m²σ_data² + σ²) (for VE, x_t has std up to σ_max; the
-ε target is unit variance for every SDE).  It is a plain score function for every solver
+ScoreModel turns a network that predicts ε, x̂_0 or v into the score s_θ(x, t) = −ε̂(x, t)/σ(t),
+where the input is scaled to unit variance, x̃ = x/√(m²σ_data² + σ²) (for VE, x_t has std up to
+σ_max), and ε̂ is converted from the output by scoresde.convert.  It is a plain score function for every solver
 and for the likelihood code.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from scoresde._checks import bcast
+from scoresde.convert import check_prediction, eps_from_prediction
 
 
 class GaussianFourierEmbedding(nn.Module):
@@ -197,19 +198,37 @@ class UNet(nn.Module):
 
 
 class ScoreModel(nn.Module):
-    """s_θ(x, t) = −ε_θ(x/c, t)/σ(t) with c = √(m²σ_data² + σ²); callable as score_fn(x, t)."""
+    """s_θ(x, t) = −ε̂/σ(t), where the network F sees x/c with c = √(m²σ_data² + σ²) and predicts
+    `prediction` ('epsilon', 'x0' or 'v'); ε̂ = eps_from_prediction(prediction, F, x, m, σ) is the one
+    conversion (scoresde.convert), so every solver and the likelihood see a plain score_fn(x, t)."""
 
-    def __init__(self, net: nn.Module, sde, sigma_data: float = 1.0):
+    def __init__(self, net: nn.Module, sde, sigma_data: float = 1.0, prediction: str = "epsilon"):
         super().__init__()
         self.net, self.sde, self.sigma_data = net, sde, float(sigma_data)
+        self.prediction = check_prediction(prediction)
 
-    def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """ε_θ(x, t): the network's noise prediction on the unit-variance-scaled input."""
+    def with_net(self, net: nn.Module) -> "ScoreModel":
+        """The same parameterisation around another network (a DDP-wrapped or compiled one)."""
+        return ScoreModel(net, self.sde, self.sigma_data, self.prediction)
+
+    def output(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """F_θ(x/c, t[, y]): the network's raw prediction of `self.prediction` at x_t = x, for class
+        labels y (B,) when the network is conditional (y None: its "no label" class)."""
         m, s = torch.exp(self.sde.log_mean_coef(t)), self.sde.std(t)
-        c_in = torch.rsqrt(m ** 2 * self.sigma_data ** 2 + s ** 2)
-        return self.net(bcast(c_in, x) * x, t)
+        x_in = bcast(torch.rsqrt(m ** 2 * self.sigma_data ** 2 + s ** 2), x) * x
+        return self.net(x_in, t) if y is None else self.net(x_in, t, y)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The score −ε_θ/σ(t)."""
-        eps = self.eps(x, t)
+    def eps(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """ε̂_θ(x, t[, y]), converted from the network's output."""
+        out = self.output(x, t, y)
+        if self.prediction == "epsilon":
+            return out
+        # in x's precision (fp32) when a bf16 network output would lose the difference x − m·x̂_0
+        dtype = torch.promote_types(out.dtype, x.dtype)
+        m, s = torch.exp(self.sde.log_mean_coef(t)), self.sde.std(t)
+        return eps_from_prediction(self.prediction, out.to(dtype), x.to(dtype), m, s)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The score −ε̂/σ(t) (of p_t(x | y) for a conditional network given labels y)."""
+        eps = self.eps(x, t, y)
         return -eps / bcast(self.sde.std(t).to(eps.dtype), eps)

@@ -101,7 +101,7 @@ class Trainer:
         self._eager_net = self._train_net
         if c.compile:
             self._train_net = compile_net(self._train_net, c.compile_mode, dev)
-        self._loss_model = ScoreModel(self._train_net, self.model.sde, self.model.sigma_data)
+        self._loss_model = self.model.with_net(self._train_net)
         gens = [self.gen, self.data_gen, torch.default_generator]
         if dev.type == "cuda":
             gens.append(torch.cuda.default_generators[dev.index if dev.index is not None else torch.cuda.current_device()])
@@ -170,9 +170,9 @@ class Trainer:
                       self.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             if c.loss == "ddpm":
-                loss = ddpm_loss(self._loss_model, x0, self.gen)
+                loss = ddpm_loss(self._loss_model, x0, self.gen, c.weighting, c.snr_gamma)
             else:
-                loss = dsm_loss(self._loss_model, x0, self.gen, c.t_eps, c.likelihood_weighting)
+                loss = dsm_loss(self._loss_model, x0, self.gen, c.t_eps, c.weighting, c.snr_gamma)
         loss.backward()
         if c.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.net.parameters(), c.grad_clip)
@@ -181,7 +181,7 @@ class Trainer:
     def _uncompile(self) -> None:
         """The compile fallback: train the eager network (DDP-wrapped where it was)."""
         self._train_net = self._eager_net
-        self._loss_model = ScoreModel(self._eager_net, self.model.sde, self.model.sigma_data)
+        self._loss_model = self.model.with_net(self._eager_net)
 
     def train_step(self) -> torch.Tensor:
         c = self.cfg.train
