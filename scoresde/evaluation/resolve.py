@@ -14,7 +14,8 @@ __all__ = ["ResolvedModel", "resolve_model"]
 
 
 def resolve_model(spec: str, sde: SDE | None = None, device=None) -> ResolvedModel:
-    """'oracle:gmm8', 'oracle:gaussian', 'oracle:gaussianD' or a checkpoint file path.
+    """'oracle:gmm8' (labelled: 'oracle:gmm8c4', 'oracle:gmm8c8'), 'oracle:gaussian',
+    'oracle:gaussianD' or a checkpoint file path.
 
     For an oracle the SDE is the one given (default VP); a checkpoint carries its own SDE,
     and passing a different one is an error."""
@@ -23,7 +24,9 @@ def resolve_model(spec: str, sde: SDE | None = None, device=None) -> ResolvedMod
     if spec.startswith("oracle:"):
         oracle = make_oracle(spec.split(":", 1)[1])
         sde = sde or VPSDE()
-        return ResolvedModel(spec, oracle.score_fn(sde), sde, (oracle.D,), oracle=oracle)
+        labelled = dict(cond_score_fn=oracle.cond_score_fn(sde), class_names=tuple(oracle.class_names)) \
+            if oracle.classes is not None else {}
+        return ResolvedModel(spec, oracle.score_fn(sde), sde, (oracle.D,), oracle=oracle, **labelled)
     from scoresde.training.checkpoint import load_score_model  # training stack only when a checkpoint is asked for
 
     return load_score_model(spec, sde=sde, device=device)
