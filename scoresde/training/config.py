@@ -15,7 +15,9 @@ else:  # pragma: no cover
 
 @dataclass
 class DataConfig:
-    name: str = "ring"              # ring | moons | swissroll | checkerboard | digits | file | images | cifar10
+    name: str = "ring"              # ring | ring-c4 | ring-c8 | moons | swissroll | checkerboard | digits | file |
+                                    # images | cifar10 (labelled: ring-c4/c8, digits, cifar10, an images folder of
+                                    # class sub-folders, a .npz with a y array)
     path: str = ""                  # file: a .npy/.npz array (N, ...); images: a folder of PNG/JPEG;
                                     # cifar10: the folder cifar-10-batches-bin (data_batch_*.bin, test_batch.bin)
     batch_size: int = 512           # global batch (split across DDP ranks)
@@ -49,6 +51,7 @@ class ModelConfig:
     time_embedding: str = "fourier"  # fourier | sinusoidal
     dropout: float = 0.0
     sigma_data: float = 1.0         # input scaling c_in = 1/√(m²σ_data² + σ²)
+    conditional: bool = False       # a class embedding (the data's labels; their count from the data)
     prediction: str = "epsilon"     # what the network predicts: epsilon | x0 | v (converted to the score in one place)
 
 
@@ -65,6 +68,7 @@ class TrainConfig:
     weighting: str = "epsilon"      # the loss weight on the ε-error (losses.eps_weight): epsilon | likelihood |
                                     # min_snr | edm | x0 | v
     snr_gamma: float = 5.0          # γ of weighting = "min_snr"
+    label_dropout: float = 0.1      # conditional models: the share of labels replaced by "no label"
     likelihood_weighting: bool = False  # the older spelling of weighting = "likelihood" (kept; the two agree)
     t_eps: float = 1e-5
     log_every: int = 50
@@ -100,7 +104,7 @@ class Config:
 
 
 CHOICES = {
-    ("data", "name"): ("ring", "moons", "swissroll", "checkerboard", "digits", "file", "images", "cifar10"),
+    ("data", "name"): ("ring", "ring-c4", "ring-c8", "moons", "swissroll", "checkerboard", "digits", "file", "images", "cifar10"),
     ("data", "layout"): ("auto", "nhwc", "nchw"),
     ("data", "fit"): ("crop", "resize"),
     ("sde", "name"): ("vp", "subvp", "ve"),
@@ -143,6 +147,7 @@ RANGES = {
     ("train", "seed"): (0, SEED_MAX, False, False),
     ("train", "t_eps"): (0, 1, True, True),
     ("train", "snr_gamma"): (0, None, True, False),
+    ("train", "label_dropout"): (0, 1, False, True),
     ("train", "log_every"): (1, None, False, False),
     ("train", "ckpt_every"): (0, None, False, False),            # 0: only at the end
     ("train", "preview_every"): (0, None, False, False),         # 0: only at the end

@@ -26,6 +26,7 @@ def gather_state(tr) -> dict:
                 model={k: v.detach().cpu() for k, v in tr.model.net.state_dict().items()},
                 ema=tr.ema.state_dict(), optimizer=tr.opt.state_dict(),
                 rng=rngs, torch_rng=torch.get_rng_state(), **tr.reference,
+                **({"class_names": list(tr.model.class_names)} if tr.model.class_names else {}),
                 # a CPU run's losses depend on the thread count in their last bits (reduction order)
                 **({"threads": torch.get_num_threads()} if tr.device.type == "cpu" else {}))
 
