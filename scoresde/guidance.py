@@ -101,3 +101,20 @@ def guided_score_fn(cond_score: Callable, label, w: float, num_classes: int) -> 
     score_fn.guidance = w
     score_fn.label = fixed
     return score_fn
+
+
+def guide(model, label, w: float):
+    """A copy of ResolvedModel `model` (a conditional one) whose score_fn is the guided score of
+    class `label` (a name or an index) at guidance w, with .label the class index, so samples and
+    metrics refer to that class.  A ValueError names an unconditional model or an unknown class."""
+    import copy
+
+    if model.cond_score_fn is None:
+        raise ValueError(f"model {model.name} is unconditional (it has no classes); guidance and --class need a "
+                         f"conditional model: oracle:gmm8c4, oracle:gmm8c8, or a checkpoint trained with "
+                         f"model.conditional = true")
+    k = class_index(label, model.class_names)
+    out = copy.copy(model)  # not dataclasses.replace: that would read (and so load) a lazy reference
+    out.score_fn = guided_score_fn(model.cond_score_fn, k, w, len(model.class_names))
+    out.label = k
+    return out

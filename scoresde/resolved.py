@@ -40,6 +40,7 @@ class ResolvedModel:
     # (see scoresde.guidance); None for an unconditional one
     cond_score_fn: Callable | None = field(default=None, repr=False)
     class_names: tuple | None = None
+    label: int | None = None  # the class score_fn samples when it is a guided one (scoresde.guidance.guide)
 
     def __getattribute__(self, key):
         # the first read of data or reference_name builds a lazy reference, once
