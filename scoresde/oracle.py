@@ -279,14 +279,18 @@ ORACLES = {
     "ring": lambda: GaussianMixture.ring(8),
     "gmm8c4": lambda: GaussianMixture.ring(8, classes=4),  # labelled: 4 classes of 2 neighbouring modes
     "gmm8c8": lambda: GaussianMixture.ring(8, classes=8),  # labelled: one class per mode
+    # gmm8c4 with overlapping modes (std 0.6) and mode 7 (class arc3) 4x heavier: class arc0's mode 0,
+    # beside it, looks more like another class than its mode 1 does, so guidance trades arc0's
+    # diversity (its share of mode 0) for class accuracy
+    "gmm8c4-overlap": lambda: GaussianMixture.ring(8, std=0.6, weights=[1.0] * 7 + [4.0], classes=4),
     "gaussian": lambda: GaussianMixture.gaussian(2),
     "gaussian64": lambda: GaussianMixture.gaussian(64),
 }
 
 
 def make_oracle(name: str) -> GaussianMixture:
-    """Built-in oracle by name: gmm8 (= ring), its labelled versions gmm8c4 and gmm8c8, gaussian
-    (2-D), gaussian64, gaussianD for any D."""
+    """Built-in oracle by name: gmm8 (= ring), its labelled versions gmm8c4, gmm8c8 and
+    gmm8c4-overlap, gaussian (2-D), gaussian64, gaussianD for any D."""
     if name in ORACLES:
         return ORACLES[name]()
     if name.startswith("gaussian") and name[len("gaussian"):].isdigit():
