@@ -81,3 +81,13 @@ def test_bad_labels_and_unlabelled_data_in_train_are_one_line(tmp_path):
     r = run("train", "--config", tmp_path / "a.toml", "--out", tmp_path / "ra")
     assert r.exit_code == 2 and "class labels must lie in 0…C−1, got -3" in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_likelihood_of_a_class_is_the_conditional_density():
+    r = run("likelihood", "--model", "oracle:gmm8c4", "--class", "arc2", "--n", "16", "--quiet")
+    assert r.exit_code == 0, r.output
+    ode = float(r.output.split("log p ")[1].split()[0])
+    exact = float(r.output.split("exact log p_0 (oracle)")[1].split(";")[0])
+    assert abs(ode - exact) < 0.05 and exact > -1.0  # the class's own draws, under log p(x | arc2)
+    r = run("likelihood", "--model", "oracle:gmm8", "--class", "1", "--n", "4")
+    assert r.exit_code == 2 and "--class 1: model oracle:gmm8 is unconditional" in r.output

@@ -5,8 +5,8 @@ import time
 
 import click
 
-from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, CLIError, FiniteRange, chosen_threads, resolve, threads_option,
-    duration, to_device, versions)
+from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, class_option, CLIError, conditioned,
+    FiniteRange, chosen_threads, resolve, threads_option, duration, to_device, versions)
 
 
 @click.command("likelihood")
@@ -39,8 +39,11 @@ from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, CLIError,
 @threads_option
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write per-sample results (.json)")
 @click.option("--quiet", is_flag=True, help="no plan line and no progress bar")
+@click.option("--class", "class_", default=None, metavar="NAME|INDEX",
+              help="conditional models: log p(x | class), through the conditional score (guidance w = 0); an "
+                   "oracle's default data are then that class's draws")
 def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, dequant_repeats, rtol, atol, eps,
-               batch_size, seed, device, threads, out, quiet):
+               batch_size, seed, device, threads, out, quiet, class_):
     """Log-likelihood through the probability-flow ODE, in nats and bits/dim.
 
     Prints mean ± standard error over the data points (and over Hutchinson probes), nfe and time.
@@ -62,13 +65,16 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
     from scoresde.likelihood import EXPECTED_NFE, bits_per_dim_estimate, plan_likelihood
 
     dev = to_device(device)
-    resolved = resolve(model or checkpoint, sde_name, dev, "--model" if model else "--checkpoint")
+    resolved = conditioned(resolve(model or checkpoint, sde_name, dev, "--model" if model else "--checkpoint"),
+                           class_, None)
+    truth = resolved.oracle if resolved.label is None or resolved.oracle is None else \
+        resolved.oracle.conditional(resolved.label)  # log p(x | c) is this mixture's log p(x)
     from scoresde.training.data import data_from_config, make_dataset
 
     g = torch.Generator().manual_seed(seed)
     levels = 2 ** bits if bits else None
     if data in (None, "model") and resolved.oracle is not None:
-        x = resolved.oracle.sample(n, generator=g, dtype=torch.float64)
+        x = truth.sample(n, generator=g, dtype=torch.float64)
     elif data == "model":
         raise CLIError("--data model needs an oracle; pass a data set name or a .npy/.npz file")
     else:
@@ -90,7 +96,8 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
     if tuple(x.shape[1:]) != tuple(resolved.shape):
         raise CLIError(f"--data: samples have shape {tuple(x.shape[1:])}, the model expects {tuple(resolved.shape)}")
     # exact oracles run in float64; a network in the precision it was trained in
-    x = x.to(dev, torch.float32 if isinstance(resolved.score_fn, torch.nn.Module) else torch.float64)
+    net = resolved.score_fn if resolved.label is None else resolved.cond_score_fn  # a guided score_fn wraps it
+    x = x.to(dev, torch.float32 if isinstance(net, torch.nn.Module) else torch.float64)
     # --dequant-repeats only counts for quantized data; continuous data has no dequantization draws
     repeats = dequant_repeats if levels else 1
     with chosen_threads(threads, resolved.score_fn, x[:batch_size], dev, quiet=quiet):
@@ -117,7 +124,7 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
     if est.probe_stderr is not None:
         click.echo(f"Hutchinson standard error per sample (mean): {est.probe_stderr.mean().item():.4f} nats")
     if resolved.oracle is not None and not levels:
-        exact = resolved.oracle.log_prob(x.double().cpu())
+        exact = truth.log_prob(x.double().cpu())
         click.echo(f"exact log p_0 (oracle)  {exact.mean().item():.4f};  mean |ODE − exact| "
                    f"{(logp - exact).abs().mean().item():.2e} nats")
     click.echo(f"nfe {est.nfe}   time {wall:.2f} s")
