@@ -1,7 +1,7 @@
 """The same ring config trained with model.prediction = epsilon, x0 and v at equal steps, over
 several seeds: sample quality of each (within-mode W2, std ratio, off-mode share; dpmpp_2m 20
 steps and euler_maruyama 500 steps, n = 4000), so the targets are compared within the
-seed-to-seed spread.  Writes results/prediction_targets.md.
+seed-to-seed spread.  Writes results/prediction_targets_<weighting>.md.
 
     python experiments/prediction_targets.py [--config configs/ring_vp.toml] [--steps 3000] [--seeds 0,1]
         [--weighting epsilon]"""
@@ -69,7 +69,7 @@ def main():
             f"{args.steps} steps, seeds {args.seeds}, weighting {args.weighting or 'as configured'}, n = {args.n}\n\n"
             + markdown_table(summary, ["target", "solver", "runs", *METRICS]) + "\n\nEvery run:\n\n"
             + markdown_table(rows, ["target", "seed", "solver", "nfe", "train_s", "loss", *METRICS]) + "\n")
-    path = out_path("prediction_targets.md")
+    path = out_path(f"prediction_targets_{args.weighting or 'config'}.md")
     write_text(path, text)
     print(text)
     print(f"wrote {path}")
