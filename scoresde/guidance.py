@@ -100,6 +100,8 @@ def guided_score_fn(cond_score: Callable, label, w: float, num_classes: int) -> 
 
     score_fn.guidance = w
     score_fn.label = fixed
+    # an exact conditional oracle stays recognisable as one (its likelihoods run in float64)
+    score_fn.oracle = getattr(cond_score, "oracle", None)
     return score_fn
 
 
