@@ -9,8 +9,9 @@ __version__ = "0.1.0"
 
 # Names resolve on first use (PEP 562), so `import scoresde` (and `scoresde --help`) does not
 # pay for importing torch until something needs it.
-_LAZY = {**dict.fromkeys(["eps_to_score", "score_to_eps", "x0_from_eps", "x0_from_score", "eps_from_x0"], "convert"),
-         **dict.fromkeys(["SDE", "VPSDE", "SubVPSDE", "VESDE", "make_sde", "sde_from_config"], "sde")}
+_LAZY = {**dict.fromkeys(["eps_to_score", "score_to_eps", "x0_from_eps", "x0_from_score", "eps_from_x0",
+                          "eps_from_prediction", "prediction_from_eps"], "convert"),
+         **dict.fromkeys(["SDE", "VPSDE", "SubVPSDE", "VESDE", "DiscreteVPSDE", "make_sde", "sde_from_config"], "sde")}
 __all__ = list(_LAZY)
 
 

@@ -23,11 +23,14 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str):
-    """Yield a temp path beside `path`; on success it replaces `path`, on error it is removed."""
+def atomic_path(path: str, clean: bool = True):
+    """Yield a temp path beside `path`; on success it replaces `path`, on error it is removed.
+    clean: first remove the temps that dead writers left beside it (a caller writing many files
+    into one folder does that once, not once per file)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    remove_temps(folder)
+    if clean:
+        remove_temps(folder)
     fd, tmp = tempfile.mkstemp(prefix=_prefix(), suffix=os.path.splitext(path)[1], dir=folder)
     os.close(fd)
     try:

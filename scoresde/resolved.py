@@ -35,6 +35,7 @@ class ResolvedModel:
     data_name: str | None = None
     data_config: Any = None
     reference_name: str | None = None
+    describe: str | None = None  # one line on what was inferred (a pretrained model's conventions)
     load_reference: Callable[[], tuple[torch.Tensor, str]] | None = field(default=None, repr=False)
     # a conditional model: cond_score_fn(x, t, y) for labels y (B,), y = len(class_names) "no label"
     # (see scoresde.guidance); None for an unconditional one

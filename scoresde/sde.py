@@ -40,6 +40,10 @@ class SDE(abc.ABC):
     default_eps: float = 1e-3
     #: smallest time a likelihood integral starts at by default
     likelihood_eps: float = 1e-5
+    #: the named family a solver's default grid is chosen by: 'vp', 'subvp' or 've'
+    family: str = "vp"
+    #: whether DDPM's discrete chain (discrete_betas, alphas_cumprod) exists for this SDE
+    discrete_chain: bool = False
 
     def __init__(self, N: int = 1000, T: float = 1.0):
         self.N = check_int("N", N, 1)
@@ -185,6 +189,8 @@ class VPSDE(SDE):
     linspace(β_min/N, β_max/N, N) (DDPM's 1e-4 … 0.02 for N = 1000) and ᾱ_i = ∏ (1 − β_j).
     """
 
+    discrete_chain = True
+
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000,
                  schedule: str = "linear", cosine_s: float = 0.008, T: float | None = None):
         if schedule not in ("linear", "cosine"):
@@ -267,6 +273,9 @@ class SubVPSDE(VPSDE):
     Its marginal variance (1 − m²)² is below the VP one at every t.  Linear schedule only.
     """
 
+    family = "subvp"
+    discrete_chain = False
+
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
         super().__init__(beta_min, beta_max, N, schedule="linear")
 
@@ -288,6 +297,7 @@ class VESDE(SDE):
     """
 
     default_eps = 1e-5
+    family = "ve"
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
         super().__init__(N, 1.0)
@@ -322,16 +332,119 @@ class VESDE(SDE):
                                         self.N, dtype=torch.float64))
 
 
-SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+
+
+def beta_table(beta_schedule: str, N: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """β_1 … β_N (float64) of diffusers' named schedules:
+    'linear': linspace(β_start, β_end, N); 'scaled_linear': linspace(√β_start, √β_end, N)²;
+    'squaredcos_cap_v2': β_i = min(1 − ᾱ(i/N)/ᾱ((i−1)/N), 0.999), ᾱ(t) = cos²((t + 0.008)/1.008·π/2)
+    (Nichol & Dhariwal's cosine schedule with its 0.999 cap);
+    'sigmoid': β_start + (β_end − β_start)·sigmoid(linspace(−6, 6, N)) (GeoDiff's)."""
+    N = check_int("N", N, 1)
+    if beta_schedule == "linear":
+        return torch.linspace(beta_start, beta_end, N, dtype=torch.float64, device="cpu")
+    if beta_schedule == "scaled_linear":
+        return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, N, dtype=torch.float64, device="cpu") ** 2
+    if beta_schedule == "squaredcos_cap_v2":
+        t = torch.arange(N + 1, dtype=torch.float64, device="cpu") / N
+        abar = torch.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+        return (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
+    if beta_schedule == "sigmoid":
+        return beta_start + (beta_end - beta_start) * torch.sigmoid(torch.linspace(-6, 6, N, dtype=torch.float64, device="cpu"))
+    raise ValueError(f"beta_schedule must be one of {', '.join(map(repr, BETA_SCHEDULES))} or explicit "
+                     f"trained_betas, got {beta_schedule!r}")
+
+
+class DiscreteVPSDE(VPSDE):
+    """The VP SDE of a discrete β table β_1 … β_N (a diffusers scheduler's, say): DDPM's chain
+    ᾱ_k = ∏_{j<=k} (1 − β_j) sits at t_k = k/N, so diffusers' timestep index i ↔ t = (i + 1)/N.
+
+    Between lattice points log ᾱ(t) is linear in t (DPM-Solver's choice for discrete models): m
+    and σ then equal the table exactly at every t_k, so every solver that steps on the lattice
+    takes DDPM's own coefficients; β(t) = −d log ᾱ/dt = −N·log(1 − β_k) is constant on
+    (t_{k−1}, t_k], a genuine VP SDE (f = −½β, g² = β) that continuous solvers and the ODE
+    likelihood can integrate.  ᾱ_0 = 1 at t = 0.
+
+    The default end time for sampling and likelihood is t_1 = 1/N (index 0): the smallest noise
+    level the network was trained at.
+
+    `betas`: explicit β_1 … β_N (diffusers' trained_betas), else `beta_schedule` with
+    `beta_start`, `beta_end` (see beta_table) and N = num_train_timesteps.
+    """
+
+    family = "vp"
+    discrete_chain = True
+
+    def __init__(self, beta_schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02,
+                 N: int = 1000, betas=None):
+        if betas is None:
+            table = beta_table(beta_schedule, N, beta_start, beta_end)
+        else:
+            table = torch.as_tensor(betas, dtype=torch.float64, device="cpu").flatten()
+            if table.numel() < 1:
+                raise ValueError("betas must hold at least one value")
+            N, beta_schedule = table.numel(), "trained_betas"
+        bad = ~((table > 0) & (table < 1))
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise ValueError(f"every β must lie in (0, 1); β_{i + 1} = {float(table[i])!r}")
+        SDE.__init__(self, N, 1.0)
+        self.beta_schedule, self.beta_start, self.beta_end = beta_schedule, float(beta_start), float(beta_end)
+        self._explicit = betas is not None
+        self.schedule = "discrete"
+        self.beta_min, self.beta_max = float(table.min()) * N, float(table.max()) * N  # for plots and repr
+        log_abar = torch.cat([torch.zeros(1, dtype=torch.float64, device="cpu"), torch.cumsum(torch.log1p(-table), 0)])
+        self._discrete = (table, log_abar[1:].exp())
+        self._log_abar = log_abar
+        self._cache: dict = {}
+        self.default_eps = self.likelihood_eps = 1.0 / N
+
+    def config(self) -> dict:
+        base = dict(name="vpdiscrete", N=self.N)
+        if self._explicit:
+            return dict(base, betas=self.discrete_betas.tolist())
+        return dict(base, beta_schedule=self.beta_schedule, beta_start=self.beta_start, beta_end=self.beta_end)
+
+    def __repr__(self) -> str:
+        if self._explicit:
+            return f"DiscreteVPSDE(N={self.N}, betas=[{self.discrete_betas[0]:.4g} ... {self.discrete_betas[-1]:.4g}])"
+        return super().__repr__()
+
+    def _tables(self, t: torch.Tensor):
+        # log ᾱ at the lattice and the per-segment slopes, in t's dtype on t's device
+        key = (t.dtype, t.device)
+        if key not in self._cache:
+            la = self._log_abar.to(device=t.device, dtype=t.dtype if t.is_floating_point() else torch.float64)
+            self._cache[key] = (la, (la[1:] - la[:-1]) * self.N)
+        return self._cache[key]
+
+    def _segment(self, t: torch.Tensor):
+        u = t * self.N
+        k = torch.floor(u).clamp(0, self.N - 1)
+        return u - k, k.long()
+
+    def _log_mean_coef(self, t):
+        la, slope = self._tables(t)
+        frac, k = self._segment(t)
+        return 0.5 * (la[k] + frac * (la[k + 1] - la[k]))
+
+    def beta(self, t: torch.Tensor) -> torch.Tensor:
+        """β(t) = −d log ᾱ/dt = −N·log(1 − β_k) on the segment holding t."""
+        _, slope = self._tables(t)
+        return -slope[self._segment(t)[1]]
+
+
+SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "vpdiscrete": DiscreteVPSDE}
 
 
 def make_sde(name: str, **kwargs) -> SDE:
-    """Build an SDE by name: 'vp', 'subvp', 've' (also 'vp-cosine')."""
+    """Build an SDE by name: 'vp', 'subvp', 've' (also 'vp-cosine', 'vp-discrete')."""
     key = name.lower().replace("_", "").replace("-", "")
     if key == "vpcosine":
         return VPSDE(schedule="cosine", **kwargs)
     if key not in SDES:
-        raise ValueError(f"unknown SDE {name!r}; choose one of: vp, vp-cosine, subvp, ve")
+        raise ValueError(f"unknown SDE {name!r}; choose one of: vp, vp-cosine, vp-discrete, subvp, ve")
     return SDES[key](**kwargs)
 
 

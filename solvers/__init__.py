@@ -88,7 +88,7 @@ class SolverSpec:
 
     def named_grid(self, sde) -> str:
         """The default among the named grids for this SDE family."""
-        return (self.grid_by_sde or {}).get(sde.config()["name"], self.grid)
+        return (self.grid_by_sde or {}).get(sde.family, self.grid)
 
 
 def default_grid(solver: str, sde, steps: int | None = None) -> str:

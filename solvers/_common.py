@@ -184,7 +184,7 @@ def discrete_vp_tables(sde, ts: torch.Tensor) -> tuple[list[float], list[float]]
 
     Raises SolverError unless `sde` is a VPSDE and every grid time is a multiple of 1/N: a time
     off the lattice has no ᾱ, and snapping it would silently change the grid."""
-    if sde.config()["name"] != "vp":
+    if not sde.discrete_chain:
         raise SolverError(f"schedule='discrete' needs a VPSDE (DDPM's ᾱ table), got {sde!r}; "
                           f"use schedule='continuous'")
     k = ts * sde.N

@@ -124,7 +124,10 @@ def load_grid(path: str) -> list[float]:
 
 
 def explicit_grid(sde, times) -> torch.Tensor:
-    """Check and return an explicit grid (float64): T = t_0 > t_1 > … > t_K ≥ 0 with K ≥ 1."""
+    """Check and return an explicit grid (float64): T ≥ t_0 > t_1 > … > t_K ≥ 0 with K ≥ 1.
+
+    A grid may start below T: the prior draw is then taken as x at t_0, as diffusers' 'leading'
+    timestep spacing does (its first timestep is N − N/K, not N − 1); a t_0 within 1e-9 of T is T."""
     try:
         ts = torch.as_tensor(times.tolist() if torch.is_tensor(times) else list(times), dtype=torch.float64)
     except (TypeError, ValueError) as e:
@@ -135,8 +138,9 @@ def explicit_grid(sde, times) -> torch.Tensor:
     if not torch.isfinite(ts).all():
         raise _error(f"an explicit grid must be finite, got {ts.tolist()}")
     T = sde.T
-    if not math.isclose(float(ts[0]), T, rel_tol=1e-9, abs_tol=1e-12):
-        raise _error(f"an explicit grid must start at T = {T} (the prior), got t_0 = {float(ts[0])!r}")
+    near_T = math.isclose(float(ts[0]), T, rel_tol=1e-9, abs_tol=1e-12)
+    if not near_T and float(ts[0]) > T:
+        raise _error(f"an explicit grid must start at or below T = {T} (the prior), got t_0 = {float(ts[0])!r}")
     if float(ts[-1]) < 0:
         raise _error(f"an explicit grid must end at a time >= 0, got t_K = {float(ts[-1])!r}")
     bad = (ts[1:] >= ts[:-1]).nonzero()
@@ -144,7 +148,8 @@ def explicit_grid(sde, times) -> torch.Tensor:
         i = int(bad[0, 0])
         raise _error(f"an explicit grid must be strictly decreasing; t_{i} = {float(ts[i])!r} is followed by "
                      f"t_{i + 1} = {float(ts[i + 1])!r}")
-    ts[0] = T
+    if near_T:
+        ts[0] = T
     return ts
 
 

@@ -48,7 +48,10 @@ def torchsde_sde(prob, x, *, method: str = "euler"):
     sde = _ReverseSDE(prob, x.shape, "ito" if method in ITO else "stratonovich")
     y0 = x.reshape(x.shape[0], -1)
     taus = (-prob.ts).to(device=x.device, dtype=x.dtype)
-    seed = int(torch.randint(0, 2 ** 62, (1,), generator=prob.generator, device=prob.generator.device).item()) if prob.generator is not None else None
+    # torchsde draws the whole batch's Brownian path from one seed: with per-sample generators
+    # (scoresde._rng.PerSample) the first sample's seeds it, so its samples depend on the batch
+    gen = getattr(prob.generator, "generators", [prob.generator])[0]
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=gen, device=gen.device).item()) if gen is not None else None
     bm = torchsde.BrownianInterval(t0=taus[0], t1=taus[-1], size=y0.shape, dtype=y0.dtype, device=y0.device,
                                    entropy=seed, levy_area_approximation="space-time" if method == "srk" else "none")
     dt = float((prob.ts[:-1] - prob.ts[1:]).max())

@@ -6,12 +6,14 @@ from fake_device import second_device
 from scoresde import SubVPSDE
 from scoresde import VESDE
 from scoresde import VPSDE
+from scoresde.sde import DiscreteVPSDE
 
 SDE_FACTORIES = {
     "vp": lambda: VPSDE(),
     "vp-cosine": lambda: VPSDE(schedule="cosine"),
     "subvp": lambda: SubVPSDE(),
     "ve": lambda: VESDE(),
+    "vp-discrete": lambda: DiscreteVPSDE("squaredcos_cap_v2", N=500),  # a diffusers table, N != 1000
 }
 
 

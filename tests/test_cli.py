@@ -95,7 +95,7 @@ BAD = [
     (["sample", "--solver", "pf_ode", "--grid", "logsnr", "--n", "2"], None),  # valid: must succeed
     (["sample", "--solver", "euler", "--grid", "logsnr", "--steps", "3"], None),
     (["frobnicate"], "No such command 'frobnicate'"),
-    (["likelihood"], "give exactly one of --model oracle:NAME or --checkpoint FILE"),
+    (["likelihood"], "give exactly one of --model SPEC or --checkpoint FILE"),
     (["likelihood", "--model", "oracle:gmm8", "--checkpoint", "a.pt"], "give exactly one of"),
     (["likelihood", "--model", "oracle:gmm8", "--eps", "0"], "--eps"),
     (["likelihood", "--model", "oracle:gmm8", "--method", "trace"], "'trace' is not one of"),

@@ -46,7 +46,7 @@ def test_explicit_grid_equals_the_named_one(as_type, tmp_path):
 @pytest.mark.parametrize("grid, kw, match", [
     ([1.0, 0.5, 0.5, 0.001], {}, r"strictly decreasing; t_1 = 0.5 is followed by t_2 = 0.5"),
     ([1.0, 0.2, 0.4, 0.001], {}, "strictly decreasing"),
-    ([0.9, 0.5, 0.001], {}, r"must start at T = 1.0 \(the prior\), got t_0 = 0.9"),
+    ([1.1, 0.5, 0.001], {}, r"must start at or below T = 1.0 \(the prior\), got t_0 = 1.1"),
     ([1.0, 0.5, -0.1], {}, "must end at a time >= 0"),
     ([1.0], {}, "at least 2 times"),
     ([[1.0, 0.5]], {}, "at least 2 times"),

@@ -85,7 +85,7 @@ def test_closed_form_flow_solves_pf_ode(name):
     data = GaussianMixture.gaussian(5)
     xs = data.sample(8, generator=gen(3), dtype=torch.float64)
     s0 = 1e-3
-    for t in (0.05, 0.3, 0.7):
+    for t in (0.0503, 0.3007, 0.7011):  # off the 1/500 lattice, where the discrete β(t) jumps
         h = 1e-5
         xt = data.flow(xs, s0, t, sde)
         dx = (data.flow(xs, s0, t + h, sde) - data.flow(xs, s0, t - h, sde)) / (2 * h)

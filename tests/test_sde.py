@@ -1,6 +1,7 @@
 """The SDE library against closed forms, the seeds' worked examples and simulation."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -8,10 +9,12 @@ from conftest import SDE_FACTORIES, gen
 from scoresde import SubVPSDE
 from scoresde import VESDE
 from scoresde import VPSDE
+from scoresde import DiscreteVPSDE
 from scoresde import eps_to_score
 from scoresde import score_to_eps
 from scoresde import x0_from_eps
 from scoresde import x0_from_score
+from scoresde import sde_from_config
 
 
 # -- the discrete DDPM chain --------------------------------------------------------------------
@@ -111,11 +114,21 @@ def _cosine_log_m(t, s=0.008):
     return torch.log(torch.cos((t + s) / (1 + s) * math.pi / 2) / math.cos(s / (1 + s) * math.pi / 2))
 
 
+def _discrete_cosine_log_m(t, N=500):
+    # ᾱ_k = ∏ (1 − β_j) with iDDPM's capped cosine β_j, log ᾱ linear in t between the k/N
+    abar = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    la = [0.0]
+    for k in range(1, N + 1):
+        la.append(la[-1] + math.log(1 - min(1 - abar(k / N) / abar((k - 1) / N), 0.999)))
+    return 0.5 * torch.as_tensor(np.interp(t.numpy() * N, np.arange(N + 1), la), dtype=torch.float64)
+
+
 HAND_MARGINALS = {  # name -> (log m(t), σ(t))
     "vp": (_linear_log_m, lambda t: torch.sqrt(1 - torch.exp(2 * _linear_log_m(t)))),
     "vp-cosine": (_cosine_log_m, lambda t: torch.sqrt(1 - torch.exp(2 * _cosine_log_m(t)))),
     "subvp": (_linear_log_m, lambda t: 1 - torch.exp(2 * _linear_log_m(t))),
     "ve": (lambda t: 0 * t, lambda t: 0.01 * (50 / 0.01) ** t),
+    "vp-discrete": (_discrete_cosine_log_m, lambda t: torch.sqrt(1 - torch.exp(2 * _discrete_cosine_log_m(t)))),
 }
 
 
@@ -124,7 +137,8 @@ def test_public_coefficients_match_closed_forms(name):
     """log_mean_coef and std equal the hand-written m(t), σ(t); drift_coef equals d log m/dt and
     g2 equals dσ²/dt − 2fσ², both from central differences of the hand-written forms."""
     sde, (log_m, std) = SDE_FACTORIES[name](), HAND_MARGINALS[name]
-    t = torch.linspace(0.01, sde.T * 0.99, 37, dtype=torch.float64)
+    # at least 0.2/500 off the 1/500 lattice, where the discrete table's β(t) jumps
+    t = torch.linspace(0.0135, 0.9856, 37, dtype=torch.float64)
     h = 1e-5
     f = (log_m(t + h) - log_m(t - h)) / (2 * h)
     g2 = (std(t + h) ** 2 - std(t - h) ** 2) / (2 * h) - 2 * f * std(t) ** 2
@@ -243,3 +257,43 @@ def test_log_snr_inverse(any_sde):
 def test_bad_input_is_named(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+# -- the VP SDE of a discrete β table (diffusers' schedules) -------------------------------------
+@pytest.mark.parametrize("schedule, N", [("linear", 1000), ("scaled_linear", 500), ("squaredcos_cap_v2", 1000),
+                                         ("squaredcos_cap_v2", 500)])
+def test_discrete_table_sde_equals_its_chain_on_the_lattice(schedule, N):
+    sde = DiscreteVPSDE(schedule, beta_start=1e-4, beta_end=0.02, N=N)
+    betas = sde.discrete_betas
+    abar = torch.cumprod(1 - betas, 0)
+    t = torch.arange(1, N + 1, dtype=torch.float64) / N  # diffusers' index i = 0 … N−1 at t = (i + 1)/N
+    torch.testing.assert_close(torch.exp(2 * sde.log_mean_coef(t)), abar, rtol=1e-12, atol=0)
+    torch.testing.assert_close(sde.std(t) ** 2, 1 - abar, rtol=1e-12, atol=1e-15)
+    assert sde.default_eps == sde.likelihood_eps == 1.0 / N  # index 0, the least noise it was trained at
+    # β(t) on segment k is −N·log(1 − β_k): it integrates back to log ᾱ
+    mid = (torch.arange(N, dtype=torch.float64) + 0.5) / N
+    torch.testing.assert_close(torch.cumsum(-sde.beta(mid) / N, 0), torch.log(abar), rtol=1e-12, atol=1e-12)
+    assert sde_from_config(sde.config()).config() == sde.config()
+
+
+def test_discrete_table_matches_the_named_schedules_formulas():
+    N = 1000
+    lin = DiscreteVPSDE("linear", 1e-4, 0.02, N).discrete_betas
+    assert lin[0] == 1e-4 and abs(float(lin[-1]) - 0.02) < 1e-15 and abs(float(lin[1] - lin[0]) - 0.0199 / 999) < 1e-15
+    sl = DiscreteVPSDE("scaled_linear", 0.00085, 0.012, N).discrete_betas
+    assert abs(float(sl[0]) - 0.00085) < 1e-15 and abs(float(sl[-1]) - 0.012) < 1e-15
+    cos = DiscreteVPSDE("squaredcos_cap_v2", N=N).discrete_betas
+    f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    assert abs(float(cos[9]) - (1 - f(10 / N) / f(9 / N))) < 1e-15 and float(cos[-1]) == 0.999  # the cap
+
+
+def test_explicit_betas_and_bad_tables():
+    sde = DiscreteVPSDE(betas=[0.1, 0.2, 0.3])
+    assert sde.N == 3 and sde.config() == dict(name="vpdiscrete", N=3, betas=[0.1, 0.2, 0.3])
+    assert float(sde.alphas_cumprod[-1]) == pytest.approx(0.9 * 0.8 * 0.7, rel=1e-15)
+    assert "DiscreteVPSDE(N=3, betas=[0.1 ... 0.3])" == repr(sde)
+    with pytest.raises(ValueError, match=r"every β must lie in \(0, 1\); β_2 = 1.0"):
+        DiscreteVPSDE(betas=[0.1, 1.0])
+    with pytest.raises(ValueError, match="beta_schedule must be one of 'linear', 'scaled_linear', "
+                                         "'squaredcos_cap_v2', 'sigmoid' or explicit trained_betas, got 'cosine'"):
+        DiscreteVPSDE("cosine")

@@ -65,7 +65,17 @@ def check_solver(name: str, option: str = "--solver") -> str:
 def check_model_path(model: str, option: str = "--model") -> None:
     """A checkpoint path that is a folder or missing is a CLIError naming `option` (and, for
     --model, the oracles to use instead); checked before torch is imported."""
-    if model.startswith("oracle:"):
+    if model.startswith(("oracle:", "py:")):
+        return
+    if model.startswith("diffusers:"):
+        import importlib.util
+
+        if importlib.util.find_spec("diffusers") is None:
+            raise CLIError(f"{option} {model!r} needs the diffusers package: pip install 'scoresde[diffusers]'")
+        path = model.split(":", 1)[1]
+        if not os.path.isdir(path) and (os.path.exists(path) or path.count("/") != 1):
+            raise CLIError(f"{option} {model!r}: no such folder (give a folder written by save_pretrained, "
+                           f"or a hub id owner/name)")
         return
     hint = "; or use oracle:gmm8, oracle:gmm8c4, oracle:gaussian, oracle:gaussianD" if option == "--model" else ""
     if os.path.isdir(model):
@@ -238,7 +248,8 @@ def model_options(f):
     f = click.option("--sde", "sde_name", type=click.Choice(SDE_CHOICES), default=None,
                      help="forward SDE for an oracle [default: vp]; a checkpoint brings its own")(f)
     return click.option("--model", default="oracle:gmm8", metavar="SPEC",
-                        help="oracle:gmm8 | oracle:gaussian | oracle:gaussianD | a checkpoint file")(f)
+                        help="oracle:gmm8 | oracle:gaussian | oracle:gaussianD | a checkpoint file | "
+                             "diffusers:PATH | py:module:function")(f)
 
 
 def format_table(rows: list[dict], cols: list[str]) -> str:

@@ -105,6 +105,9 @@ Examples:
 @click.option("--features", "features_path", default=None, type=click.Path(dir_okay=False), metavar="PATH",
               help="image models: also a Fréchet distance in the features of this TorchScript module "
                    "(images (B, C, H, W) on [-1, 1] -> (B, F))")
+@click.option("--reference", default=None, metavar="SOURCE",
+              help="data to score samples against when the model brings none (a pretrained model): a .npy/.npz "
+                   "file (uint8 images are mapped to [-1, 1]; FILE.npz:NAME picks an array) or a data set name")
 @click.option("--overwrite", is_flag=True, help="replace an existing OUT folder (an empty one is always used)")
 @class_option
 @click.option("--guidance", "guidance_list", default=None, metavar="W,W,...",
@@ -112,7 +115,7 @@ Examples:
                    "conditional model; diffusers' guidance_scale = 1 + w); several are a sweep: OUT/w<W>/ per "
                    "weight, OUT/guidance.csv and OUT/guidance.png")
 def command(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs, seed, out, device, threads, float64,
-            batch_size, cuda_graph, no_plots, quiet, features_path, overwrite, class_, guidance_list):
+            batch_size, cuda_graph, no_plots, quiet, features_path, reference, overwrite, class_, guidance_list):
     # every input is checked before torch is imported and before the --out check, so a typo is
     # answered at once and is never hidden behind "already exists"
     names = parse_list(solver_list, "solvers", allowed=SOLVER_NAMES)
@@ -137,6 +140,10 @@ def command(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
     guided = [conditioned(resolved, class_, w, guidance_list) for w in weights or [None]]
     if features_path and len(resolved.shape) != 3:
         raise CLIError(f"--features scores images; model {model} makes samples of shape {resolved.shape}")
+    if resolved.describe and not quiet:
+        click.echo(resolved.describe, err=True)
+    if reference is not None:
+        _use_reference(resolved, reference)
     n = n or (ORACLE_N if is_oracle else NETWORK_N)
 
     def on_plan(plan):
@@ -221,6 +228,23 @@ def _sweep(guided, weights, run, model: str, out: str, n: int, no_plots: bool, o
             written.insert(1, "guidance.png")
     click.echo(f"wrote {', '.join(os.path.join(out, w) for w in written)}")
     click.echo(f"total {sum(r.wall_s for r in results):.1f} s")
+
+
+def _use_reference(resolved, source: str, most: int = 20000) -> None:
+    """--reference: at most `most` samples of SOURCE become the data the runs are scored against."""
+    from scoresde.training.data import make_dataset
+
+    is_file = source.endswith((".npy", ".npz")) or ".npz:" in source
+    try:
+        ds = make_dataset("file", source, "all") if is_file else make_dataset(source)
+    except ValueError as e:
+        raise CLIError(f"--reference: {e}") from None
+    import torch
+
+    x = ds.head(most, torch.Generator().manual_seed(0)).float().cpu()
+    if tuple(x.shape[1:]) != tuple(resolved.shape):
+        raise CLIError(f"--reference: samples have shape {tuple(x.shape[1:])}, the model makes {tuple(resolved.shape)}")
+    resolved.load_reference, resolved.data, resolved.reference_name = None, x, os.path.basename(source)
 
 
 def _keep_partial(e, out: str) -> str:

@@ -10,7 +10,8 @@ from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, class_opt
 
 
 @click.command("likelihood")
-@click.option("--model", default=None, metavar="SPEC", help="oracle:gmm8 | oracle:gaussian | oracle:gaussianD")
+@click.option("--model", default=None, metavar="SPEC",
+              help="oracle:gmm8 | oracle:gaussian | oracle:gaussianD | diffusers:PATH | py:module:function")
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False), help="a trained checkpoint instead")
 @click.option("--sde", "sde_name", type=click.Choice(SDE_CHOICES), default=None,
               help="forward SDE for an oracle [default: vp]")
@@ -31,8 +32,9 @@ from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, class_opt
 @click.option("--dequant-repeats", type=click.IntRange(min=1), default=1, help="average over dequantization draws")
 @click.option("--rtol", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-5)
 @click.option("--atol", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-5)
-@click.option("--eps", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-5,
-              help="start time of the ODE")
+@click.option("--eps", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=None,
+              help="start time of the ODE [default: the SDE's likelihood_eps: 1e-5, or 1/N for a discrete-table "
+                   "model (index 0, the least noise it was trained at)]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256)
 @click.option("--seed", type=SEED, default=0)
 @click.option("--device", default="cpu", metavar="auto|cpu|cuda")
@@ -53,9 +55,10 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
       scoresde likelihood --model oracle:gmm8 --n 128
       scoresde likelihood --checkpoint runs/digits/checkpoint.pt --method hutchinson --probes 4
       scoresde likelihood --model oracle:gmm8 --data points.npy --bits 8
+      scoresde likelihood --model diffusers:my_ddpm --data images.npy
     """
     if (model is None) == (checkpoint is None):
-        raise CLIError("give exactly one of --model oracle:NAME or --checkpoint FILE")
+        raise CLIError("give exactly one of --model SPEC or --checkpoint FILE")
     check_model_path(model or checkpoint, "--model" if model else "--checkpoint")  # before torch is imported
     import math
 
@@ -67,6 +70,11 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
     dev = to_device(device)
     resolved = conditioned(resolve(model or checkpoint, sde_name, dev, "--model" if model else "--checkpoint"),
                            class_, None)
+    if resolved.describe and not quiet:
+        click.echo(resolved.describe, err=True)
+    if data is None and resolved.oracle is None and resolved.data_config is None:
+        raise CLIError(f"--data is required for {model}: a .npy/.npz file of samples (uint8 images are dequantized)")
+    eps = resolved.sde.likelihood_eps if eps is None else eps
     truth = resolved.oracle if resolved.label is None or resolved.oracle is None else \
         resolved.oracle.conditional(resolved.label)  # log p(x | c) is this mixture's log p(x)
     from scoresde.training.data import data_from_config, make_dataset
@@ -96,8 +104,7 @@ def command(model, checkpoint, sde_name, data, method, probes, probe, n, bits, d
     if tuple(x.shape[1:]) != tuple(resolved.shape):
         raise CLIError(f"--data: samples have shape {tuple(x.shape[1:])}, the model expects {tuple(resolved.shape)}")
     # exact oracles run in float64; a network in the precision it was trained in
-    net = resolved.score_fn if resolved.label is None else resolved.cond_score_fn  # a guided score_fn wraps it
-    x = x.to(dev, torch.float32 if isinstance(net, torch.nn.Module) else torch.float64)
+    x = x.to(dev, torch.float64 if getattr(resolved.score_fn, "oracle", None) is not None else torch.float32)
     # --dequant-repeats only counts for quantized data; continuous data has no dequantization draws
     repeats = dequant_repeats if levels else 1
     with chosen_threads(threads, resolved.score_fn, x[:batch_size], dev, quiet=quiet):

@@ -14,6 +14,9 @@ def sde_label(cfg: dict) -> str:
     name = cfg.get("name", "?")
     if name == "ve":
         return f"VE SDE (σ {cfg['sigma_min']:g}→{cfg['sigma_max']:g})"
+    if name == "vpdiscrete":
+        table = cfg.get("beta_schedule", "trained")
+        return f"VP SDE ({table} β table, N = {cfg['N']})"
     label = {"vp": "VP", "subvp": "sub-VP"}.get(name, name)
     if cfg.get("schedule") == "cosine":
         return f"{label} SDE (cosine schedule)"
