@@ -49,7 +49,7 @@ def _listing(names: list) -> str:
 def check_labels(labels: torch.Tensor, num_classes: int, allow_null: bool = True) -> torch.Tensor:
     """labels as a long tensor whose entries are 0 … C−1 (or C, "no label", when allow_null);
     a ValueError naming the first bad entry and the range otherwise."""
-    labels = torch.as_tensor(labels)
+    labels = torch.as_tensor(labels, device=labels.device if torch.is_tensor(labels) else "cpu")
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise ValueError(f"class labels must be integers, got dtype {labels.dtype}")
     labels = labels.long()
@@ -78,7 +78,7 @@ def guided_score_fn(cond_score: Callable, label, w: float, num_classes: int) -> 
     elif torch.is_tensor(label) and label.ndim > 0:
         fixed = check_labels(label.reshape(-1), num_classes, allow_null=False)
     else:
-        fixed = int(check_labels(torch.tensor([int(label)]), num_classes, allow_null=False)[0])
+        fixed = int(check_labels(torch.tensor([int(label)], device="cpu"), num_classes, allow_null=False)[0])
 
     def labels_for(x: torch.Tensor) -> torch.Tensor:
         if isinstance(fixed, int):

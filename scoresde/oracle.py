@@ -163,7 +163,7 @@ class GaussianMixture:
             raise ValueError(f"this mixture ({self.name}) has no classes; it takes no class label y")
         from scoresde.guidance import check_labels
 
-        y = check_labels(torch.as_tensor(y).reshape(-1), self.num_classes).to(logits.device).expand(logits.shape[0])
+        y = check_labels(torch.as_tensor(y, device=logits.device).reshape(-1), self.num_classes).expand(logits.shape[0])
         classes = self.classes.to(logits.device)
         keep = (classes[None, :] == y[:, None]) | (y[:, None] == self.num_classes)
         logw = torch.log(self.weights).to(logits)
@@ -217,7 +217,7 @@ class GaussianMixture:
 
         if self.classes is None:
             raise ValueError(f"this mixture ({self.name}) has no classes")
-        c = int(check_labels(torch.tensor([c]), self.num_classes, allow_null=False)[0])
+        c = int(check_labels(torch.tensor([c], device="cpu"), self.num_classes, allow_null=False)[0])
         idx = (self.classes == c).nonzero()[:, 0]
         covs = torch.einsum("kde,ke,kfe->kdf", self.U[idx], self.eigvals[idx], self.U[idx])
         return GaussianMixture(self.means[idx], covs, self.weights[idx], name=f"{self.name}|{self.class_names[c]}")
