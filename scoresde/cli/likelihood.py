@@ -5,7 +5,7 @@ import time
 
 import click
 
-from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, class_option, CLIError, conditioned,
+from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, CLIError, conditioned,
     FiniteRange, chosen_threads, resolve, threads_option, duration, to_device, versions)
 
 
