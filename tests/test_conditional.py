@@ -157,3 +157,14 @@ def test_the_conditional_ring_config_reaches_98_percent_class_accuracy_at_w1_in_
         assert res.nfe == 20
         acc = class_metrics(res.x, model.oracle, g.label)["class_acc"]
         assert acc >= 0.98, (c, acc)
+
+
+@pytest.mark.parametrize("name, classes", [("ring_c4_cond", 4), ("digits_cond", 10)])
+def test_the_conditional_configs_build_a_network_with_one_embedding_per_class_and_no_label(name, classes):
+    from scoresde.training.build import build_model
+    from scoresde.training.config import load_config
+
+    cfg = load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", f"{name}.toml"))
+    model, data = build_model(cfg)
+    assert cfg.model.conditional and cfg.train.label_dropout == 0.1
+    assert len(model.class_names) == classes and model.net.label_emb.table.num_embeddings == classes + 1
