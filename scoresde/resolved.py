@@ -21,7 +21,10 @@ class ResolvedModel:
     A checkpoint also gives its training step, data set name and [data] config.  Its reference
     sample is either stored in it or built from the training data on the first read of `data`
     or `reference_name` (`load_reference` returns (tensor, name)), so loading never needs
-    the data."""
+    the data.
+
+    A conditional model also has cond_score_fn(x, t, y) and its class_names; score_fn is then its
+    unconditional score (the "no label" class)."""
     name: str
     score_fn: Callable
     sde: SDE
@@ -34,6 +37,11 @@ class ResolvedModel:
     reference_name: str | None = None
     describe: str | None = None  # one line on what was inferred (a pretrained model's conventions)
     load_reference: Callable[[], tuple[torch.Tensor, str]] | None = field(default=None, repr=False)
+    # a conditional model: cond_score_fn(x, t, y) for labels y (B,), y = len(class_names) "no label"
+    # (see scoresde.guidance); None for an unconditional one
+    cond_score_fn: Callable | None = field(default=None, repr=False)
+    class_names: tuple | None = None
+    label: int | None = None  # the class score_fn samples when it is a guided one (scoresde.guidance.guide)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -89,7 +89,7 @@ def check_model_path(model: str, option: str = "--model") -> None:
             raise CLIError(f"{option} {model!r}: no such folder (give a folder written by save_pretrained, "
                            f"or a hub id owner/name)")
         return
-    hint = "; or use oracle:gmm8, oracle:gaussian, oracle:gaussianD" if option == "--model" else ""
+    hint = "; or use oracle:gmm8, oracle:gmm8c4, oracle:gaussian, oracle:gaussianD" if option == "--model" else ""
     if os.path.isdir(model):
         inside = sorted(n for n in os.listdir(model) if n.endswith(".pt") and not n.startswith("."))
         which = os.path.join(model, "checkpoint.pt" if "checkpoint.pt" in inside else (inside or ["checkpoint.pt"])[0])
@@ -134,6 +134,31 @@ def resolve(model: str, sde_name: str | None, device, option: str = "--model"):
     check_model_path(model, option)
     sde = make_sde(sde_name) if sde_name else None
     return resolve_model(model, sde=sde, device=device)
+
+
+def class_option(f):
+    return click.option("--class", "class_", default=None, metavar="NAME|INDEX",
+                        help="conditional models: sample this class (a name, or an index 0…C−1) "
+                             "[default with --guidance: the first class]")(f)
+
+
+def conditioned(resolved, class_, guidance, guidance_text: str | None = None):
+    """`resolved` itself without --class and --guidance, else the guided model of that class at
+    w (scoresde.guidance.guide); an unconditional model or an unknown class is a CLIError naming
+    the option and what is allowed."""
+    from scoresde.guidance import guide
+
+    if class_ is None and guidance is None:
+        return resolved
+    if resolved.cond_score_fn is None:
+        opt = f"--guidance {guidance_text or guidance}" if guidance is not None else f"--class {class_}"
+        raise CLIError(f"{opt}: model {resolved.name} is unconditional (it has no classes); guidance needs a "
+                       f"conditional model: oracle:gmm8c4, oracle:gmm8c8, or a checkpoint trained with "
+                       f"model.conditional = true")
+    try:
+        return guide(resolved, 0 if class_ is None else class_, guidance or 0.0)
+    except ValueError as e:
+        raise CLIError(f"--class {class_}: {e}") from None
 
 
 def versions() -> dict:

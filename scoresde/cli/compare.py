@@ -5,9 +5,9 @@ import os
 
 import click
 
-from scoresde.cli._common import (DEFAULT_SOLVERS, SEED, SOLVER_NAMES, batch_options, check_model_path, CLIError,
-    duration, format_table, grid_steps, GridParam, model_options, option_flag, output_overwrite, parse_list, resolve,
-    solver_option_values, threads_option, to_device)
+from scoresde.cli._common import (DEFAULT_SOLVERS, SEED, SOLVER_NAMES, batch_options, check_model_path, class_option,
+    CLIError, conditioned, duration, format_table, grid_steps, GridParam, model_options, option_flag, output_overwrite,
+    parse_list, resolve, solver_option_values, threads_option, to_device)
 
 
 # what the compare table's columns mean: printed under the table and in `compare --help`
@@ -25,6 +25,10 @@ METRICS = {
     "precision": "images: share of samples inside the k-NN (k = 3) manifold of the data (ideal: its floor)",
     "recall": "images: share of data inside the k-NN manifold of the samples (ideal: its floor)",
     "fd": "images, with --features: Fréchet distance of the feature network's outputs to the data's",
+    "w": "the guidance weight of the run: (1 + w)·s(x, c) − w·s(x, ∅); 0 is the conditional model",
+    "class_acc": "--class: share of samples nearest to one of the class's own modes (ideal 1)",
+    "diversity": "--class: modes of the class the samples use, exp(entropy of their shares), over the data's "
+                 "(ideal 1)",
 }
 NETWORK_STEPS, ORACLE_STEPS = "10,20,50", "5,10,20,50,100,1000"
 NETWORK_N, ORACLE_N = 1000, 4000
@@ -82,6 +86,7 @@ Columns:
 Examples:
   scoresde compare --sde ve --solvers heun,dpmpp_2m,pc --steps 10,20,50 --n 2000 --out results/ve
   scoresde compare --model runs/ring_vp/checkpoint.pt --max-nfe 60 -o ddim.eta=0.5 -o pf_ode.rtol=1e-3
+  scoresde compare --model oracle:gmm8c4 --class arc0 --guidance 0,1,3 --solvers heun,dpmpp_2m --steps 20
 """
 
 
@@ -114,8 +119,13 @@ Examples:
               help="data to score samples against when the model brings none (a pretrained model): a .npy/.npz "
                    "file (uint8 images are mapped to [-1, 1]; FILE.npz:NAME picks an array) or a data set name")
 @click.option("--overwrite", is_flag=True, help="replace an existing OUT folder (an empty one is always used)")
+@class_option
+@click.option("--guidance", "guidance_list", default=None, metavar="W,W,...",
+              help="conditional models: classifier-free guidance weights w, (1 + w)·s(x, c) − w·s(x, ∅) (0: the "
+                   "conditional model; diffusers' guidance_scale = 1 + w); several are a sweep: OUT/w<W>/ per "
+                   "weight, OUT/guidance.csv and OUT/guidance.png")
 def command(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs, seed, out, device, threads, float64,
-            batch_size, cuda_graph, no_plots, quiet, features_path, reference, overwrite):
+            batch_size, cuda_graph, no_plots, quiet, features_path, reference, overwrite, class_, guidance_list):
     # every input is checked before torch is imported and before the --out check, so a typo is
     # answered at once and is never hidden behind "already exists"
     names = parse_list(solver_list, "solvers", allowed=SOLVER_NAMES)
@@ -125,6 +135,7 @@ def command(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
                             cast=int, minimum=1)
     if implied is not None and steps_list != [implied]:
         raise CLIError(f"--steps {steps} disagrees with --grid {grid}, which has {implied} steps; leave --steps out")
+    weights = _weights(guidance_list)
     check_model_path(model)
     if features_path and not os.path.isfile(features_path):
         raise CLIError(f"--features {features_path!r}: no such file")
@@ -136,6 +147,7 @@ def command(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
     overwrite = output_overwrite(out, overwrite, "--out")
     dev = to_device(device)
     resolved = resolve(model, sde_name, dev)
+    guided = [conditioned(resolved, class_, w, guidance_list) for w in weights or [None]]
     if features_path and len(resolved.shape) != 3:
         raise CLIError(f"--features scores images; model {model} makes samples of shape {resolved.shape}")
     if resolved.describe and not quiet:
@@ -157,18 +169,77 @@ def command(model, sde_name, solver_list, steps, grid, n, max_nfe, option_pairs,
         if not quiet:
             click.echo(_estimate_line(plan), err=True)
 
-    try:
-        result = compare(resolved, names, steps_list, n=n, seed=seed, grid=grid, device=dev,
-                         dtype=torch.float64 if float64 else torch.float32, progress=not quiet, options=options,
-                         features=features_path, batch_size=batch_size, cuda_graph=cuda_graph, max_nfe=max_nfe,
-                         threads=threads, label=model, on_plan=on_plan)
-    except CompareInterrupted as e:
-        raise KeyboardInterrupt(_keep_partial(e, out)) from None
-    except MemoryBudgetError as e:
-        raise CLIError(e.need.why_not("--n")) from None
-    _print_report(result, n, resolved.reference_name)
-    written = result.write(out, plots=not no_plots, overwrite=overwrite)
-    click.echo(f"wrote {', '.join(written)}")
+    def run(m, label, folder):
+        try:
+            result = compare(m, names, steps_list, n=n, seed=seed, grid=grid, device=dev,
+                             dtype=torch.float64 if float64 else torch.float32, progress=not quiet, options=options,
+                             features=features_path, batch_size=batch_size, cuda_graph=cuda_graph, max_nfe=max_nfe,
+                             threads=threads, label=label, on_plan=on_plan)
+        except CompareInterrupted as e:
+            raise KeyboardInterrupt(_keep_partial(e, folder)) from None
+        except MemoryBudgetError as e:
+            raise CLIError(e.need.why_not("--n")) from None
+        return result
+
+    if len(guided) == 1:
+        g = guided[0]
+        label = model if g.label is None else f"{model} class {g.class_names[g.label]} w={weights[0] if weights else 0:g}"
+        result = run(g, label, out)
+        _print_report(result, n, resolved.reference_name)
+        written = result.write(out, plots=not no_plots, overwrite=overwrite)
+        click.echo(f"wrote {', '.join(written)}")
+        return
+    _sweep(guided, weights, run, model, out, n, no_plots, overwrite)
+
+
+def _weights(text: str | None) -> list[float] | None:
+    """--guidance W,W,... as finite floats in the order given (a repeated one is an error)."""
+    import math
+
+    if text is None:
+        return None
+    weights = parse_list(text, "guidance", cast=float)
+    bad = next((w for w in weights if not math.isfinite(w)), None)
+    if bad is not None:
+        raise CLIError(f"--guidance: {bad} is not a finite number")
+    if len(set(weights)) != len(weights):
+        raise CLIError(f"--guidance {text}: a weight is repeated")
+    return weights
+
+
+def _sweep(guided, weights, run, model: str, out: str, n: int, no_plots: bool, overwrite: bool) -> None:
+    """compare at every guidance weight: one table with a w column, OUT/w<W>/ holding each weight's
+    full report, OUT/guidance.csv (every run) and OUT/guidance.png (class accuracy, within-mode W2
+    and diversity against w)."""
+    from scoresde._io import atomic_dir, write_csv
+
+    cls = guided[0].class_names[guided[0].label]
+    results = []
+    for w, g in zip(weights, guided):
+        click.echo(f"guidance w = {w:g} (class {cls!r})")
+        results.append(run(g, f"{model} class {cls} w={w:g}", os.path.join(out, f"w{w:g}")))
+    records = [dict(w=w, **r) for w, res in zip(weights, results) for r in res.records]
+    cols = [c for c in ("w", "solver", "steps", "nfe", "wall_s", "class_acc", "diversity", "mode_w2", "std_ratio",
+                        "off_mode", "sw2") if any(c in r for r in records)]
+    click.echo(format_table(records, cols))
+    click.echo(metric_legend(cols))
+    band = results[0].band
+    if band is not None:
+        click.echo(f"exact samples of class {cls!r} (size {n}) score {band['metric']} {band['lo']:.3g} to "
+                   f"{band['hi']:.3g} ({band['draws']} draws)")
+    with atomic_dir(out, overwrite) as tmp:
+        for w, res in zip(weights, results):
+            res.write(os.path.join(tmp, f"w{w:g}"), plots=not no_plots)
+        write_csv(os.path.join(tmp, "guidance.csv"), records)
+        written = ["guidance.csv"] + [f"w{w:g}/" for w in weights]
+        if not no_plots:
+            from scoresde.evaluation.plots import guidance_sweep
+
+            guidance_sweep(records, os.path.join(tmp, "guidance.png"),
+                           title=f"{model} · class {cls} · n = {n} · guidance sweep")
+            written.insert(1, "guidance.png")
+    click.echo(f"wrote {', '.join(os.path.join(out, w) for w in written)}")
+    click.echo(f"total {sum(r.wall_s for r in results):.1f} s")
 
 
 def _use_reference(resolved, source: str, most: int = 20000) -> None:

@@ -6,8 +6,8 @@ import time
 
 import click
 
-from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, CLIError, FiniteRange, chosen_threads, resolve, threads_option,
-    duration, to_device, versions)
+from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, CLIError, conditioned,
+    FiniteRange, chosen_threads, resolve, threads_option, duration, to_device, versions)
 
 
 @click.command("likelihood")
@@ -61,9 +61,12 @@ from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, CLIError,
 @threads_option
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write per-sample results (.json)")
 @click.option("--quiet", is_flag=True, help="no plan line and no progress bar")
+@click.option("--class", "class_", default=None, metavar="NAME|INDEX",
+              help="conditional models: log p(x | class), through the conditional score (guidance w = 0); an "
+                   "oracle's default data are then that class's draws")
 def command(model, checkpoint, sde_name, data, method, estimate, elbo_samples, t_sampling, vlb_variance, vlb_decoder,
-            vlb_terms,
-            probes, probe, n, bits, dequant_repeats, rtol, atol, eps, batch_size, seed, device, threads, out, quiet):
+            vlb_terms, probes, probe, n, bits, dequant_repeats, rtol, atol, eps, batch_size, seed, device, threads, out,
+            quiet, class_):
     """Log-likelihood through the probability-flow ODE, in nats and bits/dim; with --estimate also
     the continuous-time ELBO and the DDPM variational bound of the same model on the same data.
 
@@ -91,7 +94,8 @@ def command(model, checkpoint, sde_name, data, method, estimate, elbo_samples, t
     from scoresde.likelihood import EXPECTED_NFE, bits_per_dim_estimate, plan_likelihood
 
     dev = to_device(device)
-    resolved = resolve(model or checkpoint, sde_name, dev, "--model" if model else "--checkpoint")
+    resolved = conditioned(resolve(model or checkpoint, sde_name, dev, "--model" if model else "--checkpoint"),
+                           class_, None)
     if resolved.describe and not quiet:
         click.echo(resolved.describe, err=True)
     if data is None and resolved.oracle is None and resolved.data_config is None:
@@ -103,12 +107,14 @@ def command(model, checkpoint, sde_name, data, method, estimate, elbo_samples, t
             discrete_schedule(resolved.sde)
         except ValueError as e:
             raise CLIError(f"--estimate vlb: {e}") from None
+    truth = resolved.oracle if resolved.label is None or resolved.oracle is None else \
+        resolved.oracle.conditional(resolved.label)  # log p(x | c) is this mixture's log p(x)
     from scoresde.training.data import data_from_config, make_dataset
 
     g = torch.Generator().manual_seed(seed)
     levels = 2 ** bits if bits else None
     if data in (None, "model") and resolved.oracle is not None:
-        x = resolved.oracle.sample(n, generator=g, dtype=torch.float64)
+        x = truth.sample(n, generator=g, dtype=torch.float64)
     elif data == "model":
         raise CLIError("--data model needs an oracle; pass a data set name or a .npy/.npz file")
     else:
@@ -133,7 +139,7 @@ def command(model, checkpoint, sde_name, data, method, estimate, elbo_samples, t
     x = x.to(dev, resolved.dtype)
     # --dequant-repeats only counts for quantized data; continuous data has no dequantization draws
     repeats = dequant_repeats if levels else 1
-    bound_args = dict(chosen=chosen, resolved=resolved, x=x, levels=levels, repeats=repeats, eps=eps, g=g,
+    bound_args = dict(chosen=chosen, resolved=resolved, truth=truth, x=x, levels=levels, repeats=repeats, eps=eps, g=g,
                       elbo_samples=elbo_samples, t_sampling=t_sampling, vlb_variance=vlb_variance, vlb_terms=vlb_terms,
                       vlb_decoder=vlb_decoder,
                       batch_size=batch_size, threads=threads, dev=dev, quiet=quiet)
@@ -167,7 +173,7 @@ def command(model, checkpoint, sde_name, data, method, estimate, elbo_samples, t
     if est.probe_stderr is not None:
         click.echo(f"Hutchinson standard error per sample (mean): {est.probe_stderr.mean().item():.4f} nats")
     if resolved.oracle is not None and not levels:
-        exact = resolved.oracle.log_prob(x.double().cpu())
+        exact = truth.log_prob(x.double().cpu())
         click.echo(f"exact log p_0 (oracle)  {exact.mean().item():.4f};  mean |ODE − exact| "
                    f"{(logp - exact).abs().mean().item():.2e} nats")
     click.echo(f"nfe {est.nfe}   time {wall:.2f} s")
@@ -236,7 +242,7 @@ def parse_estimates(value: str) -> list[str]:
     return [e for e in ESTIMATE_NAMES if e in items or "all" in items]
 
 
-def report_bounds(chosen, resolved, x, levels, repeats, eps, g, elbo_samples, t_sampling, vlb_variance, vlb_terms,
+def report_bounds(chosen, resolved, truth, x, levels, repeats, eps, g, elbo_samples, t_sampling, vlb_variance, vlb_terms,
                   vlb_decoder, batch_size, threads, dev, quiet, ode=None) -> dict:
     """Compute and print the requested bounds (and a summary beside the ODE's number when given as
     (BitsPerDimResult, seconds)); returns {'estimates': {name: summary}} for --out."""
@@ -270,8 +276,8 @@ def report_bounds(chosen, resolved, x, levels, repeats, eps, g, elbo_samples, t_
                                       repeats=repeats if levels and vlb_decoder == "dequantized" else 1,
                                       generator=g, batch_size=batch_size)
     exact = None
-    if resolved.oracle is not None and not levels:
-        exact = resolved.oracle.log_prob(x.double().cpu())
+    if truth is not None and not levels:
+        exact = truth.log_prob(x.double().cpu())
     for name, r in results.items():
         click.echo(f"{name:<5} bits/dim  {r.bpd:.4f} ± {r.stderr:.4f}   log p >= {r.logp_mean:.4f} ± {r.logp_stderr:.4f} "
                    f"nats per sample   nfe {r.nfe} ({r.evals} point evaluations)   time {r.seconds:.2f} s")

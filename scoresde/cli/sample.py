@@ -6,9 +6,9 @@ import time
 
 import click
 
-from scoresde.cli._common import (SEED, batch_options, check_model_path, check_solver, chosen_threads, CLIError,
-    grid_steps, GridParam, model_options, option_flag, output_overwrite, resolve, solver_option_values, threads_option,
-    to_device)
+from scoresde.cli._common import (SEED, batch_options, check_model_path, check_solver, chosen_threads, class_option,
+    CLIError, conditioned, FiniteRange, grid_steps, GridParam, model_options, option_flag, output_overwrite, resolve,
+    solver_option_values, threads_option, to_device)
 
 
 @click.command("sample")
@@ -21,6 +21,10 @@ from scoresde.cli._common import (SEED, batch_options, check_model_path, check_s
 @click.option("--n", "--num-samples", "n", type=click.IntRange(min=1), default=1000,
               help="number of samples (--num-samples under torchrun, whose own options --n abbreviates)")
 @click.option("--seed", type=SEED, default=0, help="random seed")
+@class_option
+@click.option("--guidance", type=FiniteRange(), default=None, metavar="W",
+              help="classifier-free guidance weight w: (1 + w)·s(x, c) − w·s(x, ∅); 0 is the plain conditional "
+                   "model (diffusers' guidance_scale s is 1 + w) [default: 0 with --class]")
 @click.option("--denoise", is_flag=True, help="finish with Tweedie's x̂_0 at eps (one more evaluation)")
 @click.option("--out", type=click.Path(dir_okay=False), default="samples.npz", help="output .npz file")
 @click.option("--png", type=click.Path(dir_okay=False), default=None, help="also save a picture")
@@ -33,14 +37,15 @@ from scoresde.cli._common import (SEED, batch_options, check_model_path, check_s
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.option("--overwrite", is_flag=True, help="replace existing --out / --png files")
 @option_flag
-def command(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, images, device, threads, batch_size,
-            cuda_graph, quiet, overwrite, option_pairs):
+def command(model, sde_name, solver, steps, grid, n, seed, class_, guidance, denoise, out, png, images, device, threads,
+            batch_size, cuda_graph, quiet, overwrite, option_pairs):
     """Draw samples with one solver and save them as .npz (x, nfe, t_grid, settings).
 
     \b
     Example:
       scoresde sample --model oracle:gmm8 --solver dpmpp_2m --steps 20 --n 5000 --out ring.npz --png ring.png
       scoresde sample --solver ddim -o eta=0.5 --steps 50 --out ddim.npz
+      scoresde sample --model oracle:gmm8c4 --class arc1 --guidance 1 --solver heun --steps 20
       torchrun --nproc_per_node 2 -m scoresde.cli sample --model diffusers:ddpm-cifar10 --solver dpmpp_2m \
           --steps 20 --num-samples 50000 --images fid/
     """
@@ -64,12 +69,12 @@ def command(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, im
     options = solver_option_values(option_pairs, [solver])[solver]
     if images is not None:
         return _images(model, sde_name, solver, None if implied else steps, grid, n, seed, denoise, images, device,
-                       threads, batch_size, quiet, options)
+                       threads, batch_size, quiet, options, class_, guidance)
     output_overwrite(out, overwrite, "--out")
     if png:
         output_overwrite(png, overwrite, "--png")
     dev = to_device(device)
-    resolved = resolve(model, sde_name, dev)
+    resolved = conditioned(resolve(model, sde_name, dev), class_, guidance)
     g = torch.Generator(device=dev).manual_seed(seed)
     x_probe = resolved.sde.prior_sample((n, *resolved.shape), generator=torch.Generator().manual_seed(seed)).to(dev)
     with chosen_threads(threads, resolved.score_fn, x_probe, dev, batch_size=batch_size, quiet=quiet):
@@ -85,8 +90,11 @@ def command(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, im
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.savez(f, x=x.numpy(), nfe=res.nfe, t_grid=res.t_grid.cpu().numpy(),
                  settings=json.dumps(dict(model=model, sde=resolved.sde.config(), solver=solver, steps=steps,
-                                          grid=res.grid, n=n, seed=seed, denoise=denoise, options=options)))
+                                          grid=res.grid, n=n, seed=seed, denoise=denoise, options=options,
+                                          **_class_settings(resolved, guidance))))
     msg = f"{n} samples, {res.nfe} nfe, {wall:.2f} s -> {out}"
+    if resolved.label is not None:
+        msg = f"class {resolved.class_names[resolved.label]!r} at guidance w = {guidance or 0:g}: " + msg
     from scoresde.evaluation.compare import MIN_METRIC_SAMPLES, score_samples
 
     q = score_samples(x, resolved, seed=seed) if n >= MIN_METRIC_SAMPLES and len(resolved.shape) != 3 else {}
@@ -109,10 +117,17 @@ def command(model, sde_name, solver, steps, grid, n, seed, denoise, out, png, im
     click.echo(msg)
 
 
+def _class_settings(resolved, guidance) -> dict:
+    """What a guided run records: its class (index and name) and w."""
+    if resolved.label is None:
+        return {}
+    return {"class": resolved.label, "class_name": resolved.class_names[resolved.label], "guidance": guidance or 0.0}
 
 
-def _images(model, sde_name, solver, steps, grid, n, seed, denoise, folder, device, threads, batch_size, quiet, options):
-    """`sample --images`: this rank's share of the seeds as PNGs (scoresde.evaluation.images)."""
+def _images(model, sde_name, solver, steps, grid, n, seed, denoise, folder, device, threads, batch_size, quiet, options,
+            class_=None, guidance=None):
+    """`sample --images`: this rank's share of the seeds as PNGs (scoresde.evaluation.images), of one
+    class with --class/--guidance."""
     import os
 
     import torch
@@ -124,7 +139,7 @@ def _images(model, sde_name, solver, steps, grid, n, seed, denoise, folder, devi
     if device.startswith("cuda") and world > 1 and ":" not in device:
         device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
     dev = to_device(device)
-    resolved = resolve(model, sde_name, dev)
+    resolved = conditioned(resolve(model, sde_name, dev), class_, guidance)
     if len(resolved.shape) != 3:
         raise CLIError(f"--images needs an image model; {model} draws samples of shape {resolved.shape}")
     batch = batch_size or 64

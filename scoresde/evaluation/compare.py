@@ -16,8 +16,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from scoresde.evaluation.metrics import (ImageReference, mode_metrics, quality, sliced_w2, spread_warning,
-                                        sw2_with_floor)
+from scoresde.evaluation.metrics import (ImageReference, class_metrics, mode_metrics, quality, sliced_w2,
+                                        spread_warning, sw2_with_floor)
 from scoresde.evaluation.resolve import ResolvedModel
 
 # Below this many samples of vector data the metrics' own sampling noise (eight mode weights from a
@@ -69,12 +69,26 @@ def score_samples(x: torch.Tensor, model: ResolvedModel, seed: int = 0, referenc
     MIN_METRIC_SAMPLES samples the numbers are mostly noise: the CLI does not show them.)"""
     if reference is not None:
         return reference.score(x)
+    if model.label is not None:  # samples of one class (guided): scored against p_0(x | class)
+        return class_quality(x, model, seed)
     if model.oracle is not None:
         return quality(x, model.oracle, seed=seed)
     if model.data is not None and model.data.shape[0] >= 2 * x.shape[0]:
         ref, ref2 = _reference_split(model, x.shape[0], seed)[:2]
         return sw2_with_floor(x, ref, ref2, seed)
     return {}
+
+
+def class_quality(x: torch.Tensor, model: ResolvedModel, seed: int = 0) -> dict:
+    """Samples of class model.label: with a labelled oracle, quality() against that class's own
+    mixture p_0(x | c) plus class_acc and diversity (metrics.class_metrics); without one, {} (the
+    reference data carry no labels to compare one class with)."""
+    oracle = model.oracle
+    if oracle is None or oracle.classes is None:
+        return {}
+    extra = class_metrics(x, oracle, model.label)
+    return {"class_acc": extra["class_acc"], "diversity": extra["diversity"],
+            **quality(x, oracle.conditional(model.label), seed=seed)}
 
 
 def perfect_sampler_band(model: ResolvedModel, n: int, seed: int = 0, draws: int = FLOOR_DRAWS) -> dict | None:
@@ -88,7 +102,8 @@ def perfect_sampler_band(model: ResolvedModel, n: int, seed: int = 0, draws: int
     if model.oracle is not None:
         metric = "mode_w2"
         g = torch.Generator().manual_seed(seed + 7919)
-        vals = [mode_metrics(model.oracle.sample(n, generator=g, dtype=torch.float64), model.oracle)["mode_w2"]
+        truth = model.oracle if model.label is None else model.oracle.conditional(model.label)  # one class's
+        vals = [mode_metrics(truth.sample(n, generator=g, dtype=torch.float64), truth)["mode_w2"]
                 for _ in range(draws)]
     elif model.data is not None and len(model.shape) != 3 and model.data.shape[0] >= 3 * n:  # images: own metrics
         metric = "sw2"

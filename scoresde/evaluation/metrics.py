@@ -73,6 +73,33 @@ def mode_metrics(x: torch.Tensor, data: GaussianMixture, radius: float = 5.0, n_
             "mode_tv": float(0.5 * (w_hat - data.weights.to(w_hat.device)).abs().sum()), "mode_w2": mode_w2}
 
 
+def class_metrics(x: torch.Tensor, data: GaussianMixture, label: int, radius: float = 5.0) -> dict:
+    """Quality of samples x (n, D) meant to come from class `label` of a labelled mixture:
+
+      class_acc:   fraction of samples whose nearest mode (Mahalanobis) is one of the class's own
+                   (ideal 1)
+      mode_w2, std_ratio, off_mode, mode_tv: mode_metrics against p_0(x | c), the class's own
+                   sub-mixture, so mode_tv compares the per-mode weights within the class
+      diversity:   exp(H(ŵ))/exp(H(w)), the effective number of the class's modes the on-mode
+                   samples use over the number the data use (ideal 1; 1/K_c when all sit on one)
+    """
+    sub = data.conditional(label)
+    xf = data._flat(x).to(torch.float64)
+    nearest = _whitened(xf, data).pow(2).sum(-1).argmin(1)
+    acc = float((data.classes.to(nearest.device)[nearest] == label).to(torch.float64).mean())
+    out = {"class_acc": acc, **mode_metrics(xf, sub, radius)}
+    r2 = _whitened(xf, sub).pow(2).sum(-1)
+    d2, k = r2.min(1)
+    on = d2 <= float(chi2.isf(math.exp(-radius ** 2 / 2), data.D))
+    w_hat = torch.bincount(k[on], minlength=sub.K).to(torch.float64) / max(int(on.sum()), 1)
+
+    def perplexity(w):
+        w = w[w > 0]
+        return float(torch.exp(-(w * w.log()).sum()))
+    out["diversity"] = perplexity(w_hat) / perplexity(sub.weights.to(w_hat.device)) if int(on.sum()) else float("nan")
+    return out
+
+
 def sliced_w2(x: torch.Tensor, y: torch.Tensor, n_proj: int = 256,
               generator: torch.Generator | None = None) -> float:
     """Sliced Wasserstein-2: √(E_θ W2²(θᵀx, θᵀy)) over random unit directions θ (drawn on the

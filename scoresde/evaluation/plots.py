@@ -6,7 +6,7 @@ import torch
 from scoresde.training.figures import host, image_grid, save_samples_png
 from scoresde.training.figures import limit as _limit, pyplot as _plt, save as _save, scatter as _scatter
 
-__all__ = ["quality_vs_nfe", "samples_panel", "save_samples_png", "image_grid", "sde_label", "run_title"]
+__all__ = ["guidance_sweep", "quality_vs_nfe", "samples_panel", "save_samples_png", "image_grid", "sde_label", "run_title"]
 
 
 def sde_label(cfg: dict) -> str:
@@ -88,6 +88,31 @@ def quality_vs_nfe(rows: list[dict], path: str, title: str = "", band: dict | No
         ax.set_xlabel("score evaluations (nfe)")
         ax.set_ylabel(METRIC_AXES.get(key, key))
         ax.grid(alpha=0.3, which="both")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def guidance_sweep(rows: list[dict], path: str, title: str = "") -> None:
+    """Class accuracy, within-mode W2 and diversity against the guidance weight w, one line per
+    (solver, steps): rows are compare records with a 'w' column (those without a metric skipped)."""
+    plt = _plt()
+    keys = [k for k in ("class_acc", "mode_w2", "diversity") if any(k in r for r in rows)] or ["wall_s"]
+    labels = {"class_acc": "class accuracy", "mode_w2": "within-mode W2 (mode stds)",
+              "diversity": "diversity (modes used / modes of the class)"}
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False, layout="constrained")
+    runs = list(dict.fromkeys((r["solver"], r["steps"]) for r in rows))
+    for ax, key in zip(axes[0], keys):
+        for i, (solver, steps) in enumerate(runs):
+            pts = sorted((r["w"], r[key]) for r in rows if (r["solver"], r["steps"]) == (solver, steps) and key in r)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=4, color=SERIES_COLORS[i % len(SERIES_COLORS)],
+                        label=f"{solver} {steps or 'adaptive'}")
+        ax.set_xlabel("guidance w  ((1 + w)·s(x, c) − w·s(x, ∅))")
+        ax.set_ylabel(labels.get(key, key))
+        if key in ("class_acc", "diversity"):  # shares: on their whole range, so 0.997 does not look like a fall
+            ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     _save(fig, path)

@@ -15,8 +15,9 @@ __all__ = ["ResolvedModel", "resolve_model"]
 
 
 def resolve_model(spec: str, sde: SDE | None = None, device=None) -> ResolvedModel:
-    """'oracle:gmm8', 'oracle:gaussian', 'oracle:gaussianD', a checkpoint file path,
-    'diffusers:PATH' or 'py:package.module:function' (see scoresde.evaluation.pretrained).
+    """'oracle:gmm8' (labelled: 'oracle:gmm8c4', 'oracle:gmm8c8', 'oracle:gmm8c4-overlap'),
+    'oracle:gaussian', 'oracle:gaussianD', a checkpoint file path, 'diffusers:PATH' or
+    'py:package.module:function' (see scoresde.evaluation.pretrained).
 
     For an oracle the SDE is the one given (default VP); a checkpoint or pretrained model
     carries its own SDE, and passing a different one is an error."""
@@ -25,7 +26,9 @@ def resolve_model(spec: str, sde: SDE | None = None, device=None) -> ResolvedMod
     if spec.startswith("oracle:"):
         oracle = make_oracle(spec.split(":", 1)[1])
         sde = sde or VPSDE()
-        return ResolvedModel(spec, oracle.score_fn(sde), sde, (oracle.D,), oracle=oracle)
+        labelled = dict(cond_score_fn=oracle.cond_score_fn(sde), class_names=tuple(oracle.class_names)) \
+            if oracle.classes is not None else {}
+        return ResolvedModel(spec, oracle.score_fn(sde), sde, (oracle.D,), oracle=oracle, **labelled)
     if spec.startswith(("diffusers:", "py:")):
         from scoresde.evaluation.pretrained import load_diffusers, load_python
 

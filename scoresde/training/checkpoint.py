@@ -151,6 +151,12 @@ def _check_types(path: str, ck) -> Config:
                                 and bool(torch.isfinite(ref).all()) and isinstance(ck.get("reference_name"), str)):
         raise _fail(path, f"has a reference sample that is not finite float32 data of shape (N, {', '.join(map(str, shape))}) "
                           f"with a reference_name")
+    names = ck.get("class_names")
+    if names is not None and not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)
+                                  and len(set(names)) == len(names)):
+        raise _fail(path, f"has class_names {_short(names)}, not a list of distinct names")
+    if cfg.model.conditional and names is None:
+        raise _fail(path, "has model.conditional = true but no class_names")
     if not _is_state(ck["torch_rng"]):
         raise _fail(path, "has a torch_rng entry that is not a generator state (byte tensor)")
     try:
@@ -207,7 +213,8 @@ def _load(path: str, map_location="cpu", net: torch.nn.Module | None = None):
     model = None
     if net is None:
         try:
-            model = build_score_model(cfg, tuple(ck["shape"]))
+            model = build_score_model(cfg, tuple(ck["shape"]),
+                                      class_names=ck.get("class_names") if cfg.model.conditional else None)
         except Exception as e:  # a forged config may ask for anything; say so in one line
             raise _fail(path, f"has a config that builds no network for shape {tuple(ck['shape'])} "
                               f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]})") from None
@@ -274,6 +281,8 @@ def load_score_model(path: str, sde=None, device=None, use_ema: bool = True) -> 
     # the built-in data sets need no file, and only they have oracles
     oracle = None if cfg.data.path else data_from_config(cfg.data).oracle
     common = dict(oracle=oracle, step=ck["step"], data_name=cfg.data.name, data_config=cfg.data)
+    if model.class_names:  # the ScoreModel is its own cond_score_fn(x, t, y); score_fn = its "no label" score
+        common.update(cond_score_fn=model, class_names=tuple(model.class_names))
     if oracle is not None:
         return ResolvedModel(path, model, model.sde, tuple(ck["shape"]), **common)
     if "reference" in ck:

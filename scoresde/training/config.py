@@ -15,7 +15,9 @@ else:  # pragma: no cover
 
 @dataclass
 class DataConfig:
-    name: str = "ring"              # ring | moons | swissroll | checkerboard | digits | file | images | cifar10
+    name: str = "ring"              # ring | ring-c4 | ring-c8 | moons | swissroll | checkerboard | digits | file |
+                                    # images | cifar10 (labelled: ring-c4/c8, digits, cifar10, an images folder of
+                                    # class sub-folders, a .npz with a y array)
     path: str = ""                  # file: a .npy/.npz array (N, ...); images: a folder of PNG/JPEG;
                                     # cifar10: the folder cifar-10-batches-bin (data_batch_*.bin, test_batch.bin)
     batch_size: int = 512           # global batch (split across DDP ranks)
@@ -49,6 +51,8 @@ class ModelConfig:
     time_embedding: str = "fourier"  # fourier | sinusoidal
     dropout: float = 0.0
     sigma_data: float = 1.0         # input scaling c_in = 1/√(m²σ_data² + σ²)
+    conditional: bool = False       # a class embedding (the data's labels; their count from the data)
+    prediction: str = "epsilon"     # what the network predicts: epsilon | x0 | v (converted to the score in one place)
 
 
 @dataclass
@@ -61,7 +65,11 @@ class TrainConfig:
     ema_decay: float = 0.999
     seed: int = 0
     loss: str = "dsm"               # dsm | ddpm (discrete t, VP only)
-    likelihood_weighting: bool = False
+    weighting: str = "epsilon"      # the loss weight on the ε-error (losses.eps_weight): epsilon | likelihood |
+                                    # min_snr | edm | x0 | v
+    snr_gamma: float = 5.0          # γ of weighting = "min_snr"
+    label_dropout: float = 0.1      # conditional models: the share of labels replaced by "no label"
+    likelihood_weighting: bool = False  # the older spelling of weighting = "likelihood" (kept; the two agree)
     t_eps: float = 1e-5
     log_every: int = 50
     ckpt_every: int = 1000
@@ -96,14 +104,16 @@ class Config:
 
 
 CHOICES = {
-    ("data", "name"): ("ring", "moons", "swissroll", "checkerboard", "digits", "file", "images", "cifar10"),
+    ("data", "name"): ("ring", "ring-c4", "ring-c8", "moons", "swissroll", "checkerboard", "digits", "file", "images", "cifar10"),
     ("data", "layout"): ("auto", "nhwc", "nchw"),
     ("data", "fit"): ("crop", "resize"),
     ("sde", "name"): ("vp", "subvp", "ve"),
     ("sde", "schedule"): ("linear", "cosine"),
     ("model", "arch"): ("mlp", "unet"),
     ("model", "time_embedding"): ("fourier", "sinusoidal"),
+    ("model", "prediction"): ("epsilon", "x0", "v"),
     ("train", "loss"): ("dsm", "ddpm"),
+    ("train", "weighting"): ("epsilon", "likelihood", "min_snr", "edm", "x0", "v"),
     ("train", "compile_mode"): ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 
@@ -136,6 +146,8 @@ RANGES = {
     ("train", "ema_decay"): (0, 1, False, True),
     ("train", "seed"): (0, SEED_MAX, False, False),
     ("train", "t_eps"): (0, 1, True, True),
+    ("train", "snr_gamma"): (0, None, True, False),
+    ("train", "label_dropout"): (0, 1, False, True),
     ("train", "log_every"): (1, None, False, False),
     ("train", "ckpt_every"): (0, None, False, False),            # 0: only at the end
     ("train", "preview_every"): (0, None, False, False),         # 0: only at the end
@@ -186,6 +198,17 @@ def _check(section: str, key: str, value, default):
     return value
 
 
+def _weighting(train: TrainConfig, given: dict) -> None:
+    """train.likelihood_weighting = true is weighting = "likelihood"; a config that sets both
+    differently is refused.  Afterwards the two keys agree, so a saved config reads back the same."""
+    if train.likelihood_weighting:
+        if "weighting" in given and train.weighting != "likelihood":
+            raise ConfigError(f"train.likelihood_weighting = true contradicts train.weighting = {train.weighting!r}; "
+                              f"keep train.weighting alone")
+        train.weighting = "likelihood"
+    train.likelihood_weighting = train.weighting == "likelihood"
+
+
 def from_dict(raw: dict) -> Config:
     """Build a Config, rejecting unknown sections/keys and wrong types by name."""
     cfg = Config()
@@ -213,6 +236,7 @@ def from_dict(raw: dict) -> Config:
     if cfg.train.cuda_graph and cfg.train.compile and cfg.train.compile_mode in ("reduce-overhead", "max-autotune"):
         raise ConfigError(f"train.cuda_graph and train.compile_mode = {cfg.train.compile_mode!r} both capture CUDA "
                           f"graphs; keep one (compile_mode 'default' or 'max-autotune-no-cudagraphs' combine)")
+    _weighting(cfg.train, raw.get("train", {}))
     if cfg.train.loss == "ddpm" and cfg.sde.name != "vp":
         raise ConfigError("train.loss = 'ddpm' (discrete timesteps) needs sde.name = 'vp'")
     return cfg

@@ -14,18 +14,27 @@ import torch
 from scoresde.oracle import GaussianMixture
 
 TOYS = ("ring", "moons", "swissroll", "checkerboard")
+LABELLED_RINGS = {"ring-c4": 4, "ring-c8": 8}  # = oracle:gmm8c4, oracle:gmm8c8
 
 
 class Dataset:
-    """sample(n, generator) -> training batch; reference(n, generator) -> clean data for metrics.
+    """sample(n, generator) -> training batch; reference(n, generator) -> clean data for metrics;
+    labelled data also sample_labelled(n, generator) -> (batch, class indices (n,)), the same draws.
 
     shape: one sample's shape; oracle: the exact mixture when there is one; levels: number of
-    discrete levels for quantized data (None for continuous)."""
+    discrete levels for quantized data (None for continuous); class_names: the classes of
+    labelled data (None otherwise), with `labels` (N,) beside a table, or a sampler that returns
+    (x, labels)."""
 
     def __init__(self, name: str, shape: tuple, sampler=None, table: torch.Tensor | None = None,
-                 oracle: GaussianMixture | None = None, levels: int | None = None):
+                 oracle: GaussianMixture | None = None, levels: int | None = None,
+                 labels: torch.Tensor | None = None, class_names=None, labelled_sampler=None):
         self.name, self.shape, self.oracle, self.levels = name, tuple(shape), oracle, levels
-        self._sampler, self.table = sampler, table
+        if labelled_sampler is not None:
+            sampler = lambda n, g: labelled_sampler(n, g)[0]  # noqa: E731 - the same draws, labels dropped
+        self._sampler, self.table, self._labelled_sampler = sampler, table, labelled_sampler
+        self.labels = labels
+        self.class_names = tuple(class_names) if class_names is not None else None
 
     @property
     def device(self) -> torch.device:
@@ -38,15 +47,24 @@ class Dataset:
         Sampler-based sets and larger tables stay where they are.  Returns self."""
         if self.table is not None and self.table.numel() * self.table.element_size() <= max_bytes:
             self.table = self.table.to(device)
+            if self.labels is not None:
+                self.labels = self.labels.to(device)
         return self
 
-    def reference(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def _drawn(self, n: int, generator: torch.Generator | None):
+        """(x, y): n clean draws and their labels (None for unlabelled data)."""
         if self.table is not None:
             # indices are drawn where the generator lives (a device-resident table with a generator on
             # its device copies nothing; a CPU generator still works)
             idx = torch.randint(0, self.table.shape[0], (n,), **_on(generator))
-            return self.table[idx.to(self.table.device)]
-        return self._sampler(n, generator)
+            y = None if self.labels is None else self.labels[idx.to(self.labels.device)]
+            return self.table[idx.to(self.table.device)], y
+        if self._labelled_sampler is not None:
+            return self._labelled_sampler(n, generator)
+        return self._sampler(n, generator), None
+
+    def reference(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self._drawn(n, generator)[0]
 
     def head(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """The first n clean samples of a finite set, in stored order (a fixed evaluation set), or
@@ -54,11 +72,18 @@ class Dataset:
         return self.table[:n] if self.table is not None else self.reference(n, generator)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        x = self.reference(n, generator)
+        return self.sample_labelled(n, generator, need_labels=False)[0]
+
+    def sample_labelled(self, n: int, generator: torch.Generator | None = None,
+                        need_labels: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(training batch, its class indices): the draws sample() makes, with their labels."""
+        if need_labels and self.class_names is None:
+            raise ValueError(f"data set {self.name!r} has no class labels")
+        x, y = self._drawn(n, generator)
         if self.levels is not None:
             from scoresde.likelihood import dequantize
             x = dequantize(x, levels=self.levels, generator=generator)
-        return x
+        return x, y
 
 
 def _on(g: torch.Generator | None) -> dict:
@@ -97,10 +122,11 @@ def digits(split: str = "train") -> Dataset:
         from sklearn.datasets import load_digits
     except ImportError:  # pragma: no cover - depends on the environment
         raise ValueError("the digits data set needs scikit-learn: pip install 'scoresde[data]'") from None
-    k = torch.as_tensor(load_digits().images, dtype=torch.float32)
-    k = k[:-DIGITS_TEST] if split == "train" else k[-DIGITS_TEST:]
-    return Dataset("digits" if split == "train" else "digits-test", (1, 8, 8), table=(2 * k / 16 - 1)[:, None],
-                   levels=17)
+    bunch = load_digits()
+    k, y = torch.as_tensor(bunch.images, dtype=torch.float32), torch.as_tensor(bunch.target, dtype=torch.long)
+    part = slice(None, -DIGITS_TEST) if split == "train" else slice(-DIGITS_TEST, None)
+    return Dataset("digits" if split == "train" else "digits-test", (1, 8, 8), table=(2 * k[part] / 16 - 1)[:, None],
+                   levels=17, labels=y[part], class_names=[str(c) for c in range(10)])
 
 
 class ImageDataset(Dataset):
@@ -108,10 +134,11 @@ class ImageDataset(Dataset):
     x = 2k/(L − 1) − 1.  Training draws are dequantized, 2(k + u)/L − 1 with u ~ U[0, 1), and with
     `flip` mirrored left–right with probability ½."""
 
-    def __init__(self, name: str, images: torch.Tensor, levels: int = 256, flip: bool = False):
+    def __init__(self, name: str, images: torch.Tensor, levels: int = 256, flip: bool = False,
+                 labels: torch.Tensor | None = None, class_names=None):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"ImageDataset needs uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
-        super().__init__(name, tuple(images.shape[1:]), levels=levels)
+        super().__init__(name, tuple(images.shape[1:]), levels=levels, labels=labels, class_names=class_names)
         self.images, self.flip, self._loader = images, flip, None
 
     def __len__(self) -> int:
@@ -129,6 +156,8 @@ class ImageDataset(Dataset):
         device = torch.device(device)
         if self.images.numel() <= max_bytes:
             self.images, self._loader = self.images.to(device), None
+            if self.labels is not None:
+                self.labels = self.labels.to(device)
         elif device.type == "cuda":
             self._loader = PinnedLoader(self.images, device)
         return self
@@ -147,19 +176,24 @@ class ImageDataset(Dataset):
     def head(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return self._scaled(self.images[:n])
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_labelled(self, n: int, generator: torch.Generator | None = None,
+                        need_labels: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         from scoresde.likelihood import dequantize
 
+        if need_labels and self.class_names is None:
+            raise ValueError(f"data set {self.name!r} has no class labels")
+        idx = self._indices(n, generator)
+        y = None if self.labels is None else self.labels[idx.to(self.labels.device)]
         if self._loader is None:
-            k = self.images[self._indices(n, generator)]
+            k = self.images[idx]
         else:  # host indices, uint8 copy; the noise is drawn on the device from a host-seeded generator
-            k = self._loader(self._indices(n, generator))
+            k = self._loader(idx)
             generator = self._loader.generator.manual_seed(int(torch.randint(0, 2 ** 62, (1,), generator=generator)))
         x = dequantize(self._scaled(k), levels=self.levels, generator=generator)
         if self.flip:
             mirror = torch.rand(n, generator=generator, device=generator.device if generator is not None else "cpu")
             x = torch.where((mirror < 0.5).to(x.device)[:, None, None, None], x.flip(-1), x)
-        return x
+        return x, y
 
 
 class PinnedLoader:
@@ -195,6 +229,7 @@ CIFAR_RECORD = 1 + 3 * 32 * 32  # one label byte, then 1024 red, 1024 green, 102
 CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 CIFAR_TEST = "test_batch.bin"
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def read_image_folder(folder: str) -> torch.Tensor:
@@ -233,10 +268,35 @@ def read_image_folder(folder: str) -> torch.Tensor:
     return torch.from_numpy(out[..., :1] if gray else out).permute(0, 3, 1, 2).contiguous()
 
 
-def read_cifar10(folder: str, split: str = "train") -> torch.Tensor:
+def read_labelled_image_folder(folder: str):
+    """(images, labels, class names): a folder of images is unlabelled (labels and names None); a
+    folder holding no images but sub-folders of them is one class per sub-folder (sorted by name),
+    its samples in a fixed shuffled order (seed 0), so that data.holdout's last k mix the classes."""
+    if not os.path.isdir(folder):
+        return read_image_folder(folder), None, None  # its error message
+    top = [f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    subs = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))
+                  and any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(os.path.join(folder, d))))
+    if top or not subs:
+        return read_image_folder(folder), None, None
+    parts = [read_image_folder(os.path.join(folder, d)) for d in subs]
+    sizes = {p.shape[2:] for p in parts}
+    if len(sizes) > 1:
+        raise ValueError(f"data.path {folder!r}: the class sub-folders hold images of different sizes "
+                         f"({', '.join(f'{h}×{w}' for h, w in sorted(sizes))}); every image must have the same size")
+    if any(p.shape[1] == 3 for p in parts):  # RGB wins: grayscale classes are repeated over 3 channels
+        parts = [p.expand(-1, 3, -1, -1) for p in parts]
+    images = torch.cat(parts)
+    labels = torch.cat([torch.full((p.shape[0],), c, dtype=torch.long) for c, p in enumerate(parts)])
+    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))
+    return images[order].contiguous(), labels[order], subs
+
+
+def read_cifar10(folder: str, split: str = "train", labels: bool = False):
     """CIFAR-10's binary batches as uint8 (N, 3, 32, 32): data_batch_1…5.bin for 'train' (those
-    present), test_batch.bin for 'test'.  Each 3073-byte record is a label byte (ignored) and the
-    pixels channels first; a file whose length is not a multiple of 3073 is refused."""
+    present), test_batch.bin for 'test'.  Each 3073-byte record is a label byte (0…9, CIFAR_CLASSES;
+    returned as (images, labels (N,)) when labels=True) and the pixels channels first; a file whose
+    length is not a multiple of 3073, or a label byte above 9, is refused."""
     import numpy as np
 
     if not os.path.isdir(folder):
@@ -247,14 +307,19 @@ def read_cifar10(folder: str, split: str = "train") -> torch.Tensor:
     if not present:
         raise ValueError(f"data.path {folder!r} holds none of {', '.join(wanted)} (CIFAR-10's binary version, "
                          f"{CIFAR_URL})")
-    batches = []
+    batches, ys = [], []
     for path in present:
         raw = np.fromfile(path, dtype=np.uint8)
         if raw.size == 0 or raw.size % CIFAR_RECORD:
             raise ValueError(f"{path!r} has {raw.size} bytes, not a positive multiple of CIFAR-10's "
                              f"{CIFAR_RECORD}-byte record (1 label byte + 3072 pixel bytes); is the file complete?")
-        batches.append(raw.reshape(-1, CIFAR_RECORD)[:, 1:].reshape(-1, 3, 32, 32))
-    return torch.from_numpy(np.concatenate(batches))
+        rec = raw.reshape(-1, CIFAR_RECORD)
+        if labels and rec[:, 0].max() >= len(CIFAR_CLASSES):
+            raise ValueError(f"{path!r} has a label byte {int(rec[:, 0].max())}; CIFAR-10's are 0…9")
+        batches.append(rec[:, 1:].reshape(-1, 3, 32, 32))
+        ys.append(rec[:, 0])
+    images = torch.from_numpy(np.concatenate(batches))
+    return (images, torch.from_numpy(np.concatenate(ys).astype(np.int64))) if labels else images
 
 
 def _read_npy(path: str):
@@ -388,20 +453,63 @@ def _builtin(name: str, split: str) -> Dataset:
     if name == "ring":
         oracle = GaussianMixture.ring()
         return Dataset("ring", (2,), sampler=lambda n, g: oracle.sample(n, generator=g), oracle=oracle)
+    if name in LABELLED_RINGS:  # the ring's modes grouped into classes; label = the class of the mode drawn
+        oracle = GaussianMixture.ring(classes=LABELLED_RINGS[name])
+
+        def labelled(n, g):
+            x, k = oracle.sample_components(n, generator=g)
+            return x, oracle.classes.to(k.device)[k]
+        return Dataset(name, (2,), labelled_sampler=labelled, oracle=oracle, class_names=oracle.class_names)
     toys = {"moons": _moons, "swissroll": _swissroll, "checkerboard": _checkerboard}
     if name in toys:
         return Dataset(name, (2,), sampler=toys[name])
     if name == "digits":
         return digits("test" if split == "test" else "train")
-    raise ValueError(f"unknown data set {name!r}; choose one of: {', '.join(TOYS)}, digits, digits-test, "
+    raise ValueError(f"unknown data set {name!r}; choose one of: {', '.join(TOYS)}, ring-c4, ring-c8, digits, digits-test, "
                      f"file, images, cifar10")
 
 
 def _continuous_file(path: str, split: str, holdout: int, where: str) -> Dataset:
-    x = _split_last(load_array(path), holdout, split, where)
+    x = load_array(path)
+    labels, names = read_npz_labels(path, x.shape[0])
+    x = _split_last(x, holdout, split, where)
     if split == "train" and x.shape[0] < 2:
         raise ValueError(f"{where}: need at least 2 samples to train on, got {x.shape[0]}")
-    return Dataset(os.path.basename(path) + ("-test" if split == "test" else ""), tuple(x.shape[1:]), table=x)
+    if labels is not None:
+        labels = _split_last(labels, holdout, split, where)
+    return Dataset(os.path.basename(path) + ("-test" if split == "test" else ""), tuple(x.shape[1:]), table=x,
+                   labels=labels, class_names=names)
+
+
+def check_label_array(y, n: int, where: str) -> tuple[torch.Tensor, list[str]]:
+    """Class labels: n integers 0 … C−1 (C = max + 1, every class named by its index) as a long
+    tensor, with the names; a ValueError naming the fault otherwise."""
+    import numpy as np
+
+    y = np.asarray(y)
+    if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all()):
+        raise ValueError(f"{where}: class labels must be integers, got dtype {y.dtype}")
+    if y.shape != (n,):
+        raise ValueError(f"{where}: need one class label per sample, shape ({n},), got {y.shape}")
+    if n and y.min() < 0:
+        raise ValueError(f"{where}: class labels must lie in 0…C−1, got {int(y.min())}")
+    C = int(y.max()) + 1 if n else 0
+    return torch.as_tensor(y.astype(np.int64)), [str(c) for c in range(C)]
+
+
+def read_npz_labels(path: str, n: int):
+    """The class labels of a .npz that holds a `y` array beside its data ((None, None) otherwise)."""
+    import numpy as np
+
+    path, sep, key = path.partition(".npz:")
+    if not (sep or path.endswith(".npz")) or key == "y":
+        return None, None
+    path += ".npz" if sep else ""
+    with np.load(path, allow_pickle=False) as z:
+        if "y" not in z.files:
+            return None, None
+        y = z["y"]
+    return check_label_array(y, n, f"data file {path!r}, array y")
 
 
 def make_dataset(name: str, path: str | None = None, split: str = "train", *, holdout: int = 0,
@@ -445,7 +553,9 @@ def make_dataset(name: str, path: str | None = None, split: str = "train", *, ho
                                  f"continuous data on [-1, 1]; store integer levels (uint8) or set data.levels")
             return _continuous_file(path, split, holdout, where)
         levels, label = levels or 256, os.path.basename(path)
-        images = _split_last(array_to_images(arr, where, layout, levels), holdout, split, where)
+        images = array_to_images(arr, where, layout, levels)
+        labels, names = read_npz_labels(path, images.shape[0])
+        images = _split_last(images, holdout, split, where)
     else:
         for key in ("layout", "levels") + (("holdout",) if name == "cifar10" else ()):
             if key in used:
@@ -455,14 +565,19 @@ def make_dataset(name: str, path: str | None = None, split: str = "train", *, ho
         levels = 256
         if name == "images":
             label = f"images:{os.path.basename(os.path.normpath(path))}"
-            images = _split_last(read_image_folder(path), holdout, split, where)
+            images, labels, names = read_labelled_image_folder(path)
+            images = _split_last(images, holdout, split, where)
         else:
-            label = "cifar10"
-            images = read_cifar10(path, "test" if split == "test" else "train")
+            label, names = "cifar10", CIFAR_CLASSES
+            images, labels = read_cifar10(path, "test" if split == "test" else "train", labels=True)
             if split == "all":
-                images = torch.cat([images, read_cifar10(path, "test")])
+                more = read_cifar10(path, "test", labels=True)
+                images, labels = torch.cat([images, more[0]]), torch.cat([labels, more[1]])
+    if labels is not None and name != "cifar10":
+        labels = _split_last(labels, holdout, split, where)
     images = fit_images(images, image_size, fit)
-    return ImageDataset(label + ("-test" if split == "test" else ""), images, levels, flip=flip and split == "train")
+    return ImageDataset(label + ("-test" if split == "test" else ""), images, levels, flip=flip and split == "train",
+                        labels=labels, class_names=names)
 
 
 def data_from_config(data_cfg, split: str = "train") -> Dataset:

@@ -1,8 +1,8 @@
-"""ε-networks with the time embedded in every block, and the ScoreModel wrapper.
+"""Networks with the time embedded in every block, and the ScoreModel wrapper.
 
-ScoreModel turns an ε-network into the score s_θ(x, t) = −ε_θ(x̃, t)/σ(t), where the input is
-scaled to unit variance, x̃ = x/√(m²σ_data² + σ²) (for VE, x_t has std up to σ_max; the
-ε target is unit variance for every SDE).  It is a plain score function for every solver
+ScoreModel turns a network that predicts ε, x̂_0 or v into the score s_θ(x, t) = −ε̂(x, t)/σ(t),
+where the input is scaled to unit variance, x̃ = x/√(m²σ_data² + σ²) (for VE, x_t has std up to
+σ_max), and ε̂ is converted from the output by scoresde.convert.  It is a plain score function for every solver
 and for the likelihood code.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from scoresde._checks import bcast
+from scoresde.convert import check_prediction, eps_from_prediction
 
 
 class GaussianFourierEmbedding(nn.Module):
@@ -53,6 +54,29 @@ def time_embedding(kind: str, dim: int) -> nn.Module:
     return nn.Sequential(emb, nn.Linear(dim, dim * 2), nn.SiLU(), nn.Linear(dim * 2, dim))
 
 
+class LabelEmbedding(nn.Module):
+    """A learned vector per class, added to the time embedding; index C is the "no label" class
+    (what label dropout trains, and what classifier-free guidance subtracts).  y None: all ∅."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, temb: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if y is None:
+            y = torch.full((temb.shape[0],), self.num_classes, dtype=torch.long, device=temb.device)
+        return temb + self.table(y).to(temb.dtype)
+
+
+def _with_label(label_emb: "LabelEmbedding | None", temb: torch.Tensor, y) -> torch.Tensor:
+    if label_emb is None:
+        if y is not None:
+            raise ValueError("this network is unconditional (num_classes = 0); it takes no class labels")
+        return temb
+    return label_emb(temb, y)
+
+
 class ResidualMLPBlock(nn.Module):
     def __init__(self, hidden: int, tdim: int, dropout: float = 0.0):
         super().__init__()
@@ -68,18 +92,21 @@ class ResidualMLPBlock(nn.Module):
 
 
 class MLP(nn.Module):
-    """ε-network for vector data: input layer, residual blocks each fed the time embedding."""
+    """Network for vector data: input layer, residual blocks each fed the time embedding (plus,
+    with num_classes = C > 0, a learned class embedding; forward(x, t, y) with y (B,) in 0 … C)."""
 
     def __init__(self, dim: int, hidden: int = 256, blocks: int = 4, time_embedding_kind: str = "fourier",
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, num_classes: int = 0):
         super().__init__()
         self.temb = time_embedding(time_embedding_kind, hidden)
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(ResidualMLPBlock(hidden, hidden, dropout) for _ in range(blocks))
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
+        # made last, so the other layers draw the same initial weights as an unconditional network's
+        self.label_emb = LabelEmbedding(num_classes, hidden) if num_classes else None
 
-    def forward(self, x, t):
-        temb = self.temb(t)
+    def forward(self, x, t, y=None):
+        temb = _with_label(self.label_emb, self.temb(t), y)
         h = self.inp(x.flatten(1))
         for blk in self.blocks:
             h = blk(h, temb)
@@ -142,12 +169,13 @@ class Attention(nn.Module):
 
 
 class UNet(nn.Module):
-    """Compact U-Net: residual blocks with group norm and the time embedding, attention at the
-    resolutions listed, average-pool down / nearest up, skip connections per block."""
+    """Compact U-Net: residual blocks with group norm and the time embedding (plus a class
+    embedding when num_classes > 0, as in MLP), attention at the resolutions listed, average-pool
+    down / nearest up, skip connections per block."""
 
     def __init__(self, in_ch: int = 1, resolution: int = 8, channels: int = 32, channel_mult=(1, 2),
                  blocks: int = 2, attention_resolutions=(4,), time_embedding_kind: str = "fourier",
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, num_classes: int = 0):
         super().__init__()
         tdim = channels * 4
         self.temb = time_embedding(time_embedding_kind, tdim)
@@ -176,9 +204,10 @@ class UNet(nn.Module):
                 self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
                 res *= 2
         self.out = nn.Sequential(GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, in_ch, 3, padding=1))
+        self.label_emb = LabelEmbedding(num_classes, tdim) if num_classes else None  # last: see MLP
 
-    def forward(self, x, t):
-        temb = self.temb(t)
+    def forward(self, x, t, y=None):
+        temb = _with_label(self.label_emb, self.temb(t), y)
         h = self.inp(x)
         hs = [h]
         for layer in self.down:
@@ -197,19 +226,40 @@ class UNet(nn.Module):
 
 
 class ScoreModel(nn.Module):
-    """s_θ(x, t) = −ε_θ(x/c, t)/σ(t) with c = √(m²σ_data² + σ²); callable as score_fn(x, t)."""
+    """s_θ(x, t) = −ε̂/σ(t), where the network F sees x/c with c = √(m²σ_data² + σ²) and predicts
+    `prediction` ('epsilon', 'x0' or 'v'); ε̂ = eps_from_prediction(prediction, F, x, m, σ) is the one
+    conversion (scoresde.convert), so every solver and the likelihood see a plain score_fn(x, t)."""
 
-    def __init__(self, net: nn.Module, sde, sigma_data: float = 1.0):
+    def __init__(self, net: nn.Module, sde, sigma_data: float = 1.0, prediction: str = "epsilon"):
         super().__init__()
         self.net, self.sde, self.sigma_data = net, sde, float(sigma_data)
+        self.prediction = check_prediction(prediction)
+        self.class_names = None  # a conditional model's classes (set by build_score_model)
 
-    def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """ε_θ(x, t): the network's noise prediction on the unit-variance-scaled input."""
+    def with_net(self, net: nn.Module) -> "ScoreModel":
+        """The same parameterisation around another network (a DDP-wrapped or compiled one)."""
+        other = ScoreModel(net, self.sde, self.sigma_data, self.prediction)
+        other.class_names = self.class_names
+        return other
+
+    def output(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """F_θ(x/c, t[, y]): the network's raw prediction of `self.prediction` at x_t = x, for class
+        labels y (B,) when the network is conditional (y None: its "no label" class)."""
         m, s = torch.exp(self.sde.log_mean_coef(t)), self.sde.std(t)
-        c_in = torch.rsqrt(m ** 2 * self.sigma_data ** 2 + s ** 2)
-        return self.net(bcast(c_in, x) * x, t)
+        x_in = bcast(torch.rsqrt(m ** 2 * self.sigma_data ** 2 + s ** 2), x) * x
+        return self.net(x_in, t) if y is None else self.net(x_in, t, y)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The score −ε_θ/σ(t)."""
-        eps = self.eps(x, t)
+    def eps(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """ε̂_θ(x, t[, y]), converted from the network's output."""
+        out = self.output(x, t, y)
+        if self.prediction == "epsilon":
+            return out
+        # in x's precision (fp32) when a bf16 network output would lose the difference x − m·x̂_0
+        dtype = torch.promote_types(out.dtype, x.dtype)
+        m, s = torch.exp(self.sde.log_mean_coef(t)), self.sde.std(t)
+        return eps_from_prediction(self.prediction, out.to(dtype), x.to(dtype), m, s)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The score −ε̂/σ(t) (of p_t(x | y) for a conditional network given labels y)."""
+        eps = self.eps(x, t, y)
         return -eps / bcast(self.sde.std(t).to(eps.dtype), eps)

@@ -26,6 +26,7 @@ def gather_state(tr) -> dict:
                 model={k: v.detach().cpu() for k, v in tr.model.net.state_dict().items()},
                 ema=tr.ema.state_dict(), optimizer=tr.opt.state_dict(),
                 rng=rngs, torch_rng=torch.get_rng_state(), **tr.reference,
+                **({"class_names": list(tr.model.class_names)} if tr.model.class_names else {}),
                 # a CPU run's losses depend on the thread count in their last bits (reduction order)
                 **({"threads": torch.get_num_threads()} if tr.device.type == "cpu" else {}))
 
@@ -33,10 +34,14 @@ def gather_state(tr) -> dict:
 def restore_state(tr, path: str) -> None:
     """Load checkpoint `path` into Trainer `tr`, after checking it was written by the same
     config (but RESUMABLE keys), for the same sample shape and number of ranks."""
+    from scoresde.training.config import from_dict
+
     ckpt = load_checkpoint(path)  # checksum, types, and weights against its own config
     mine = tr.cfg.to_dict()
-    if ckpt["config"] != mine:
-        diff = [f"{s}.{k}" for s in mine for k in mine[s] if ckpt["config"].get(s, {}).get(k) != mine[s][k]]
+    # read through from_dict: a key added since the checkpoint was written takes its default
+    theirs = from_dict(ckpt["config"]).to_dict()
+    if theirs != mine:
+        diff = [f"{s}.{k}" for s in mine for k in mine[s] if theirs.get(s, {}).get(k) != mine[s][k]]
         if any(k not in RESUMABLE for k in diff):
             raise CheckpointError(f"{path} was written with a different config ({', '.join(diff)}); "
                                   f"resume with the same config (only {', '.join(RESUMABLE)} may change)")

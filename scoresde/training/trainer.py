@@ -103,7 +103,7 @@ class Trainer:
         self._eager_net = self._train_net
         if c.compile:
             self._train_net = compile_net(self._train_net, c.compile_mode, dev)
-        self._loss_model = ScoreModel(self._train_net, self.model.sde, self.model.sigma_data)
+        self._loss_model = self.model.with_net(self._train_net)
         gens = [self.gen, self.data_gen, torch.default_generator]
         if dev.type == "cuda":
             gens.append(torch.cuda.default_generators[dev.index if dev.index is not None else torch.cuda.current_device()])
@@ -171,22 +171,37 @@ class Trainer:
         """Draw a batch, t and noise; the loss; its clipped gradient in .grad.  No host sync, so a
         CUDA graph can hold it (StepRunner)."""
         c = self.cfg.train
-        x0 = batch_to(self.data.sample(self.cfg.data.batch_size // self.world, self.data_gen), self.device,
-                      self.channels_last)
+        n = self.cfg.data.batch_size // self.world
+        y = None
+        if self.cfg.model.conditional:
+            x0, y = self.data.sample_labelled(n, self.data_gen)
+            y = self._drop_labels(y.to(self.device))
+        else:
+            x0 = self.data.sample(n, self.data_gen)
+        x0 = batch_to(x0, self.device, self.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             if c.loss == "ddpm":
-                loss = ddpm_loss(self._loss_model, x0, self.gen)
+                loss = ddpm_loss(self._loss_model, x0, self.gen, c.weighting, c.snr_gamma, labels=y)
             else:
-                loss = dsm_loss(self._loss_model, x0, self.gen, c.t_eps, c.likelihood_weighting)
+                loss = dsm_loss(self._loss_model, x0, self.gen, c.t_eps, c.weighting, c.snr_gamma, labels=y)
         loss.backward()
         if c.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.net.parameters(), c.grad_clip)
         return loss.detach()
 
+    def _drop_labels(self, y: torch.Tensor) -> torch.Tensor:
+        """Each label replaced by "no label" (index C) with probability train.label_dropout, so the
+        same network learns the unconditional score that guidance needs (Ho & Salimans 2022)."""
+        p = self.cfg.train.label_dropout
+        if p == 0:
+            return y
+        drop = torch.rand(y.shape[0], generator=self.gen, device=self.device) < p
+        return torch.where(drop, torch.full_like(y, len(self.data.class_names)), y)
+
     def _uncompile(self) -> None:
         """The compile fallback: train the eager network (DDP-wrapped where it was)."""
         self._train_net = self._eager_net
-        self._loss_model = ScoreModel(self._eager_net, self.model.sde, self.model.sigma_data)
+        self._loss_model = self.model.with_net(self._eager_net)
 
     def train_step(self) -> torch.Tensor:
         c = self.cfg.train
