@@ -192,6 +192,17 @@ def test_warning_when_even_the_best_run_is_far_from_the_data(ckpts, tmp_path):
     assert r.exit_code == 0 and "WARNING" not in r.output, r.output  # the exact score at 20 nfe is close
 
 
+def test_an_oracle_compare_cautions_that_its_winners_need_not_transfer(ckpts, tmp_path):
+    r = run("compare", "--solvers", "heun", "--steps", 5, "--n", 300, "--quiet", "--no-plots", "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    caution = next(ln for ln in r.output.splitlines() if ln.startswith("caution:"))
+    assert "need not transfer" in caution and "`scoresde schedule` fits a grid to your own model" in caution
+    assert r.output.index("best at <= 20 nfe") < r.output.index("caution:")
+    r = run("compare", "--model", ckpts["ring"], "--solvers", "heun", "--steps", 5, "--n", 300, "--quiet",
+            "--no-plots", "--out", tmp_path / "ck")
+    assert r.exit_code == 0 and "caution:" not in r.output, r.output
+
+
 def test_far_from_data_thresholds():
     fine = {"mode_w2": 0.24, "off_mode": 0.049}  # just inside the documented 0.25 and 5 %
     assert far_from_data(fine) is None and far_from_data(None) is None
