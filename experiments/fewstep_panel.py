@@ -10,15 +10,17 @@ Panel (every model fixed by a seed; the trained checkpoints are made here and ca
 runs/fewstep_panel/<config>/):
   ring      configs/ring_vp.toml, trained (MLP, VP)                         choose
   gauss     anisotropic 4-D Gaussian oracle (stds 0.05 … 1.5), every SDE      choose
-  ringo     the 8-mode ring oracle (exact score), sub-VP and VE only          choose
+  grid25    5×5 grid of modes, std 0.05 (experiments/tuned_grids.grid25)     choose
+  mix16     16-D mixture of 4 random Gaussians (tuned_grids.random_mixture)  choose
   digits    configs/digits_vp.toml, trained (U-Net, VP)                      held out
   mixture   2-D mixture oracle, unequal weights (0.45 … 0.05) and stds         held out
 The defaults (grid per solver and budget, and the solver per budget) are chosen on the "choose"
-models (lowest geometric-mean error) and reported on the held-out ones.
+models (lowest worst-case ratio to each model's best anchor) and reported on the held-out ones.
 
     python experiments/fewstep_panel.py [--digits-steps 3000] [--sdes vp,subvp,ve] [--train-only]
 
-Writes results/fewstep_panel.md, .csv and results/fewstep_choice.json (the chosen defaults).
+Writes results/fewstep_panel.md, .csv and results/fewstep_choice.json (the choice); with
+--write-defaults also solvers/fewstep_defaults.json, the library's few-step defaults.
 """
 import argparse
 import dataclasses
@@ -40,13 +42,21 @@ from scoresde._io import write_csv, write_text  # noqa: E402
 from scoresde.oracle import GaussianMixture  # noqa: E402
 from scoresde.sde import make_sde  # noqa: E402
 from solvers.optimize import steps_for_nfe  # noqa: E402
+from tuned_grids import grid25, random_mixture  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUDGETS = (5, 10, 20)
-# the deterministic fixed-step solvers: each has a pathwise error against the ODE
-DETERMINISTIC = ("ddim", "euler", "heun", "euler_t", "heun_t", "dpmpp_2m", "dpmpp_3m", "unipc", "deis")
-CHOOSE = {"vp": ("ring", "gauss"), "subvp": ("ringo", "gauss"), "ve": ("ringo", "gauss")}
+# the deterministic fixed-step solvers: each has a pathwise error against the ODE.  ddim is out: at
+# η = 0 it is `euler` (tests/test_solvers_crosscheck.py), and its default grid must stay ddpm's,
+# since η = 1 is ddpm on the same grid.
+DETERMINISTIC = ("euler", "heun", "euler_t", "heun_t", "dpmpp_2m", "dpmpp_3m", "unipc", "deis")
+# The ring oracle the tuned grids were fitted on is in neither part: it would favour them by construction.
+CHOOSE = {"vp": ("ring", "gauss", "grid25", "mix16"), "subvp": ("gauss", "grid25", "mix16"),
+          "ve": ("gauss", "grid25", "mix16")}
 HELD_OUT = {"vp": ("digits", "mixture"), "subvp": ("mixture",), "ve": ("mixture",)}
+# The rule the fewstep table replaces, for the report's comparison column: the tuned grid up to
+# these step counts (fitted on the ring oracle), else the solver's named default.
+MAIN_TUNED = {"deis": 20, "euler": 20, "dpmpp_3m": 20, "heun": 10, "heun_t": 10}
 
 
 def mixture() -> GaussianMixture:
@@ -86,6 +96,8 @@ def panel_models(sde_name: str, args):
     sde = make_sde(sde_name)
     out = {}
     for name in CHOOSE[sde_name] + HELD_OUT[sde_name]:
+        if args.models and name not in args.models.split(","):
+            continue
         if name in ("ring", "digits"):
             from scoresde.training.checkpoint import load_score_model
 
@@ -93,7 +105,7 @@ def panel_models(sde_name: str, args):
             model = load_score_model(train(f"{name}_vp", steps))
             out[name] = (model.score_fn, model.sde, tuple(model.shape), torch.float32)
         else:
-            data = {"gauss": gauss, "mixture": mixture, "ringo": GaussianMixture.ring}[name]()
+            data = {"gauss": gauss, "mixture": mixture, "grid25": grid25, "mix16": random_mixture}[name]()
             out[name] = (data.score_fn(sde), sde, (data.D,), torch.float64)
     return out
 
@@ -104,7 +116,8 @@ def rms(x, ref) -> float:
 
 
 def runs_for(sde, score, probe):
-    """(family, config, steps-or-n, nfe, run(x_T) -> x) for ours: defaults, named, tuned grids."""
+    """(budget, family, config, nfe, run(x_T) -> x) for ours: every solver × named and tuned grid at
+    the most steps that fit the budget on its default grid."""
     out = []
     for name in DETERMINISTIC:
         for b in BUDGETS:
@@ -112,13 +125,11 @@ def runs_for(sde, score, probe):
                 K, nfe = steps_for_nfe(solvers.sample, score, sde, name, b, probe, None, None, False, {})
             except solvers.SolverError:
                 continue
-            grids = [None] + list(solvers.GRIDS) + (["tuned"] if solvers.tuned.has_tuned(name, sde) else [])
-            for grid in grids:
+            # every default, past or chosen, is one of these: the report reads them off
+            for grid in list(solvers.GRIDS) + (["tuned"] if solvers.tuned.has_tuned(name, sde) else []):
                 def run(x, name=name, K=K, grid=grid):
                     return solvers.sample(score, sde, x_T=x, solver=name, steps=K, grid=grid).x
-                fam = "ours (defaults)" if grid is None else "ours (grids)"
-                label = solvers.default_grid(name, sde, K) if grid is None else grid
-                out.append((b, fam, f"{name} {label} K={K}", nfe, run))
+                out.append((b, "ours (grids)", f"{name} {grid} K={K}", nfe, run))
     return out
 
 
@@ -130,10 +141,17 @@ def main():
     ap.add_argument("--digits-steps", type=int, default=None, help="train digits to this many steps [config: 3000]")
     ap.add_argument("--ring-steps", type=int, default=None, help="train the ring to this many steps [config: 10000]")
     ap.add_argument("--train-only", action="store_true")
+    ap.add_argument("--models", default=None, help="only these panel models (comma list; merge runs with --report-only)")
     ap.add_argument("--no-anchors", action="store_true", help="skip diffusers even where installed")
     ap.add_argument("--tag", default="", help="suffix of the output files")
+    ap.add_argument("--write-defaults", action="store_true",
+                    help="write the choice to solvers/fewstep_defaults.json (the library's defaults)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="re-render from the CSV of --tag (a comma list merges runs, written under the first)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.report_only:  # --tag .vp,.sv: one report from the CSVs of several runs
+        return report([r for tag in args.tag.split(",") for r in read_rows(tag)], args, 0.0, True)
     if args.train_only:
         train("ring_vp", args.ring_steps)
         train("digits_vp", args.digits_steps)
@@ -159,9 +177,13 @@ def main():
                 rows.append(dict(sde=sde_name, model=model, part=part, budget=b, family=fam, config=cfg, nfe=nfe,
                                  error=rms(x, ref.x)))
             for b, fam, cfg, nfe, run in runs_for(sde, score, probe):
-                record(b, fam, cfg, nfe, run(x_T))
+                try:
+                    record(b, fam, cfg, nfe, run(x_T))
+                except solvers.SolverError:  # e.g. a log-SNR grid to eps = 0 (ddim on VP)
+                    continue
             if df is not None:
-                anchor_runs(df, sde, score, x_T, probe, record)
+                with torch.no_grad():  # the anchors call the network outside solvers.sample's no_grad
+                    anchor_runs(df, sde, score, x_T, probe, record)
             print(f"{sde_name} {model}: reference {ref.nfe} nfe; {time.perf_counter() - t0:.0f} s", flush=True)
     write_csv(out_path(f"fewstep_panel{args.tag}.csv"), rows)
     report(rows, args, time.perf_counter() - t_start, df is not None)
@@ -189,68 +211,118 @@ def anchor_runs(df, sde, score, x_T, probe, record):
                     record(b, "diffusers", f"{cfg} n={k}", used, x.to(x_T.dtype))
 
 
-def geomean(v):
-    return math.exp(sum(math.log(max(x, 1e-12)) for x in v) / len(v)) if v else math.inf
+def read_rows(tag):
+    import csv
+
+    rows = list(csv.DictReader(open(out_path(f"fewstep_panel{tag}.csv"))))
+    for r in rows:
+        r["budget"], r["nfe"], r["error"] = int(r["budget"]), int(r["nfe"]), float(r["error"])
+    return rows
 
 
-def choose(rows):
-    """From the 'choose' rows: per (SDE, budget, solver) the grid with the lowest geometric-mean
-    error over the choose models, and per (SDE, budget) the solver (on its chosen grid) with the
-    lowest one.  {sde: {budget: {"solver": ..., "grids": {solver: [grid, K, geomean]}}}}."""
+def _scores(rows, sde, b, name, models):
+    """{grid: (K, worst ratio)} for solver `name` at budget b: the largest, over `models`, of its
+    error divided by that model's best anchor error at b (the best of ours where no anchor ran),
+    so a grid scores ≤ 1 exactly when it is at or below the best anchor on every model."""
+    def ref(model):
+        cell = [r for r in rows if r["sde"] == sde and r["budget"] == b and r["model"] == model
+                and math.isfinite(r["error"])]
+        anc = [r["error"] for r in cell if r["family"] == "diffusers"]
+        return min(anc or [r["error"] for r in cell])
+    refs = {m: ref(m) for m in models if any(r["model"] == m and r["sde"] == sde for r in rows)}
+    cands = {}
+    for r in rows:
+        if r["sde"] == sde and r["budget"] == b and r["family"] == "ours (grids)" \
+                and r["config"].split()[0] == name and r["model"] in refs:
+            cands.setdefault(r["config"], {})[r["model"]] = r["error"] / refs[r["model"]]
     out = {}
-    for sde in dict.fromkeys(r["sde"] for r in rows):
-        models = CHOOSE[sde]
-        for b in BUDGETS:
-            cell = {}
-            for name in DETERMINISTIC:
-                cands = {}
-                for r in rows:
-                    if r["sde"] == sde and r["budget"] == b and r["family"] == "ours (grids)" \
-                            and r["config"].split()[0] == name and r["model"] in models:
-                        cands.setdefault(r["config"], {})[r["model"]] = r["error"]
-                scored = [(geomean(list(v.values())), c) for c, v in cands.items() if len(v) == len(models)]
-                if scored:
-                    g, c = min(scored)
-                    _, grid, k = c.split()
-                    cell[name] = [grid, int(k[2:]), g]
-            if cell:
-                best = min(cell, key=lambda s: cell[s][2])
-                out.setdefault(sde, {})[b] = {"solver": best, "grids": cell}
+    for c, v in cands.items():
+        if len(v) == len(models):
+            _, grid, k = c.split()
+            out[grid] = (int(k[2:]), round(max(v.values()), 6))  # the stored evidence's precision
     return out
 
 
+def choose(rows):
+    """Per (SDE, budget, solver): the grid with the lowest worst-case ratio to the best anchor over
+    the choose models (_scores); a 'tuned' choice stands only if it also beats the best named grid
+    (by the choose models) on the held-out ones.  Per (SDE, budget): the solver, on its grid, with
+    the lowest choose score.  Returns the fewstep_defaults.json structure (see solvers/fewstep.py)."""
+    grids, best, evidence = {}, {}, {}
+    for sde in dict.fromkeys(r["sde"] for r in rows):
+        for b in BUDGETS:
+            cell = {}
+            for name in DETERMINISTIC:
+                ch, ho = _scores(rows, sde, b, name, CHOOSE[sde]), _scores(rows, sde, b, name, HELD_OUT[sde])
+                if not ch:
+                    continue
+                grid = min(ch, key=lambda g: ch[g][1])
+                named = min((g for g in ch if g != "tuned"), key=lambda g: ch[g][1])
+                if grid == "tuned" and ho and ho["tuned"][1] > ho[named][1]:
+                    grid = named
+                K = ch[grid][0]
+                cell[name] = (grid, K, ch[grid][1])
+                grids.setdefault(sde, {}).setdefault(name, {})[K] = grid
+                evidence.setdefault(sde, {}).setdefault(b, {})[name] = dict(K=K, errors={
+                    g: [ch[g][1], ho[g][1] if g in ho else None] for g in ch})
+            if cell:
+                name = min(cell, key=lambda s: cell[s][2])
+                best.setdefault(sde, {})[b] = dict(solver=name, grid=cell[name][0], steps=cell[name][1])
+    return dict(about="Few-step defaults chosen by experiments/fewstep_panel.py; see solvers/fewstep.py",
+                choose=CHOOSE, held_out=HELD_OUT, budgets=BUDGETS, grids=grids, best=best,
+                evidence_note="evidence[family][budget][solver]: K and errors[grid] = [choose, held-out] "
+                              "worst ratio of the error to the model's best anchor",
+                evidence=evidence)
+
+
 def report(rows, args, wall, anchors):
+    args.tag = args.tag.split(",")[0]
     choice = choose(rows)
     write_text(out_path(f"fewstep_choice{args.tag}.json"), json.dumps(choice, indent=1) + "\n")
+    if args.write_defaults:
+        write_text(solvers.fewstep.PATH, json.dumps(choice, indent=1) + "\n")
+        print("wrote", solvers.fewstep.PATH)
     table = []
-    for sde in choice:
+    for sde in choice["best"]:
         for model in CHOOSE[sde] + HELD_OUT[sde]:
             part = "choose" if model in CHOOSE[sde] else "held out"
             for b in BUDGETS:
                 cell = [r for r in rows if r["sde"] == sde and r["model"] == model and r["budget"] == b]
                 if not cell:
                     continue
-                c = choice[sde][b]
-                name = c["solver"]
-                grid, K, _ = c["grids"][name]
+                c = choice["best"][sde][b]
+                name, grid, K = c["solver"], c["grid"], c["steps"]
                 chosen = next((r for r in cell if r["family"] == "ours (grids)" and r["config"] == f"{name} {grid} K={K}"), None)
-                defaults = [r for r in cell if r["family"] == "ours (defaults)"]
+                def main_rule(r):  # the grid main's defaults take: MAIN_TUNED, else the named default
+                    name, grid, k = r["config"].split()
+                    tuned = name in MAIN_TUNED and int(k[2:]) <= MAIN_TUNED[name]
+                    return grid == ("tuned" if tuned else solvers.named_default_grid(name, make_sde(sde)))
+                defaults = [r for r in cell if r["family"] == "ours (grids)" and main_rule(r)]
                 best_def = min(defaults, key=lambda r: r["error"]) if defaults else None
+
+                def new_rule(r):  # the grid the chosen table gives this solver at this K
+                    name, grid, k = r["config"].split()
+                    return choice["grids"][sde].get(name, {}).get(int(k[2:])) == grid
+                new = [r for r in cell if r["family"] == "ours (grids)" and new_rule(r)]
+                best_new = min(new, key=lambda r: r["error"]) if new else None
                 named = [r for r in cell if r["family"] == "ours (grids)"]
                 best_named = min(named, key=lambda r: r["error"]) if named else None
                 anc = [r for r in cell if r["family"] == "diffusers" and math.isfinite(r["error"])]
                 best_anc = min(anc, key=lambda r: r["error"]) if anc else None
                 fmt = lambda r: f"{r['error']:.4f} ({r['config']})" if r else "–"  # noqa: E731
                 table.append({"SDE": sde, "model": model, "part": part, "≤ nfe": b, "chosen default": fmt(chosen),
-                              "today's defaults (best)": fmt(best_def), "our grids (best)": fmt(best_named),
+                              "chosen grids (best solver)": fmt(best_new), "tuned-grid rule (best solver)": fmt(best_def), "our grids (best)": fmt(best_named),
                               "best anchor": fmt(best_anc),
                               "chosen ÷ anchor": f"{chosen['error'] / best_anc['error']:.2f}" if chosen and best_anc else "–"})
+    if not table:
+        print("no SDE has every choose model yet (run the rest with --models, then --report-only --tag a,b)")
+        return
     md = ["# Few-step panel: pathwise error against each model's converged ODE", "",
           f"n = {args.n} prior draws (seed {args.seed}); RMS ‖x − x_ref‖/√D, x_ref = pf_ode at rtol = atol = 1e-7. "
           f"Defaults chosen on the 'choose' models, reported on all. Machine: {machine()}; {wall:.0f} s."
           + ("" if anchors else " diffusers not installed: no anchor column."), "",
-          markdown_table(table, list(table[0])), "", "Chosen (geometric mean over the choose models):", "",
-          "```", json.dumps(choice, indent=1), "```"]
+          markdown_table(table, list(table[0])), "", "Chosen (worst ratio to the best anchor over the choose models):", "",
+          "```", json.dumps({k: choice[k] for k in ("grids", "best")}, indent=1), "```"]
     write_text(out_path(f"fewstep_panel{args.tag}.md"), "\n".join(md) + "\n")
     print("\n".join(md[:5]))
 
