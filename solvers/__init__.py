@@ -220,9 +220,10 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
            batch_size: int | None = None, cuda_graph: bool = False, **options) -> SampleResult:
     """Draw samples by integrating from t = T (x_T ~ prior, or the given x_T) down to t = eps.
 
-    grid: 'tuned' (the default where one ships: a shape fitted per solver and SDE family, see
-    solvers.tuned), 'uniform', 'quadratic', 'edm', 'logsnr' (the default otherwise), or an explicit
-    decreasing sequence of times from T (or a .json file of them), which implies steps and eps;
+    grid: 'uniform', 'quadratic', 'edm', 'logsnr', 'tuned' (a shape fitted per solver and SDE
+    family, see solvers.tuned), or an explicit decreasing sequence of times from T (or a .json
+    file of them), which implies steps and eps; default: default_grid(solver, sde, steps), the
+    few-step panel's choice up to 20 steps (solvers.fewstep), else the solver's named grid;
     steps: default 50 for a named grid; eps: end time (default 0 for ddpm/ddim, else
     sde.default_eps); denoise: finish with Tweedie's x̂_0 = (x + σ²s)/m at eps
     (one more evaluation); callback(dict(i, t, x, nfe)) after every step; dtype (e.g. float64)
