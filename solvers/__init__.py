@@ -32,6 +32,7 @@ from .pf_ode import METHOD_ORDER, pf_ode
 from .sde_torchsde import torchsde_sde
 from .unipc import unipc
 from . import tuned as _tuned
+from . import fewstep
 
 
 @dataclass(frozen=True)
@@ -92,13 +93,20 @@ class SolverSpec:
 
 
 def default_grid(solver: str, sde, steps: int | None = None) -> str:
-    """The solver's default grid for this SDE and step count: 'tuned' where its fitted shape is the
-    default (solvers.tuned.DEFAULT_FOR, K up to the largest fitted; steps=None: the default 50
-    steps), else its named grid for the SDE family ('vp', 'subvp', 've'; chosen by
-    experiments/solver_benchmark.py --grid-study)."""
-    if _tuned.is_default(solver, sde, DEFAULT_STEPS if steps is None else steps):
-        return "tuned"
-    return named_default_grid(solver, sde)
+    """The solver's default grid for this SDE and step count: up to the largest step count of the
+    few-step panel, the grid chosen there for the nearest one (solvers.fewstep: lowest error
+    against each model's converged ODE on the panel's choose part; 'tuned' only where it also
+    wins on the held-out part); beyond it (steps=None: the default 50 steps), or for an SDE
+    outside the panel's families, its named grid for the SDE family (experiments/solver_benchmark.py
+    --grid-study)."""
+    grid = fewstep.grid_for(solver, sde, DEFAULT_STEPS if steps is None else steps)
+    return named_default_grid(solver, sde) if grid is None else grid
+
+
+def recommended(sde, nfe: int) -> dict | None:
+    """The few-step panel's choice for at most `nfe` score evaluations on this SDE family:
+    {solver, grid, steps, budget} (solvers.fewstep.recommended), or None."""
+    return fewstep.recommended(sde, nfe)
 
 
 def named_default_grid(solver: str, sde) -> str:
@@ -161,8 +169,8 @@ SOLVERS = {
 
 
 #: every grid name `sample(grid=...)` and the CLI accept: the named grids and 'tuned'
-GRID_NAMES = {"tuned": "fitted per solver and SDE family on the ring oracle (solvers.tuned); the default of "
-                       + _tuned.default_summary(), **GRIDS}
+GRID_NAMES = {"tuned": "fitted per solver and SDE family on the ring oracle (solvers.tuned); a default only where "
+                       "the few-step panel chose it (solvers.fewstep)", **GRIDS}
 
 
 def available() -> list[str]:
@@ -212,9 +220,10 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
            batch_size: int | None = None, cuda_graph: bool = False, **options) -> SampleResult:
     """Draw samples by integrating from t = T (x_T ~ prior, or the given x_T) down to t = eps.
 
-    grid: 'tuned' (the default where one ships: a shape fitted per solver and SDE family, see
-    solvers.tuned), 'uniform', 'quadratic', 'edm', 'logsnr' (the default otherwise), or an explicit
-    decreasing sequence of times from T (or a .json file of them), which implies steps and eps;
+    grid: 'uniform', 'quadratic', 'edm', 'logsnr', 'tuned' (a shape fitted per solver and SDE
+    family, see solvers.tuned), or an explicit decreasing sequence of times from T (or a .json
+    file of them), which implies steps and eps; default: default_grid(solver, sde, steps), the
+    few-step panel's choice up to 20 steps (solvers.fewstep), else the solver's named grid;
     steps: default 50 for a named grid; eps: end time (default 0 for ddpm/ddim, else
     sde.default_eps); denoise: finish with Tweedie's x̂_0 = (x + σ²s)/m at eps
     (one more evaluation); callback(dict(i, t, x, nfe)) after every step; dtype (e.g. float64)

@@ -1,4 +1,5 @@
-"""Tuned time grids: the shipped default grids of the deterministic few-step solvers.
+"""Tuned time grids: a fitted grid shape per deterministic few-step solver and SDE family,
+reached with grid="tuned" (a default where solvers.fewstep chose it).
 
 Each grid was fitted by `solvers.optimize_grid` (pathwise error to a tight probability-flow
 ODE solution, scored on fresh draws) on the 8-mode ring oracle, per (solver, SDE, K), by
@@ -26,15 +27,9 @@ import torch
 from .grids import RHO, edm_coord
 
 PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tuned_grids.json")
-#: Solvers whose default grid is the tuned one (up to the largest fitted K).  The rule, applied to
-#: `python experiments/tuned_grids.py --check` on three data sets the grids were not fitted to (5×5
-#: grid of modes, 16-D mixture, standard normal; VP, sub-VP, VE; 5–20 nfe): the tuned grid beats the
-#: solver's named default in most cells and in geometric mean.  deis 24/27 (×0.58), euler 24/27
-#: (×0.81), heun 21/27 (×0.68), heun_t 15/27 (×0.95), dpmpp_3m 14/27 (×0.95) pass; dpmpp_2m 9/27
-#: (×1.18), unipc 8/27 (×1.47), euler_t 11/27 (×1.08) do not: on the ring their tuned grids are
-#: 3–8× better, elsewhere worse, so for them `grid="tuned"` is opt-in.  Beyond the fitted step
-#: counts the shapes transfer worse (×1.12 at 50 nfe), so larger K keeps the named default.
-DEFAULT_FOR = frozenset({"deis", "euler", "heun", "heun_t", "dpmpp_3m"})
+# Whether a tuned grid is a default is decided by the few-step panel (solvers.fewstep): fitted on
+# the ring oracle, these shapes did not carry over to trained networks as a rule, so `grid="tuned"`
+# is the default only where the panel's held-out models confirm it.
 
 
 def sde_key(sde) -> str | None:
@@ -71,27 +66,12 @@ def has_tuned(solver: str, sde) -> bool:
 
 
 def largest_fitted() -> dict:
-    """{solver: largest fitted K over the SDE families}: the step count up to which a solver in
-    DEFAULT_FOR takes the tuned grid (K counts steps, not nfe: heun's 10 steps are 19 evaluations)."""
+    """{solver: largest fitted K over the SDE families} (K counts steps, not nfe)."""
     out: dict = {}
     for fam in table().values():
         for solver, shapes in fam.items():
             out[solver] = max(out.get(solver, 0), max(shapes))
     return out
-
-
-def default_summary() -> str:
-    """'deis, dpmpp_3m, euler up to 20 steps; heun, heun_t up to 10 steps': where tuned is the default."""
-    by_k: dict = {}
-    for solver, k in sorted(largest_fitted().items()):
-        if solver in DEFAULT_FOR:
-            by_k.setdefault(k, []).append(solver)
-    return "; ".join(f"{', '.join(names)} up to {k} steps" for k, names in sorted(by_k.items(), reverse=True))
-
-
-def is_default(solver: str, sde, steps: int) -> bool:
-    """Whether `sample` uses the tuned grid when no grid is given (see DEFAULT_FOR)."""
-    return solver in DEFAULT_FOR and has_tuned(solver, sde) and steps <= max(table()[sde_key(sde)][solver])
 
 
 def tuned_grid(solver: str, sde, steps: int, eps: float) -> torch.Tensor:

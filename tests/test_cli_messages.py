@@ -192,6 +192,17 @@ def test_warning_when_even_the_best_run_is_far_from_the_data(ckpts, tmp_path):
     assert r.exit_code == 0 and "WARNING" not in r.output, r.output  # the exact score at 20 nfe is close
 
 
+def test_an_oracle_compare_cautions_that_its_winners_need_not_transfer(ckpts, tmp_path):
+    r = run("compare", "--solvers", "heun", "--steps", 5, "--n", 300, "--quiet", "--no-plots", "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    caution = next(ln for ln in r.output.splitlines() if ln.startswith("caution:"))
+    assert "need not transfer" in caution and "`scoresde schedule` fits a grid to your own model" in caution
+    assert r.output.index("best at <= 20 nfe") < r.output.index("caution:")
+    r = run("compare", "--model", ckpts["ring"], "--solvers", "heun", "--steps", 5, "--n", 300, "--quiet",
+            "--no-plots", "--out", tmp_path / "ck")
+    assert r.exit_code == 0 and "caution:" not in r.output, r.output
+
+
 def test_far_from_data_thresholds():
     fine = {"mode_w2": 0.24, "off_mode": 0.049}  # just inside the documented 0.25 and 5 %
     assert far_from_data(fine) is None and far_from_data(None) is None
@@ -337,20 +348,15 @@ def test_compare_plans_many_steps_on_ve():
     assert [r.nfe for r in runs] == [100, 1000, 100, 1000, 200, 2000, 200, 2000]
 
 
-def test_the_solver_listing_and_the_tuned_grid_line_agree_with_the_rule_sample_applies():
-    import re
-
+def test_the_solver_listing_agrees_with_the_rule_sample_applies():
     from scoresde import VPSDE
-    from solvers import tuned
 
     out = CliRunner().invoke(cli, ["solvers"]).output
-    grid_line = next(ln for ln in out.splitlines() if ln.split()[:1] == ["tuned"])
-    for name in sorted(tuned.DEFAULT_FOR):
-        # the largest step count at which sample() itself takes the tuned grid
-        k_star = max(k for k in range(1, 60) if tuned.is_default(name, VPSDE(), k))
+    for name in solvers.available():
         line = next(ln for ln in out.splitlines() if ln.split()[:1] == [name])
-        assert f"tuned up to {k_star} steps" in line, line
-        group = next(g for g in grid_line.split("default of ", 1)[1].split("; ") if re.search(rf"\b{name}\b", g))
-        assert group.endswith(f"up to {k_star} steps"), (name, group)
+        by_k = solvers.fewstep.table()["grids"].get("vp", {}).get(name)
+        if by_k:  # each few-step grid sample() itself takes on VP is named with its step count
+            for k in by_k:
+                assert f"{k} steps {solvers.default_grid(name, VPSDE(), k)}" in line, line
     heun_t = next(ln for ln in out.splitlines() if ln.split()[:1] == ["heun_t"])
     assert "others: " + solvers.SOLVERS["heun_t"].grid in heun_t  # the VP / sub-VP fallback is named

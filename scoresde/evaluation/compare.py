@@ -556,6 +556,16 @@ def far_from_data(row: dict | None, band: dict | None = None) -> str | None:
 BUDGETS = (5, 10, 20)  # the nfe budgets the report names a best run for
 
 
+def oracle_caution(model: ResolvedModel) -> str | None:
+    """The caution printed under the 'best at' lines of an oracle compare (None for a checkpoint):
+    a grid or solver that wins on an exact score need not win on a trained network."""
+    if not model.name.startswith("oracle:"):
+        return None
+    return ("caution: these winners are measured on an exact-score oracle; grids tuned on an oracle (grid=tuned) "
+            "need not transfer to a trained network. `scoresde schedule` fits a grid to your own model; "
+            "the few-step defaults (`scoresde solvers`) were chosen on a panel of trained and oracle models.")
+
+
 def versions() -> dict:
     """The package versions and machine a result was measured with (written beside it)."""
     import numpy
