@@ -30,3 +30,18 @@ def markdown_table(rows, cols, fmt=None) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(cell(r, c) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def ring_reference(sde_name: str, n: int = 512, seed: int = 0):
+    """The 8-mode ring oracle on one SDE: (sde, its exact score, n float64 prior draws x_T, and the
+    probability-flow ODE's x_0 from them at rtol = atol = 1e-7), the reference few-step errors
+    are measured against."""
+    import solvers
+    from scoresde.oracle import GaussianMixture
+    from scoresde.sde import make_sde
+
+    sde = make_sde(sde_name)
+    score = GaussianMixture.ring().score_fn(sde)
+    x_T = sde.prior_sample((n, 2), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    ref = solvers.sample(score, sde, x_T=x_T, solver="pf_ode", rtol=1e-7, atol=1e-7).x
+    return sde, score, x_T, ref

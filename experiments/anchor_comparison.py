@@ -250,6 +250,23 @@ def bridge_check(kd, df, bridge, x_T) -> str:
     return "; ".join(msgs)
 
 
+def within_budgets(run, probe, bridge, budgets):
+    """(budget, steps, nfe) of an anchor sampler `run`: per budget the most steps whose evaluations
+    fit it, and one fewer (their spacings differ), each counted on `probe` through the bridge."""
+    def nfe_of(n):
+        bridge.nfe = 0
+        run(probe, 0, n)
+        return bridge.nfe
+    for b in budgets:
+        n = next((n for n in range(b + 1, 1, -1) if nfe_of(n) <= b), None)
+        if n is None:
+            continue
+        for k in sorted({n, max(n - 1, 2)}, reverse=True):
+            used = nfe_of(k)
+            if used <= b:
+                yield b, k, used
+
+
 def to_data(x_tilde, sigmas, bridge):
     """x = m·x̃ at the anchor's final σ̃ (m = 1 at σ̃ = 0)."""
     return bridge.m_sigma(bridge.t_of(float(sigmas[-1])))[0] * x_tilde
@@ -381,20 +398,9 @@ def main():
         if df is not None:
             anchor_cfgs += [("diffusers", *c) for c in diffusers_configs(df, bridge)]
         for family, cfg, run in anchor_cfgs:
-            def nfe_of(n, run=run):
-                bridge.nfe = 0
-                run(probe, 0, n)
-                return bridge.nfe
-            for b in BUDGETS:
-                n = next((n for n in range(b + 1, 1, -1) if nfe_of(n) <= b), None)
-                if n is None:
-                    continue
-                for k in sorted({n, max(n - 1, 2)}, reverse=True):
-                    used = nfe_of(k)
-                    if used > b:
-                        continue
-                    record(b, family, f"{cfg} n={k}", used,
-                           lambda x, seed, run=run, k=k: to_data(*run(x, seed, k), bridge))
+            for b, k, used in within_budgets(run, probe, bridge, BUDGETS):
+                record(b, family, f"{cfg} n={k}", used,
+                       lambda x, seed, run=run, k=k: to_data(*run(x, seed, k), bridge))
         print(f"{sde_name}: {len([r for r in rows if r['sde'] == sde_name])} runs, "
               f"{time.perf_counter() - t_start:.0f} s so far", flush=True)
     if args.defaults_only:

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import solvers  # noqa: E402
-from _util import machine, markdown_table, out_path  # noqa: E402
+from _util import machine, markdown_table, out_path, ring_reference  # noqa: E402
 from scoresde._io import write_text  # noqa: E402
 from scoresde.oracle import GaussianMixture  # noqa: E402
 from scoresde.sde import make_sde  # noqa: E402
@@ -97,13 +97,9 @@ def main():
                         row[form] = f"{e[0]:.2e} → {e[-1]:.2e} (slope {slope:.2f})"
                 rows.append(row)
                 print(row, flush=True)
-    ring = GaussianMixture.ring()
     ring_rows = []
     for sde_name in ("vp", "subvp", "ve"):
-        sde = make_sde(sde_name)
-        score = ring.score_fn(sde)
-        xT = sde.prior_sample((512, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        ref = solvers.sample(score, sde, x_T=xT, solver="pf_ode", rtol=1e-7, atol=1e-7).x
+        sde, score, xT, ref = ring_reference(sde_name)
         for grid in ("logsnr", "edm", "quadratic"):
             for order in (2, 3):
                 row = dict(SDE=sde_name, grid=grid, order=order)
@@ -118,7 +114,7 @@ def main():
     if df is not None:
         for sde_name in ("vp", "ve"):
             sde = make_sde(sde_name)
-            score = ring.score_fn(sde)
+            score = GaussianMixture.ring().score_fn(sde)
             xT = sde.prior_sample((256, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
             for K in (10, 16):
                 res = solvers.sample(score, sde, x_T=xT, solver="dpmpp_3m", steps=K, grid="logsnr", match_anchors=True)

@@ -17,10 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 import solvers  # noqa: E402
-from _util import machine, markdown_table, out_path  # noqa: E402
+from _util import machine, markdown_table, out_path, ring_reference  # noqa: E402
 from scoresde._io import write_text  # noqa: E402
-from scoresde.oracle import GaussianMixture  # noqa: E402
-from scoresde.sde import make_sde  # noqa: E402
 
 
 def rms(x, ref):
@@ -29,13 +27,9 @@ def rms(x, ref):
 
 def main():
     torch.set_num_threads(1)
-    ring = GaussianMixture.ring()
     rows = []
     for sde_name in ("vp", "subvp", "ve"):
-        sde = make_sde(sde_name)
-        score = ring.score_fn(sde)
-        xT = sde.prior_sample((512, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        ref = solvers.sample(score, sde, x_T=xT, solver="pf_ode", rtol=1e-7, atol=1e-7).x
+        sde, score, xT, ref = ring_reference(sde_name)
         for grid in ("logsnr", "edm", "quadratic"):
             for K in (5, 10, 15, 20):
                 row = dict(SDE=sde_name, grid=grid, K=K)

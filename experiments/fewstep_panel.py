@@ -195,23 +195,13 @@ def main():
 def anchor_runs(df, sde, score, x_T, probe, record):
     """diffusers' samplers over their spacings (anchor_comparison.diffusers_configs), the most steps
     that fit each budget and one fewer, mapped back to our x at their final σ̃."""
-    from anchor_comparison import Bridge, diffusers_configs, to_data
+    from anchor_comparison import Bridge, diffusers_configs, to_data, within_budgets
 
     bridge = Bridge(sde, lambda x, t: score(x, t.to(x.dtype)))
     for cfg, run in diffusers_configs(df, bridge):
-        def nfe_of(n, run=run):
-            bridge.nfe = 0
-            run(probe, 0, n)
-            return bridge.nfe
-        for b in BUDGETS:
-            n = next((n for n in range(b + 1, 1, -1) if nfe_of(n) <= b), None)
-            if n is None:
-                continue
-            for k in sorted({n, max(n - 1, 2)}, reverse=True):
-                used = nfe_of(k)
-                if used <= b:
-                    x = to_data(*run(x_T, 0, k), bridge)
-                    record(b, "diffusers", f"{cfg} n={k}", used, x.to(x_T.dtype))
+        for b, k, used in within_budgets(run, probe, bridge, BUDGETS):
+            x = to_data(*run(x_T, 0, k), bridge)
+            record(b, "diffusers", f"{cfg} n={k}", used, x.to(x_T.dtype))
 
 
 def read_rows(tag):

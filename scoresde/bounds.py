@@ -24,14 +24,14 @@ import torch
 
 from scoresde import _rng
 from scoresde.convert import score_to_eps
-from scoresde.likelihood import bits_per_dim, bits_per_dim_estimate, dequantize
+from scoresde.likelihood import LogpSummary, bits_per_dim, bits_per_dim_estimate, dequantize, standard_error
 
 ESTIMATES = ("ode", "elbo", "vlb")
 T_SAMPLING = ("logsnr", "uniform")
 
 
 @dataclass
-class Estimate:
+class Estimate(LogpSummary):
     """One likelihood number for n data points.
 
     name: 'ode', 'elbo' or 'vlb'; bpd: mean bits/dim; stderr: its standard error over the data
@@ -55,18 +55,6 @@ class Estimate:
     what: str
     details: dict = field(default_factory=dict)
 
-    @property
-    def logp_mean(self) -> float:
-        return self.logp.mean().item()
-
-    @property
-    def logp_stderr(self) -> float:
-        """Standard error of the mean over the data points, nats (nan for n = 1)."""
-        return _stderr(self.logp)
-
-
-def _stderr(v: torch.Tensor) -> float:
-    return v.std().item() / math.sqrt(len(v)) if len(v) > 1 else float("nan")
 
 
 def _check_x(x) -> None:
@@ -274,7 +262,7 @@ def continuous_elbo(score_fn: Callable, sde, x: torch.Tensor, *, bits: float | N
     details = {k: sum(p[k] for p in parts) / repeats for k in parts[0]}
     details.update(eps=sde.likelihood_eps if eps is None else float(eps), samples=samples, t_sampling=t_sampling,
                    antithetic=antithetic, repeats=repeats)
-    return Estimate("elbo", bpd.mean().item(), _stderr(bpd), logp, nfe, evals, time.perf_counter() - t0, len(logp),
+    return Estimate("elbo", bpd.mean().item(), standard_error(bpd), logp, nfe, evals, time.perf_counter() - t0, len(logp),
                     D, L, "lower bound on log p_eps of the reverse-SDE model (upper bound on its bits/dim); "
                     f"Monte Carlo over t ({t_sampling}, {samples} per point) and ε", details)
 
@@ -551,7 +539,7 @@ def ddpm_vlb(score_fn: Callable, sde, x: torch.Tensor, *, bits: float | None = N
     details = dict(prior=out["prior"].mean().item(), kl=out["kl"].mean().item(), decoder_nll=out["decoder"].mean().item(),
                    N=N, variance=variance, terms=terms, t_sampling=t_sampling if terms else None,
                    decoder=(decoder if L else "gaussian"), repeats=repeats)
-    return Estimate("vlb", bpd.mean().item(), _stderr(bpd), logp, out["nfe"], out["evals"], time.perf_counter() - t0,
+    return Estimate("vlb", bpd.mean().item(), standard_error(bpd), logp, out["nfe"], out["evals"], time.perf_counter() - t0,
                     len(nll), D, L, f"lower bound on log p of the {N}-step DDPM chain, σ² = "
                     f"{'β̃' if variance == 'beta_tilde' else 'β'} (upper bound on its bits/dim); {how}"
                     + (f", {decoder} decoder" if L else ""), details)

@@ -231,8 +231,26 @@ def bits_per_dim(logp: torch.Tensor, D: int, bits: float = 8, levels: int | None
     return -logp / (D * math.log(2)) + (bits - 1)
 
 
+def standard_error(v: torch.Tensor) -> float:
+    """Standard error of the mean of per-sample values: std(v)/√n (nan for n = 1)."""
+    return v.std().item() / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+
+
+class LogpSummary:
+    """logp_mean and logp_stderr (nats, over the data points) of a result with per-sample `logp`."""
+
+    @property
+    def logp_mean(self) -> float:
+        return self.logp.mean().item()
+
+    @property
+    def logp_stderr(self) -> float:
+        """Standard error of the mean log p over the data points, nats (nan for n = 1)."""
+        return standard_error(self.logp)
+
+
 @dataclass
-class BitsPerDimResult:
+class BitsPerDimResult(LogpSummary):
     """bpd: mean bits/dim over the n samples; stderr: its standard error over the samples (nan
     for n = 1); logp: (n,) nats per sample, averaged over the dequantization repeats;
     bpd_per_sample: (n,); probe_stderr: Hutchinson's per-sample standard error in nats, one row
@@ -251,18 +269,6 @@ class BitsPerDimResult:
     repeats: int = 1
     probe_stderr: torch.Tensor | None = None
 
-    @property
-    def logp_mean(self) -> float:
-        return self.logp.mean().item()
-
-    @property
-    def logp_stderr(self) -> float:
-        """Standard error of the mean log p over the samples, nats (nan for n = 1)."""
-        return _stderr(self.logp)
-
-
-def _stderr(v: torch.Tensor) -> float:
-    return v.std().item() / math.sqrt(len(v)) if len(v) > 1 else float("nan")
 
 
 def bits_per_dim_estimate(score_fn: Callable, sde, x: torch.Tensor, bits: float | None = 8, *,
@@ -315,6 +321,6 @@ def bits_per_dim_estimate(score_fn: Callable, sde, x: torch.Tensor, bits: float 
             probe_se.append(res.stderr.double().cpu())
     logp = torch.stack(per_rep).mean(0)
     bpd = bits_per_dim(logp, D, levels=levels) if levels else -logp / (D * math.log(2))
-    return BitsPerDimResult(bpd=bpd.mean().item(), stderr=_stderr(bpd), logp=logp, bpd_per_sample=bpd, nfe=nfe,
+    return BitsPerDimResult(bpd=bpd.mean().item(), stderr=standard_error(bpd), logp=logp, bpd_per_sample=bpd, nfe=nfe,
                             n=len(logp), D=D, method=method, levels=levels, repeats=repeats,
                             probe_stderr=torch.stack(probe_se) if probe_se else None)
