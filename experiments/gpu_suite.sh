@@ -37,14 +37,14 @@ step() {  # step NAME BUDGET_S COMMAND...
 if [ "$DEV" = cpu ]; then
   TP=(--device cpu --quick --steps 2 --warmup 1 --repeats 1)
   SO=(--device cpu --batch 256 --steps 5 --repeats 1 --solvers euler,ddim)
-  TRAIN_STEPS=3; LL=(--n 8 --rtol 1e-2 --atol 1e-2)
+  TRAIN_STEPS=3; LL=(--n 8 --rtol 1e-2 --atol 1e-2); DL=(--steps 3 --batch 2 --repeats 1)
   PYTEST=(-m gpu -q -x --co)
   B=(60 60 60 60 60 60)
 else
   TP=(--device cuda --batches 128,512 --variants "fp32 fast,bf16,bf16+compile,bf16+graph" --warmup 5 --steps 20 --repeats 2)
   SO=(--device cuda --repeats 3)
   $PY -c 'import diffusers' 2>/dev/null && SO+=(--anchors)
-  TRAIN_STEPS=1500; LL=(--n 200 --rtol 1e-4 --atol 1e-4)
+  TRAIN_STEPS=1500; LL=(--n 200 --rtol 1e-4 --atol 1e-4); DL=(--steps 20 --batch 64 --repeats 5)
   PYTEST=(-m gpu -q -rfEs -o faulthandler_timeout=60)
   $PY -c 'import pytest_timeout' 2>/dev/null && PYTEST+=(--timeout 60)
   B=(120 50 150 50 45 20)  # pytest, digits, unet33m, overhead, train/likelihood each, env: 480 s in all
@@ -61,6 +61,10 @@ if [ "$DEV" != cpu ]; then
 fi
 step solver_overhead "${B[3]}" $PY experiments/solver_overhead.py "${SO[@]}"
 cp results/solver_overhead_"$DEV".md "$RAW/" 2>/dev/null
+if $PY -c 'import diffusers' 2>/dev/null; then  # our loop against diffusers' on one UNet (docs/results.md)
+  step diffusers_loop "${B[5]}" $PY experiments/diffusers_loop.py --device "$DEV" "${DL[@]}"
+  cp results/diffusers_loop.md "$RAW/" 2>/dev/null
+fi
 step cli_train "${B[4]}" $PY -m scoresde.cli train --config configs/digits_vp.toml --device "$DEV" --steps "$TRAIN_STEPS" --out "$RAW/digits_run" --no-preview --quiet
 step cli_likelihood "${B[4]}" $PY -m scoresde.cli likelihood --checkpoint "$RAW/digits_run/checkpoint.pt" --device "$DEV" --method hutchinson "${LL[@]}" --out "$RAW/likelihood.json" --quiet
 {
