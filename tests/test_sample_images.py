@@ -124,3 +124,27 @@ def test_compare_scores_a_pretrained_model_against_a_reference_file(tmp_path, py
     r = CliRunner().invoke(cli, [*args, "--reference", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "d")])
     assert r.exit_code == 2 and "--reference: samples have shape (1, 4, 4), the model makes (3, 4, 4)" in r.output, \
         r.output
+
+
+def test_a_model_without_an_oracle_is_ranked_by_its_own_converged_flow(tmp_path, py_model):
+    from scoresde.evaluation.compare import Row, add_path_errors, best_at_nfe, ranked_by
+    from scoresde.evaluation.resolve import resolve_model
+
+    # rows within the exact-sample spread on sw2 are ranked by the pathwise error; others by sw2
+    rows = [Row("euler", "uniform", "continuous", 10, 10, 0.1, {"sw2": 0.100, "path_err": 0.30}),
+            Row("dpmpp_2m", "logsnr", "continuous", 10, 10, 0.1, {"sw2": 0.104, "path_err": 0.05}),
+            Row("ddpm", "uniform", "continuous", 10, 10, 0.1, {"sw2": 0.090})]
+    assert best_at_nfe(rows, 10, tie=0.0).solver == "ddpm"
+    assert best_at_nfe(rows, 10, tie=0.02).solver == "dpmpp_2m" and ranked_by(rows[1], rows, 10) == "path_err"
+    assert ranked_by(rows[2], rows, 10) == "sw2"
+    # path_err is the RMS per-dimension distance to the pf_ode run, for deterministic runs only
+    model = resolve_model(py_model)
+    ref = torch.zeros(4, 3, 4, 4)
+    samples = {("pf_ode", None): ref, ("euler", 10): ref + 0.5, ("ddpm", 10): ref + 9.0}
+    runs = [Row("euler", "uniform", "continuous", 10, 10, 0.1), Row("ddpm", "uniform", "continuous", 10, 10, 0.1),
+            Row("pf_ode", "adaptive", "continuous", None, 100, 0.1)]
+    assert add_path_errors(runs, samples, model, {})
+    assert runs[0].metrics == {"path_err": pytest.approx(0.5)} and runs[1].metrics == {} and runs[2].metrics == {}
+    r = CliRunner().invoke(cli, ["compare", "--model", py_model, "--solvers", "ddim,dpmpp_2m,pf_ode", "--steps", "3,6",
+                                 "--n", "50", "--threads", "1", "--no-plots", "--quiet", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0 and "ranked by path_err" in r.output, r.output

@@ -518,11 +518,52 @@ def ranking_key(row) -> float:
     return row.get("sw2", float("inf"))
 
 
-def best_at_nfe(rows: list, budget: float):
-    """The best row (by ranking_key) among runs using at most `budget` score evaluations (Rows
-    or records, returned as given); None when no run fits."""
+def best_at_nfe(rows: list, budget: float, tie: float = 0.0):
+    """The best row among runs using at most `budget` score evaluations (Rows or records, returned
+    as given); None when no run fits.  By ranking_key; where runs carry path_err (a model without
+    an oracle, see add_path_errors), those within `tie` of the best ranking_key (the spread of exact
+    samples on that metric: the distribution metric cannot tell them apart) are ranked by path_err,
+    and with no distribution metric at all every run with a path_err is."""
     cands = [r for r in rows if _record(r)["nfe"] <= budget]
-    return min(cands, key=ranking_key) if cands else None
+    if not cands:
+        return None
+    if not any("sw2" in _record(r) or "mode_w2" in _record(r) for r in cands):
+        cands = [r for r in cands if "path_err" in _record(r)]
+        return min(cands, key=lambda r: _record(r)["path_err"]) if cands else None
+    best = min(cands, key=ranking_key)
+    close = [r for r in cands if "path_err" in _record(r) and ranking_key(r) <= ranking_key(best) + tie]
+    return min(close, key=lambda r: _record(r)["path_err"]) if close else best
+
+
+def ranked_by(row, rows: list, budget: float) -> str:
+    """What best_at_nfe ranked this winner by: 'mode_w2 + off_mode', 'sw2' or 'path_err'."""
+    rec = _record(row)
+    if "path_err" in rec and (not ("sw2" in rec or "mode_w2" in rec)
+                              or row is not min((r for r in rows if _record(r)["nfe"] <= budget), key=ranking_key)):
+        return "path_err"
+    return "mode_w2 + off_mode" if "mode_w2" in rec else "sw2"
+
+
+def add_path_errors(rows: list, samples: dict, model: ResolvedModel, options: dict) -> bool:
+    """For a model without an oracle: every deterministic run's pathwise error against the
+    probability-flow ODE run (pf_ode) from the same x_T, the model's own converged flow,
+
+        path_err = ( (1/n) Σ_i ‖x_i − x_ref,i‖² / D )^½,
+
+    added to its metrics.  Stochastic runs follow other paths and get none.  Returns whether
+    there was a reference."""
+    import solvers
+
+    ref = samples.get(("pf_ode", None))
+    if model.oracle is not None or ref is None:
+        return False
+    D = ref[0].numel()
+    for r in rows:
+        if r.solver == "pf_ode" or solvers.traits(r.solver, options.get(r.solver, {})).stochastic:
+            continue
+        x = samples[(r.solver, r.steps)]
+        r.metrics["path_err"] = float(((x - ref).flatten(1).pow(2).sum(1) / D).mean().sqrt())
+    return True
 
 
 # When even the best run is this far off, no solver setting in the grid is close to the data.
@@ -700,8 +741,11 @@ def compare(model: ResolvedModel, solver_names: Iterable[str], steps_list: Itera
             r.metrics = {}
     band = perfect_sampler_band(model, n, seed)
     best, warnings = {}, [r.spread_warning for r in rows if r.spread_warning]
+    has_path = add_path_errors(rows, samples, model, options)
+    tie = band["hi"] - band["lo"] if band else 0.0
+    if any("sw2" in r.metrics for r in rows) or has_path:
+        best = {b: best_at_nfe(rows, b, tie) for b in BUDGETS}
     if any("sw2" in r.metrics for r in rows):
-        best = {b: best_at_nfe(rows, b) for b in BUDGETS}
         overall = best_at_nfe(rows, math.inf)
         why = far_from_data(overall, band)
         if why:
