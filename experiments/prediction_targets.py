@@ -39,7 +39,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
-    for target in ("epsilon", "x0", "v"):
+    for target in ("epsilon", "x0", "v", "denoiser"):
         for seed in map(int, args.seeds.split(",")):
             cfg = load_config(args.config)
             cfg.model.prediction, cfg.train.seed, cfg.train.steps = target, seed, args.steps
@@ -57,7 +57,7 @@ def main():
                                  loss=statistics.fmean(losses[-200:]), **{k: rec[k] for k in METRICS}))
                 print(rows[-1], flush=True)
     summary = []
-    for target in ("epsilon", "x0", "v"):
+    for target in ("epsilon", "x0", "v", "denoiser"):
         for solver in RUNS:
             sel = [r for r in rows if r["target"] == target and r["solver"] == solver]
             s = dict(target=target, solver=solver, runs=len(sel))

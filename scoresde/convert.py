@@ -110,3 +110,19 @@ def prediction_from_eps(prediction: str, eps: torch.Tensor, x: torch.Tensor, mea
     if prediction not in _MAPS:
         raise _unknown(prediction)
     return _MAPS[prediction][1](x, eps, mean_coef, std)
+
+
+def denoiser_coefficients(mean_coef, std, sigma_data: float = 1.0):
+    """(a, b) of EDM's preconditioned denoiser in x_t's own scale: x̂_0 = a·x + b·F for a network
+    output F, with σ̃ = σ/m (Karras et al. 2022, Table 1, on x̃ = x/m):
+
+        a = c_skip/m = σ_d²/((σ̃² + σ_d²)·m),   b = c_out = σ̃·σ_d/√(σ̃² + σ_d²).
+
+    As σ̃ → 0, x̂_0 → x/m without the network learning the identity, which a raw x̂_0 network must
+    do to precision σ (its error reaches the score amplified by m/σ); the regression target
+    F* = (x_0 − a·x)/b has unit variance for data of std σ_d at every σ̃."""
+    st = std / mean_coef
+    a = sigma_data ** 2 / ((st ** 2 + sigma_data ** 2) * mean_coef)
+    b = st * sigma_data / torch.sqrt(st ** 2 + sigma_data ** 2) if torch.is_tensor(st) else \
+        st * sigma_data / (st ** 2 + sigma_data ** 2) ** 0.5
+    return a, b

@@ -9,7 +9,7 @@ from conftest import SDE_FACTORIES
 from scoresde.convert import prediction_from_eps
 from scoresde.oracle import GaussianMixture
 from scoresde.training.config import ConfigError, from_dict
-from scoresde.training.losses import WEIGHTINGS, dsm_loss, eps_weight, weighted_error
+from scoresde.training.losses import WEIGHTINGS, dsm_loss, eps_weight, regression_target, weighted_error
 from scoresde.training.nn import ScoreModel
 
 TARGETS = ("epsilon", "x0", "v")
@@ -33,9 +33,9 @@ def test_the_same_output_converted_gives_the_same_loss_whatever_the_target(sde_n
     x0, z, t, m, s, xt, eps_hat = _case(sde)
     w = eps_weight(weighting, sde, t, m, s, snr_gamma=5.0, sigma_data=0.5).double()
     want = w * (eps_hat - z).pow(2).mean(1)  # the definition: λ_ε·‖ε̂ − ε‖²/D
-    for target in TARGETS:
-        out = prediction_from_eps(target, eps_hat, xt, m, s)  # what that network outputs for this ε̂
-        got = weighted_error(target, out.double(), xt, z, m, s, w).double()
+    for target in TARGETS + ("denoiser",):
+        out = regression_target(target, eps_hat, xt, m, s, 0.5)  # what that network outputs for this ε̂
+        got = weighted_error(target, out.double(), xt, z, m, s, w, sigma_data=0.5).double()
         torch.testing.assert_close(got, want, rtol=1e-5, atol=0, msg=f"{target} under {weighting}")
 
 
@@ -95,11 +95,11 @@ class _OracleNet(torch.nn.Module):
         m, s = torch.exp(self.sde.log_mean_coef(t)), self.sde.std(t)
         x = x_in / torch.rsqrt(m ** 2 * self.sd ** 2 + s ** 2)[:, None]
         eps = -s[:, None] * self.oracle.score(x, t, self.sde)
-        return prediction_from_eps(self.target, eps, x, m, s)
+        return regression_target(self.target, eps, x, m, s, self.sd)
 
 
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", TARGETS + ("denoiser",))
 def test_a_network_of_any_target_is_the_same_score(sde_name, target):
     sde, oracle = SDE_FACTORIES[sde_name](), GaussianMixture.ring(8)
     model = ScoreModel(_OracleNet(oracle, sde, target, 2.0), sde, sigma_data=2.0, prediction=target)
@@ -108,12 +108,12 @@ def test_a_network_of_any_target_is_the_same_score(sde_name, target):
     torch.testing.assert_close(model(x, t), oracle.score(x, t, sde), rtol=1e-7, atol=1e-9)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", TARGETS + ("denoiser",))
 def test_dsm_loss_of_the_exact_model_is_the_same_for_every_target(target):
     """The loss is a number about ε̂: the exact model scores the same mean whatever it predicts."""
     sde, oracle = SDE_FACTORIES["vp"](), GaussianMixture.ring(8)
     losses = {}
-    for tg in TARGETS:
+    for tg in TARGETS + ("denoiser",):
         model = ScoreModel(_OracleNet(oracle, sde, tg, 1.0), sde, prediction=tg)
         x0 = oracle.sample(256, torch.Generator().manual_seed(0), dtype=torch.float64)
         losses[tg] = float(dsm_loss(model, x0, torch.Generator().manual_seed(3), weighting="min_snr"))
@@ -139,7 +139,7 @@ def test_config_weighting_keys():
 
 
 @pytest.mark.parametrize("prediction, weighting, loss", [("x0", "min_snr", "dsm"), ("v", "edm", "dsm"),
-                                                         ("v", "v", "ddpm")])
+                                                         ("v", "v", "ddpm"), ("denoiser", "edm", "dsm")])
 def test_each_target_trains_and_its_checkpoint_records_it(tmp_path, prediction, weighting, loss):
     from scoresde.training.checkpoint import load_score_model
     from scoresde.training.trainer import Trainer

@@ -52,7 +52,7 @@ class ModelConfig:
     dropout: float = 0.0
     sigma_data: float = 1.0         # input scaling c_in = 1/√(m²σ_data² + σ²)
     conditional: bool = False       # a class embedding (the data's labels; their count from the data)
-    prediction: str = "epsilon"     # what the network predicts: epsilon | x0 | v (converted to the score in one place)
+    prediction: str = "epsilon"     # what the network predicts: epsilon | x0 | v | denoiser (EDM-preconditioned x0)
 
 
 @dataclass
@@ -111,7 +111,7 @@ CHOICES = {
     ("sde", "schedule"): ("linear", "cosine"),
     ("model", "arch"): ("mlp", "unet"),
     ("model", "time_embedding"): ("fourier", "sinusoidal"),
-    ("model", "prediction"): ("epsilon", "x0", "v"),
+    ("model", "prediction"): ("epsilon", "x0", "v", "denoiser"),
     ("train", "loss"): ("dsm", "ddpm"),
     ("train", "weighting"): ("epsilon", "likelihood", "min_snr", "edm", "x0", "v"),
     ("train", "compile_mode"): ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),

@@ -18,7 +18,7 @@ import functools
 import torch
 
 from scoresde._checks import bcast
-from scoresde.convert import prediction_from_eps
+from scoresde.convert import denoiser_coefficients, prediction_from_eps
 
 WEIGHTINGS = ("epsilon", "likelihood", "min_snr", "edm", "x0", "v")
 
@@ -72,9 +72,12 @@ def eps_weight(weighting: str, sde, t: torch.Tensor, mean_coef: torch.Tensor, st
     raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
 
 
-def target_factor(prediction: str, mean_coef: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def target_factor(prediction: str, mean_coef: torch.Tensor, std: torch.Tensor, sigma_data: float = 1.0
+                  ) -> torch.Tensor:
     """k(t) with ‖ε̂ − ε‖² = k·‖F − F*‖² for a network F predicting `prediction` (see eps_weight):
-    1 for ε, SNR = m²/σ² for x̂_0, m²/(m² + σ²)² for v."""
+    1 for ε, SNR = m²/σ² for x̂_0, m²/(m² + σ²)² for v, and (m·b/σ)² = σ_d²/(σ̃² + σ_d²) for EDM's
+    denoiser x̂_0 = a·x + b·F (convert.denoiser_coefficients; bounded by 1, where raw x̂_0's SNR
+    reaches 10⁶ near t = 0)."""
     m, s = _f32(mean_coef, std)
     if prediction == "epsilon":
         return torch.ones_like(s)
@@ -82,24 +85,37 @@ def target_factor(prediction: str, mean_coef: torch.Tensor, std: torch.Tensor) -
         return (m / s) ** 2
     if prediction == "v":
         return m ** 2 / (m ** 2 + s ** 2) ** 2
-    raise ValueError(f"prediction must be 'epsilon', 'x0' or 'v', got {prediction!r}")
+    if prediction == "denoiser":
+        return sigma_data ** 2 / ((s / m) ** 2 + sigma_data ** 2)
+    raise ValueError(f"prediction must be 'epsilon', 'x0', 'v' or 'denoiser', got {prediction!r}")
+
+
+def regression_target(prediction: str, z: torch.Tensor, xt: torch.Tensor, mean_coef: torch.Tensor, std: torch.Tensor,
+                      sigma_data: float = 1.0) -> torch.Tensor:
+    """F*: what a network predicting `prediction` should output at x_t when the noise was z: the
+    true z converted (prediction_from_eps), and for the denoiser F* = (x_0 − a·x_t)/b."""
+    if prediction != "denoiser":
+        return prediction_from_eps(prediction, z, xt, mean_coef, std)
+    a, b = denoiser_coefficients(mean_coef, std, sigma_data)
+    x0 = prediction_from_eps("x0", z, xt, mean_coef, std)
+    return (x0 - bcast(a, xt) * xt) / bcast(b, xt)
 
 
 def weighted_error(prediction: str, out: torch.Tensor, xt: torch.Tensor, z: torch.Tensor, mean_coef: torch.Tensor,
-                   std: torch.Tensor, eps_w: torch.Tensor) -> torch.Tensor:
+                   std: torch.Tensor, eps_w: torch.Tensor, sigma_data: float = 1.0) -> torch.Tensor:
     """Per sample, λ_ε·k·‖F − F*‖²/D: the network output F against its own regression target
-    F* = prediction_from_eps(prediction, z, x_t) (the true noise z converted), shape (B,).
-    Equal to λ_ε·‖ε̂ − z‖²/D for ε̂ converted from F (tests/test_losses.py)."""
+    F* = regression_target(prediction, z, x_t), shape (B,).  Equal to λ_ε·‖ε̂ − z‖²/D for ε̂
+    converted from F (tests/test_losses.py)."""
     out, xt, z, m, s = _f32(out, xt, z, mean_coef, std)
-    target = prediction_from_eps(prediction, z, xt, m, s)
+    target = regression_target(prediction, z, xt, m, s, sigma_data)
     per = (out - target).pow(2).flatten(1).mean(1)
-    return per * (eps_w * target_factor(prediction, m, s))
+    return per * (eps_w * target_factor(prediction, m, s, sigma_data))
 
 
 def _loss(model, x0, t, m, s, z, weighting, snr_gamma, labels):
     xt = bcast(m, x0) * x0 + bcast(s, x0) * z
     w = eps_weight(weighting, model.sde, t, m, s, snr_gamma, model.sigma_data)
-    return weighted_error(model.prediction, model.output(xt, t, labels), xt, z, m, s, w).mean()
+    return weighted_error(model.prediction, model.output(xt, t, labels), xt, z, m, s, w, model.sigma_data).mean()
 
 
 def dsm_loss(model, x0: torch.Tensor, generator: torch.Generator | None = None, t_eps: float = 1e-5,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from scoresde._checks import bcast
-from scoresde.convert import check_prediction, eps_from_prediction
+from scoresde.convert import denoiser_coefficients, eps_from_prediction
 
 
 class GaussianFourierEmbedding(nn.Module):
@@ -225,15 +225,23 @@ class UNet(nn.Module):
         return self.out(h)
 
 
+#: what a trained network can predict (scoresde.convert's maps, and EDM's preconditioned denoiser)
+TRAINED_PREDICTIONS = ("epsilon", "x0", "v", "denoiser")
+
+
 class ScoreModel(nn.Module):
     """s_θ(x, t) = −ε̂/σ(t), where the network F sees x/c with c = √(m²σ_data² + σ²) and predicts
     `prediction` ('epsilon', 'x0' or 'v'); ε̂ = eps_from_prediction(prediction, F, x, m, σ) is the one
-    conversion (scoresde.convert), so every solver and the likelihood see a plain score_fn(x, t)."""
+    conversion (scoresde.convert), so every solver and the likelihood see a plain score_fn(x, t).
+    'denoiser' is EDM's preconditioned x̂_0 = a·x + b·F (convert.denoiser_coefficients), converted
+    the same way as an x̂_0."""
 
     def __init__(self, net: nn.Module, sde, sigma_data: float = 1.0, prediction: str = "epsilon"):
         super().__init__()
         self.net, self.sde, self.sigma_data = net, sde, float(sigma_data)
-        self.prediction = check_prediction(prediction)
+        if prediction not in TRAINED_PREDICTIONS:
+            raise ValueError(f"prediction must be one of {', '.join(map(repr, TRAINED_PREDICTIONS))}, got {prediction!r}")
+        self.prediction = prediction
         self.class_names = None  # a conditional model's classes (set by build_score_model)
 
     def with_net(self, net: nn.Module) -> "ScoreModel":
@@ -257,7 +265,11 @@ class ScoreModel(nn.Module):
         # in x's precision (fp32) when a bf16 network output would lose the difference x − m·x̂_0
         dtype = torch.promote_types(out.dtype, x.dtype)
         m, s = torch.exp(self.sde.log_mean_coef(t)), self.sde.std(t)
-        return eps_from_prediction(self.prediction, out.to(dtype), x.to(dtype), m, s)
+        out, x = out.to(dtype), x.to(dtype)
+        if self.prediction == "denoiser":
+            a, b = denoiser_coefficients(m, s, self.sigma_data)
+            return eps_from_prediction("x0", bcast(a.to(dtype), x) * x + bcast(b.to(dtype), x) * out, x, m, s)
+        return eps_from_prediction(self.prediction, out, x, m, s)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The score −ε̂/σ(t) (of p_t(x | y) for a conditional network given labels y)."""
