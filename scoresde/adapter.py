@@ -36,8 +36,17 @@ TIME_INPUTS = ("t", "scaled", "index", "sigma", "log_sigma")
 ADAPTER_PREDICTIONS = PREDICTIONS + ("denoiser",)
 
 
-def network_time(sde: SDE, t: torch.Tensor, time_input, time_scale: float | None = None) -> torch.Tensor:
-    """The network's time argument at SDE time t (see the module docstring for each name)."""
+def _check_time_input(time_input) -> None:
+    if not callable(time_input) and time_input not in TIME_INPUTS:
+        raise ValueError(f"time_input must be one of {', '.join(map(repr, TIME_INPUTS))} or a callable, "
+                         f"got {time_input!r}")
+
+
+def network_time(sde: SDE, t: torch.Tensor, time_input, time_scale: float | None = None,
+                 sigma_tilde: torch.Tensor | None = None) -> torch.Tensor:
+    """The network's time argument at SDE time t (see the module docstring for each name);
+    sigma_tilde: σ/m at t when the caller has it already."""
+    _check_time_input(time_input)
     if callable(time_input):
         return time_input(t)
     if time_input == "t":
@@ -48,13 +57,9 @@ def network_time(sde: SDE, t: torch.Tensor, time_input, time_scale: float | None
         i = sde.N * t.double() - 1  # float64: N·t − 1 in float32 misses the integer by ~1e-4
         near = torch.round(i)
         return torch.where((i - near).abs() < 1e-4, near, i).to(t.dtype)
-    sigma_tilde = sde.std(t) / torch.exp(sde.log_mean_coef(t))
-    if time_input == "sigma":
-        return sigma_tilde
-    if time_input == "log_sigma":
-        return 0.25 * torch.log(sigma_tilde)
-    raise ValueError(f"time_input must be one of {', '.join(map(repr, TIME_INPUTS))} or a callable, "
-                     f"got {time_input!r}")
+    if sigma_tilde is None:
+        sigma_tilde = sde.std(t) / torch.exp(sde.log_mean_coef(t))
+    return sigma_tilde if time_input == "sigma" else 0.25 * torch.log(sigma_tilde)
 
 
 def _network_output(out, channels: int) -> torch.Tensor:
@@ -81,9 +86,7 @@ class NetworkScore:
         if prediction not in ADAPTER_PREDICTIONS:
             raise ValueError(f"prediction must be one of {', '.join(map(repr, ADAPTER_PREDICTIONS))}, "
                              f"got {prediction!r}")
-        if not callable(time_input) and time_input not in TIME_INPUTS:
-            raise ValueError(f"time_input must be one of {', '.join(map(repr, TIME_INPUTS))} or a callable, "
-                             f"got {time_input!r}")
+        _check_time_input(time_input)
         if time_input == "scaled" and not (isinstance(time_scale, (int, float)) and time_scale > 0):
             raise ValueError(f"time_input='scaled' needs time_scale > 0 (e.g. 999 for score_sde's DDPM "
                              f"models), got {time_scale!r}")
@@ -96,38 +99,40 @@ class NetworkScore:
         self.time_input, self.time_scale, self.input_scale, self.clip = time_input, time_scale, input_scale, clip
         self.call = call
 
-    def _input(self, x, t, m, s):
+    def _input(self, x, t, m):
         if callable(self.input_scale):
             return self.input_scale(x, t)
         if self.input_scale is not None:
             return self.input_scale * x
         return x / bcast(m.to(x.dtype), x) if self.prediction == "denoiser" else x
 
-    def eps(self, x: torch.Tensor, t) -> torch.Tensor:
-        """ε̂(x, t) from one network call (x̂_0 clipped first when `clip` is set)."""
+    def _eps_and_std(self, x: torch.Tensor, t):
+        # one network call, m and σ computed once for the conversion, the clip and the score
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         m, s = torch.exp(self.sde.log_mean_coef(t)), self.sde.std(t)
-        t_in = network_time(self.sde, t, self.time_input, self.time_scale)
-        x_in = self._input(x, t, m, s)
+        t_in = network_time(self.sde, t, self.time_input, self.time_scale, sigma_tilde=s / m)
+        x_in = self._input(x, t, m)
         raw = self.call(self.net, x_in, t_in) if self.call is not None else self.net(x_in, t_in)
         out = _network_output(raw, x.shape[1] if x.ndim > 1 else 1).to(x.dtype)
         if out.shape != x.shape:
             raise ValueError(f"the network returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
-        if self.prediction == "denoiser":
-            eps = eps_from_prediction("x0", out, x, m, s)
-        else:
-            eps = eps_from_prediction(self.prediction, out, x, m, s)
+        # a denoiser's output is x̂_0
+        eps = eps_from_prediction("x0" if self.prediction == "denoiser" else self.prediction, out, x, m, s)
         if self.clip is not None:
             x0 = x0_from_eps(x, eps, m, s).clamp(*self.clip)
             eps = eps_from_prediction("x0", x0, x, m, s)
-        return eps
+        return eps, s
+
+    def eps(self, x: torch.Tensor, t) -> torch.Tensor:
+        """ε̂(x, t) from one network call (x̂_0 clipped first when `clip` is set)."""
+        return self._eps_and_std(x, t)[0]
 
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
         """s = −ε̂/σ(t)."""
-        t_ = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        return eps_to_score(self.eps(x, t_), self.sde.std(t_.expand(x.shape[0]) if t_.ndim == 0 else t_))
+        eps, s = self._eps_and_std(x, t)
+        return eps_to_score(eps, s)
 
     def describe(self) -> str:
         """One line: what the adapter assumes about the network."""

@@ -65,10 +65,6 @@ def adapter_settings(cfg: dict, where: str = "the scheduler config") -> dict:
     return dict(prediction=DIFFUSERS_PREDICTIONS[kind], clip=clip)
 
 
-def _unet_call(net, x, t):
-    return net(x, t).sample
-
-
 def load_diffusers(spec: str, device=None) -> ResolvedModel:
     """'diffusers:PATH': a folder written by save_pretrained (a pipeline with unet/ and
     scheduler/, or a UNet folder holding scheduler_config.json beside config.json), or a hub id
@@ -96,7 +92,7 @@ def load_diffusers(spec: str, device=None) -> ResolvedModel:
     unet = unet.to(device or "cpu").eval().requires_grad_(False)
     sde = sde_from_scheduler_config(cfg, spec)
     settings = adapter_settings(cfg, spec)
-    score = NetworkScore(unet, sde, time_input="index", call=_unet_call, **settings)
+    score = NetworkScore(unet, sde, time_input="index", **settings)  # the adapter unwraps UNet2DOutput.sample
     size = unet.config.sample_size
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     shape = (int(unet.config.in_channels), int(h), int(w))
@@ -105,8 +101,8 @@ def load_diffusers(spec: str, device=None) -> ResolvedModel:
     return ResolvedModel(spec, score, sde, shape, describe=describe)
 
 
-PY_KEYS = {"net", "score_fn", "sde", "shape", "prediction", "time_input", "time_scale", "input_scale", "clip",
-           "call", "data", "name"}
+ADAPTER_KEYS = ("prediction", "time_input", "time_scale", "input_scale", "clip", "call")  # NetworkScore's settings
+PY_KEYS = {"net", "score_fn", "sde", "shape", "data", "name", *ADAPTER_KEYS}
 
 
 def load_python(spec: str, device=None) -> ResolvedModel:
@@ -139,7 +135,7 @@ def load_python(spec: str, device=None) -> ResolvedModel:
     if "score_fn" in got:
         score, describe = got["score_fn"], f"{spec}: a score function, {sde!r}"
     else:
-        kw = {k: got[k] for k in ("prediction", "time_input", "time_scale", "input_scale", "clip", "call") if k in got}
+        kw = {k: got[k] for k in ADAPTER_KEYS if k in got}
         try:
             score = NetworkScore(got["net"], sde, **kw)
         except ValueError as e:
