@@ -24,7 +24,8 @@ import torch
 
 from scoresde import _rng
 from scoresde.convert import score_to_eps
-from scoresde.likelihood import LogpSummary, bits_per_dim, bits_per_dim_estimate, dequantize, standard_error
+from scoresde.likelihood import (LogpSummary, bits_per_dim, bits_per_dim_estimate, dequantize, resolve_levels,
+                                 standard_error)
 
 ESTIMATES = ("ode", "elbo", "vlb")
 T_SAMPLING = ("logsnr", "uniform")
@@ -69,19 +70,6 @@ def _check_count(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
-
-
-def _levels(bits, levels) -> int | None:
-    """L from bits or levels (None: continuous data)."""
-    if levels is not None:
-        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-            raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
-        return levels
-    if bits is None:
-        return None
-    if isinstance(bits, bool) or not isinstance(bits, (int, float)) or not 1 <= bits <= 16:
-        raise ValueError(f"bits must be a number in [1, 16] (or None for continuous data), got {bits!r}")
-    return round(2 ** bits)
 
 
 def _score_rows(score_fn, x: torch.Tensor, t: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, int]:
@@ -242,7 +230,7 @@ def continuous_elbo(score_fn: Callable, sde, x: torch.Tensor, *, bits: float | N
     reverse SDE is then the exact time reversal and only the prior differs; averaged over
     x ~ p_eps this is E log p_eps − KL(p_T ‖ π)."""
     _check_x(x)
-    L = _levels(bits, levels)
+    L = resolve_levels(bits, levels)
     repeats = _check_count("repeats", repeats)
     if L is None and repeats > 1:
         raise ValueError(f"repeats={repeats} averages over dequantization draws; continuous data has none, "
@@ -510,7 +498,7 @@ def ddpm_vlb(score_fn: Callable, sde, x: torch.Tensor, *, bits: float | None = N
     bpd = nll/(D ln 2).  stderr: over the data points (it includes the noise of the one ε per term,
     and of sampled steps)."""
     _check_x(x)
-    L = _levels(bits, levels)
+    L = resolve_levels(bits, levels)
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {', '.join(map(repr, DECODERS))}, got {decoder!r}")
     repeats = _check_count("repeats", repeats)
@@ -553,7 +541,7 @@ def ode_estimate(score_fn: Callable, sde, x: torch.Tensor, *, bits: float | None
                  repeats: int = 1, generator: torch.Generator | None = None, **options) -> Estimate:
     """likelihood.bits_per_dim_estimate (the probability-flow ODE) as an Estimate; options go to it
     (method, rtol, atol, eps, probes, batch_size, ...)."""
-    L = _levels(bits, levels)
+    L = resolve_levels(bits, levels)
     t0 = time.perf_counter()
     res = bits_per_dim_estimate(score_fn, sde, x, bits=None, levels=L, repeats=repeats, generator=generator, **options)
     how = f"{res.method} divergence" + (", unbiased Hutchinson estimate" if res.method == "hutchinson" else "")
@@ -575,7 +563,7 @@ def likelihood_report(score_fn: Callable, sde, x: torch.Tensor, estimates=ESTIMA
     unknown = [e for e in estimates if e not in ESTIMATES]
     if unknown or not estimates:
         raise ValueError(f"estimates must be a non-empty subset of {', '.join(ESTIMATES)}, got {list(estimates)!r}")
-    L = _levels(bits, levels)
+    L = resolve_levels(bits, levels)
     out = {}
     for name in ESTIMATES:
         if name not in estimates:

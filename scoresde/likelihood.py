@@ -271,6 +271,20 @@ class BitsPerDimResult(LogpSummary):
 
 
 
+def resolve_levels(bits: float | None, levels: int | None) -> int | None:
+    """The number of data levels L: `levels` when given (an integer >= 2), else round(2^bits)
+    for bits in [1, 16], else None (continuous data)."""
+    if levels is not None:
+        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+            raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
+        return levels
+    if bits is None:
+        return None
+    if isinstance(bits, bool) or not isinstance(bits, (int, float)) or not 1 <= bits <= 16:
+        raise ValueError(f"bits must be a number in [1, 16] (or None for continuous data), got {bits!r}")
+    return round(2 ** bits)
+
+
 def bits_per_dim_estimate(score_fn: Callable, sde, x: torch.Tensor, bits: float | None = 8, *,
                           levels: int | None = None, repeats: int = 1, method: str | None = None,
                           generator: torch.Generator | None = None, callback: Callable | None = None,
@@ -294,12 +308,7 @@ def bits_per_dim_estimate(score_fn: Callable, sde, x: torch.Tensor, bits: float 
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
-    if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int) or levels < 2):
-        raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
-    if levels is None and bits is not None:
-        if not (isinstance(bits, (int, float)) and not isinstance(bits, bool) and 1 <= bits <= 16):
-            raise ValueError(f"bits must be a number in [1, 16] (or None for continuous data), got {bits!r}")
-        levels = round(2 ** bits)
+    levels = resolve_levels(bits, levels)
     if levels is None and repeats > 1:
         raise ValueError(f"repeats={repeats} averages over dequantization draws; continuous data (bits=None) "
                          f"has none, so use repeats=1")

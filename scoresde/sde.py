@@ -427,7 +427,7 @@ class DiscreteVPSDE(VPSDE):
     def _log_mean_coef(self, t):
         la, slope = self._tables(t)
         frac, k = self._segment(t)
-        return 0.5 * (la[k] + frac * (la[k + 1] - la[k]))
+        return 0.5 * (la[k] + frac / self.N * slope[k])
 
     def beta(self, t: torch.Tensor) -> torch.Tensor:
         """β(t) = −d log ᾱ/dt = −N·log(1 − β_k) on the segment holding t."""
