@@ -123,6 +123,5 @@ def denoiser_coefficients(mean_coef, std, sigma_data: float = 1.0):
     F* = (x_0 − a·x)/b has unit variance for data of std σ_d at every σ̃."""
     st = std / mean_coef
     a = sigma_data ** 2 / ((st ** 2 + sigma_data ** 2) * mean_coef)
-    b = st * sigma_data / torch.sqrt(st ** 2 + sigma_data ** 2) if torch.is_tensor(st) else \
-        st * sigma_data / (st ** 2 + sigma_data ** 2) ** 0.5
+    b = st * sigma_data / (st ** 2 + sigma_data ** 2) ** 0.5  # tensors and numbers alike
     return a, b
