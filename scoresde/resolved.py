@@ -44,6 +44,14 @@ class ResolvedModel:
     label: int | None = None  # the class score_fn samples when it is a guided one (scoresde.guidance.guide)
 
     @property
+    def truth(self) -> GaussianMixture | None:
+        """The exact distribution the samples should follow: the oracle, or for a guided model of
+        one class that class's mixture p_0(x | c); None without an oracle."""
+        if self.oracle is None or self.label is None:
+            return self.oracle
+        return self.oracle.conditional(self.label)
+
+    @property
     def dtype(self) -> torch.dtype:
         """The precision to solve in: float64 for an exact oracle score, float32 for a network."""
         return torch.float64 if getattr(self.score_fn, "oracle", None) is not None else torch.float32

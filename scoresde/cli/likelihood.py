@@ -107,8 +107,7 @@ def command(model, checkpoint, sde_name, data, method, estimate, elbo_samples, t
             discrete_schedule(resolved.sde)
         except ValueError as e:
             raise CLIError(f"--estimate vlb: {e}") from None
-    truth = resolved.oracle if resolved.label is None or resolved.oracle is None else \
-        resolved.oracle.conditional(resolved.label)  # log p(x | c) is this mixture's log p(x)
+    truth = resolved.truth  # for a class: log p(x | c) is this mixture's log p(x)
     from scoresde.training.data import data_from_config, make_dataset
 
     g = torch.Generator().manual_seed(seed)

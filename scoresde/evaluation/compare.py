@@ -87,8 +87,7 @@ def class_quality(x: torch.Tensor, model: ResolvedModel, seed: int = 0) -> dict:
     if oracle is None or oracle.classes is None:
         return {}
     extra = class_metrics(x, oracle, model.label)
-    return {"class_acc": extra["class_acc"], "diversity": extra["diversity"],
-            **quality(x, oracle.conditional(model.label), seed=seed)}
+    return {"class_acc": extra["class_acc"], "diversity": extra["diversity"], **quality(x, model.truth, seed=seed)}
 
 
 def perfect_sampler_band(model: ResolvedModel, n: int, seed: int = 0, draws: int = FLOOR_DRAWS) -> dict | None:
@@ -102,7 +101,7 @@ def perfect_sampler_band(model: ResolvedModel, n: int, seed: int = 0, draws: int
     if model.oracle is not None:
         metric = "mode_w2"
         g = torch.Generator().manual_seed(seed + 7919)
-        truth = model.oracle if model.label is None else model.oracle.conditional(model.label)  # one class's
+        truth = model.truth  # for a guided model, its class's mixture
         vals = [mode_metrics(truth.sample(n, generator=g, dtype=torch.float64), truth)["mode_w2"]
                 for _ in range(draws)]
     elif model.data is not None and len(model.shape) != 3 and model.data.shape[0] >= 3 * n:  # images: own metrics
