@@ -161,6 +161,18 @@ def conditioned(resolved, class_, guidance, guidance_text: str | None = None):
         raise CLIError(f"--class {class_}: {e}") from None
 
 
+def data_source(source: str, option: str):
+    """The Dataset a --data/--reference SOURCE names: a .npy/.npz file (FILE.npz:NAME picks an
+    array) or a data set name; a bad one is a CLIError naming `option`."""
+    from scoresde.training.data import make_dataset
+
+    is_file = source.endswith((".npy", ".npz")) or ".npz:" in source
+    try:
+        return make_dataset("file", source, "all") if is_file else make_dataset(source)
+    except ValueError as e:
+        raise CLIError(f"{option}: {e}") from None
+
+
 def versions() -> dict:
     """The package versions and machine, recorded beside every output file."""
     from scoresde.evaluation.compare import versions as measured_with

@@ -6,8 +6,8 @@ import os
 import click
 
 from scoresde.cli._common import (DEFAULT_SOLVERS, SEED, SOLVER_NAMES, batch_options, check_model_path, class_option,
-    CLIError, conditioned, duration, format_table, grid_steps, GridParam, model_options, option_flag, output_overwrite,
-    parse_list, resolve, solver_option_values, threads_option, to_device)
+    CLIError, conditioned, data_source, duration, format_table, grid_steps, GridParam, model_options, option_flag,
+    output_overwrite, parse_list, resolve, solver_option_values, threads_option, to_device)
 
 
 # what the compare table's columns mean: printed under the table and in `compare --help`
@@ -247,15 +247,9 @@ def _sweep(guided, weights, run, model: str, out: str, n: int, no_plots: bool, o
 
 def _use_reference(resolved, source: str, most: int = 20000) -> None:
     """--reference: at most `most` samples of SOURCE become the data the runs are scored against."""
-    from scoresde.training.data import make_dataset
-
-    is_file = source.endswith((".npy", ".npz")) or ".npz:" in source
-    try:
-        ds = make_dataset("file", source, "all") if is_file else make_dataset(source)
-    except ValueError as e:
-        raise CLIError(f"--reference: {e}") from None
     import torch
 
+    ds = data_source(source, "--reference")
     x = ds.head(most, torch.Generator().manual_seed(0)).float().cpu()
     if tuple(x.shape[1:]) != tuple(resolved.shape):
         raise CLIError(f"--reference: samples have shape {tuple(x.shape[1:])}, the model makes {tuple(resolved.shape)}")

@@ -6,7 +6,7 @@ import time
 
 import click
 
-from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, CLIError, conditioned,
+from scoresde.cli._common import (SDE_CHOICES, SEED, check_model_path, CLIError, conditioned, data_source,
     FiniteRange, chosen_threads, resolve, threads_option, duration, to_device, versions)
 
 
@@ -108,7 +108,7 @@ def command(model, checkpoint, sde_name, data, method, estimate, elbo_samples, t
         except ValueError as e:
             raise CLIError(f"--estimate vlb: {e}") from None
     truth = resolved.truth  # for a class: log p(x | c) is this mixture's log p(x)
-    from scoresde.training.data import data_from_config, make_dataset
+    from scoresde.training.data import data_from_config
 
     g = torch.Generator().manual_seed(seed)
     levels = 2 ** bits if bits else None
@@ -117,14 +117,13 @@ def command(model, checkpoint, sde_name, data, method, estimate, elbo_samples, t
     elif data == "model":
         raise CLIError("--data model needs an oracle; pass a data set name or a .npy/.npz file")
     else:
-        try:
-            if data is None:  # a checkpoint's own held-out split (digits, cifar10, data.holdout); toys draw afresh
+        if data is None:  # a checkpoint's own held-out split (digits, cifar10, data.holdout); toys draw afresh
+            try:
                 ds = data_from_config(resolved.data_config, "test")
-            else:
-                is_file = data.endswith((".npy", ".npz")) or ".npz:" in data  # FILE.npz:NAME picks an array
-                ds = make_dataset("file", data, "all") if is_file else make_dataset(data)
-        except ValueError as e:
-            raise CLIError(f"--data: {e}" + ("; or pass --data FILE.npy" if data is None else "")) from None
+            except ValueError as e:
+                raise CLIError(f"--data: {e}; or pass --data FILE.npy") from None
+        else:
+            ds = data_source(data, "--data")
         x = ds.head(n, g)
         if levels is None and ds.levels is not None:  # integer data bring their levels: 8-bit images get + 7
             levels = ds.levels
