@@ -285,7 +285,7 @@ def main():
     ap.add_argument("--tune-seed", type=int, default=0)
     ap.add_argument("--eval-seed", type=int, default=1)
     ap.add_argument("--fit-top", type=int, default=None,
-                    help="fit only the best N deterministic (solver, denoise) pairs per cell [default: all]")
+                    help="fit only the best N deterministic (solver, denoise) pairs per cell (0: none) [default: all]")
     ap.add_argument("--fit-evals", type=int, default=None, help="optimizer evaluations per fit")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these tiny solves)")
     ap.add_argument("--report-only", action="store_true", help="re-render the tables from the last CSV")
@@ -364,7 +364,7 @@ def main():
                             cfg = f"{name} {grid} K={k}{' +denoise' if den else ''}"
                             record(b, "ours (named)", cfg, nfe, run)
         # ours, fitted grids for the best deterministic (solver, denoise) pairs on the tuning seed
-        for b in BUDGETS:
+        for b in BUDGETS if args.fit_top != 0 else ():
             ranked = sorted((r for r in cells[b] if r["family"] in ("ours (named)", "ours (defaults)")),
                             key=lambda r: r["tune"])
             pairs, fitted = [], 0

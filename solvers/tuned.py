@@ -33,9 +33,16 @@ PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tuned_grids.jso
 
 
 def sde_key(sde) -> str | None:
-    """The family a tuned table is keyed by: 'vp' (linear β), 'subvp', 've'; None for others
-    (e.g. the cosine VP schedule, whose log-SNR path differs), which keep the named default."""
+    """The family a tuned table is keyed by: 'vp' (linear β; also DDPM's own discrete table,
+    linear β from 1e-4 to 0.02 over N = 1000 steps, which is that SDE's β(t) = 0.1 … 20 on the
+    lattice), 'subvp', 've'; None for others (e.g. the cosine VP schedule, whose log-SNR path
+    differs), which keep the named default."""
     cfg = sde.config()
+    if cfg["name"] == "vpdiscrete":
+        ends = (1000 * cfg.get("beta_start", 0.0), 1000 * cfg.get("beta_end", 0.0))
+        ddpm = cfg.get("beta_schedule") == "linear" and cfg["N"] == 1000 \
+            and math.isclose(ends[0], 0.1, rel_tol=0.05) and math.isclose(ends[1], 20.0, rel_tol=0.05)
+        return "vp" if ddpm else None
     if cfg["name"] == "vp" and cfg.get("schedule", "linear") != "linear":
         return None
     return cfg["name"] if cfg["name"] in ("vp", "subvp", "ve") else None

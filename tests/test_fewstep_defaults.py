@@ -94,3 +94,23 @@ def test_the_cli_listing_and_the_docs_name_the_same_defaults():
         for fam, by_k in fewstep.table()["grids"].items():
             if name in by_k:
                 assert f"{fam}: " + ", ".join(f"{k} steps {g}" for k, g in sorted(by_k[name].items())) in row
+
+
+def test_ddpms_own_table_is_the_vp_family_and_other_tables_are_not():
+    """A diffusers model on DDPM's linear β table (1e-4 … 0.02, N = 1000) is the linear VP SDE on the
+    lattice (β(t) = −N·log(1 − β_k) from 0.1 to 20), so it gets the VP few-step defaults; a cosine
+    table, another N or other β ends keep the named defaults."""
+    from scoresde.sde import DiscreteVPSDE
+
+    ddpm = DiscreteVPSDE()
+    assert solvers.tuned.sde_key(ddpm) == "vp"
+    vp = VPSDE()
+    t = torch.linspace(1e-3, 1, 50, dtype=torch.float64)
+    assert torch.allclose(ddpm.std(t), vp.std(t), atol=2e-3)  # the same path, to the table's rounding
+    for name, by_k in fewstep.table()["grids"]["vp"].items():
+        assert solvers.default_grid(name, ddpm, min(by_k)) == by_k[min(by_k)]
+    assert solvers.recommended(ddpm, 10) == solvers.recommended(vp, 10)
+    for other in (DiscreteVPSDE(beta_schedule="squaredcos_cap_v2"), DiscreteVPSDE(N=500),
+                  DiscreteVPSDE(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)):
+        assert solvers.tuned.sde_key(other) is None
+        assert solvers.recommended(other, 10) is None
