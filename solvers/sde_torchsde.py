@@ -52,9 +52,12 @@ def torchsde_sde(prob, x, *, method: str = "euler"):
     # (scoresde._rng.PerSample) the first sample's seeds it, so its samples depend on the batch
     gen = getattr(prob.generator, "generators", [prob.generator])[0]
     seed = int(torch.randint(0, 2 ** 62, (1,), generator=gen, device=gen.device).item()) if gen is not None else None
-    bm = torchsde.BrownianInterval(t0=taus[0], t1=taus[-1], size=y0.shape, dtype=y0.dtype, device=y0.device,
-                                   entropy=seed, levy_area_approximation="space-time" if method == "srk" else "none")
     dt = float((prob.ts[:-1] - prob.ts[1:]).max())
+    # dt builds the interval tree balanced up front; without it sequential queries grow it one
+    # level per step, past Python's recursion limit somewhere between 10^4 and 3·10^4 steps
+    bm = torchsde.BrownianInterval(t0=taus[0], t1=taus[-1], size=y0.shape, dtype=y0.dtype, device=y0.device,
+                                   entropy=seed, dt=dt,
+                                   levy_area_approximation="space-time" if method == "srk" else "none")
     ys = torchsde.sdeint(sde, y0, taus, bm=bm, method=method, dt=dt)
     x = ys[-1].reshape(x.shape)
     prob.done(prob.K - 1, x)
