@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from scoresde import _rng
+from scoresde._checks import check_int
 from scoresde.convert import score_to_eps
 from scoresde.likelihood import (LogpSummary, bits_per_dim, bits_per_dim_estimate, dequantize, resolve_levels,
                                  standard_error)
@@ -64,12 +65,6 @@ def _check_x(x) -> None:
                          f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x contains NaN or inf")
-
-
-def _check_count(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _score_rows(score_fn, x: torch.Tensor, t: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, int]:
@@ -152,8 +147,8 @@ def elbo_terms(score_fn: Callable, sde, x: torch.Tensor, *, eps: float | None = 
     eps = sde.likelihood_eps if eps is None else float(eps)
     if not (math.isfinite(eps) and 0 < eps < sde.T):
         raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps!r}")
-    samples = _check_count("samples", samples)
-    batch_size = _check_count("batch_size", batch_size)
+    samples = check_int("samples", samples)
+    batch_size = check_int("batch_size", batch_size)
     # points in chunks of about 4·batch_size rows, so memory stays bounded for any n; the control
     # variate's data scale comes from all of x
     chunk = max(1, (4 * batch_size) // (samples * (2 if antithetic else 1)))
@@ -231,7 +226,7 @@ def continuous_elbo(score_fn: Callable, sde, x: torch.Tensor, *, bits: float | N
     x ~ p_eps this is E log p_eps − KL(p_T ‖ π)."""
     _check_x(x)
     L = resolve_levels(bits, levels)
-    repeats = _check_count("repeats", repeats)
+    repeats = check_int("repeats", repeats)
     if L is None and repeats > 1:
         raise ValueError(f"repeats={repeats} averages over dequantization draws; continuous data has none, "
                          f"so use repeats=1")
@@ -411,7 +406,7 @@ def vlb_terms(score_fn: Callable, sde, x0: torch.Tensor, *, variance: str = "bet
     _check_x(x0)
     if variance not in VARIANCES:
         raise ValueError(f"variance must be one of {', '.join(map(repr, VARIANCES))}, got {variance!r}")
-    batch_size = _check_count("batch_size", batch_size)
+    batch_size = check_int("batch_size", batch_size)
     betas, abar, abar_prev = _tables(sde)
     N, n, D, dt, dev = len(betas), x0.shape[0], x0[0].numel(), x0.dtype, x0.device
     if levels is not None:
@@ -427,7 +422,7 @@ def vlb_terms(score_fn: Callable, sde, x0: torch.Tensor, *, variance: str = "bet
         pts = torch.arange(n, **cpu).repeat_interleave(N)
         wts = torch.ones(n * N, dtype=torch.float64, **cpu)
     else:
-        terms = _check_count("terms", terms)
+        terms = check_int("terms", terms)
         if N < 2:
             raise ValueError("a sampled bound needs N >= 2 steps")
         p = term_probabilities(sde, t_sampling)
@@ -501,7 +496,7 @@ def ddpm_vlb(score_fn: Callable, sde, x: torch.Tensor, *, bits: float | None = N
     L = resolve_levels(bits, levels)
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {', '.join(map(repr, DECODERS))}, got {decoder!r}")
-    repeats = _check_count("repeats", repeats)
+    repeats = check_int("repeats", repeats)
     if repeats > 1 and not (L and decoder == "dequantized"):
         raise ValueError(f"repeats={repeats} averages over dequantization draws; only decoder='dequantized' on "
                          f"discrete data has them, so use repeats=1")
