@@ -94,9 +94,9 @@ class SolverSpec:
 
 def default_grid(solver: str, sde, steps: int | None = None) -> str:
     """The solver's default grid for this SDE and step count: up to the largest step count of the
-    few-step panel, the grid chosen there for the nearest one (solvers.fewstep: lowest error
-    against each model's converged ODE on the panel's choose part; 'tuned' only where it also
-    wins on the held-out part); beyond it (steps=None: the default 50 steps), or for an SDE
+    few-step panel, the grid chosen there for the nearest one (solvers.fewstep: the lowest
+    geometric-mean ratio of the error against each model's converged ODE to that model's best
+    anchor, over the panel's choose part); beyond it (steps=None: the default 50 steps), or for an SDE
     outside the panel's families, its named grid for the SDE family (experiments/solver_benchmark.py
     --grid-study)."""
     grid = fewstep.grid_for(solver, sde, DEFAULT_STEPS if steps is None else steps)

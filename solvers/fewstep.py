@@ -5,14 +5,15 @@ fewstep_defaults.json next to this file.
 `python experiments/fewstep_panel.py` measures the pathwise error (RMS ‖x − x_ref‖/√D against the
 model's own converged probability-flow ODE) of every solver × grid (named and tuned) at 5, 10 and
 20 score evaluations on a panel split in two: the grid of each (solver, budget) and the solver of
-each budget minimize the worst ratio, over the *choose* models, of the error to that model's best
-anchor (diffusers) configuration; a tuned grid is kept only where it also beats the best named
-grid on the *held-out* models.  The file keeps, per family,
+each budget minimize the geometric mean, over the *choose* models (trained networks, a diffusers
+UNet among them, and oracles), of the error's ratio to that model's best anchor (diffusers)
+configuration; named and tuned grids compete alike, and the *held-out* models only report (the
+file's `rule` and `tuned_veto` say which rule made it).  The file keeps, per family,
     grids: {solver: {K: grid}}       K the solver's steps at that budget (heun: about nfe/2)
     best:  {budget: {solver, grid, steps}}
-and the panel, split and evidence it came from.  Families are solvers.tuned.sde_key's ('vp'
-(linear β), 'subvp', 've'); any other SDE, and step counts above the largest chosen K, keep the
-solver's named default grid.
+and the panel, split and evidence it came from.  Families are solvers.tuned.sde_key's ('vp':
+linear β, and DDPM's own linear table; 'subvp'; 've'); any other SDE, and step counts above the
+largest chosen K, keep the solver's named default grid.
 """
 from __future__ import annotations
 
