@@ -198,9 +198,16 @@ def test_an_oracle_compare_cautions_that_its_winners_need_not_transfer(ckpts, tm
     caution = next(ln for ln in r.output.splitlines() if ln.startswith("caution:"))
     assert "need not transfer" in caution and "`scoresde schedule` fits a grid to your own model" in caution
     assert r.output.index("best at <= 20 nfe") < r.output.index("caution:")
+    assert "next:" not in r.output  # an oracle's grid is fitted with --model oracle:…, not suggested
     r = run("compare", "--model", ckpts["ring"], "--solvers", "heun", "--steps", 5, "--n", 300, "--quiet",
             "--no-plots", "--out", tmp_path / "ck")
     assert r.exit_code == 0 and "caution:" not in r.output, r.output
+    # on a model of your own the report names the command that fits the winner's grid to it
+    hint = next(ln for ln in r.output.splitlines() if ln.startswith("next:"))
+    assert f"`scoresde schedule --model {ckpts['ring']} --solver heun --nfe 10 --out grid.json`" in hint, hint
+    r = run("compare", "--model", ckpts["ring"], "--solvers", "euler_maruyama", "--steps", 5, "--n", 300,
+            "--quiet", "--no-plots", "--out", tmp_path / "sde")
+    assert r.exit_code == 0 and "next:" not in r.output  # a stochastic winner has no pathwise grid fit
 
 
 def test_far_from_data_thresholds():

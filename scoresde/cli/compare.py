@@ -273,7 +273,8 @@ def _keep_partial(e, out: str) -> str:
 
 def _print_report(result, n: int, reference_name) -> None:
     """The table, its legend, the floors and band, the best run per budget and any warning."""
-    from scoresde.evaluation.compare import MIN_METRIC_SAMPLES, oracle_caution, ranked_by, ranking_key
+    from scoresde.evaluation.compare import (MIN_METRIC_SAMPLES, oracle_caution, ranked_by, ranking_key,
+                                            schedule_hint)
 
     rows = result.records
     cols = [c for c in ("solver", "grid", "schedule", "steps", "nfe", "wall_s", "std_ratio", "mode_w2", "off_mode",
@@ -305,9 +306,9 @@ def _print_report(result, n: int, reference_name) -> None:
                        f"{best.nfe} nfe; ranked by {rank[0]} = {rank[1]:.4g}; {detail})")
         elif budget >= cheapest:  # a budget below every planned run was never asked for: say nothing of it
             click.echo(f"best at <= {budget} nfe: no run fits (use --steps with fewer steps)")
-    caution = oracle_caution(result.model) if result.best else None
-    if caution:
-        click.echo(caution)
+    for line in (oracle_caution(result.model), schedule_hint(result.model, result.best)) if result.best else ():
+        if line:
+            click.echo(line)
     for warning in result.warnings:
         click.echo(f"WARNING: {warning}")
     click.echo(f"total {result.wall_s:.1f} s (estimated {duration(result.plan.estimate_s)})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import shlex
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -604,6 +605,23 @@ def oracle_caution(model: ResolvedModel) -> str | None:
     return ("caution: these winners are measured on an exact-score oracle; grids tuned on an oracle (grid=tuned) "
             "need not transfer to a trained network. `scoresde schedule` fits a grid to your own model; "
             "the few-step defaults (`scoresde solvers`) were chosen on a panel of trained and oracle models.")
+
+
+def schedule_hint(model: ResolvedModel, best: dict) -> str | None:
+    """The line printed under the 'best at' lines of a compare on a model without an oracle: how
+    to fit the winner's grid to this model with `scoresde schedule` (None for an oracle, or when
+    no deterministic run won a budget: only those have a pathwise error to fit)."""
+    if model.name.startswith("oracle:"):
+        return None
+    import solvers
+
+    for budget, row in sorted(best.items()):
+        if row is not None and solvers.traits(row.solver).order is not None:
+            spec = shlex.quote(model.name)
+            return (f"next: `scoresde schedule --model {spec} --solver {row.solver} --nfe {budget} --out grid.json` "
+                    f"fits {row.solver}'s grid to this model at {budget} nfe (use it with --grid grid.json); "
+                    f"the defaults were chosen on a panel of other models (`scoresde solvers`).")
+    return None
 
 
 def versions() -> dict:
