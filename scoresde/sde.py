@@ -360,11 +360,15 @@ class DiscreteVPSDE(VPSDE):
     """The VP SDE of a discrete β table β_1 … β_N (a diffusers scheduler's, say): DDPM's chain
     ᾱ_k = ∏_{j<=k} (1 − β_j) sits at t_k = k/N, so diffusers' timestep index i ↔ t = (i + 1)/N.
 
-    Between lattice points log ᾱ(t) is linear in t (DPM-Solver's choice for discrete models): m
-    and σ then equal the table exactly at every t_k, so every solver that steps on the lattice
-    takes DDPM's own coefficients; β(t) = −d log ᾱ/dt = −N·log(1 − β_k) is constant on
-    (t_{k−1}, t_k], a genuine VP SDE (f = −½β, g² = β) that continuous solvers and the ODE
-    likelihood can integrate.  ᾱ_0 = 1 at t = 0.
+    Between lattice points log ᾱ(t) is the monotone cubic (PCHIP, Fritsch–Carlson) through the
+    table: m and σ equal the table exactly at every t_k, so every solver that steps on the
+    lattice takes DDPM's own coefficients, and β(t) = −d log ᾱ/dt ≥ 0 is continuous, a genuine
+    VP SDE (f = −½β, g² = β) that continuous solvers and the ODE likelihood can integrate.
+    DPM-Solver's wrapper interpolates log ᾱ linearly instead; its β(t) jumps at every 1/N, and
+    an adaptive ODE solver then pays for each jump (dopri5 at rtol = atol = 1e-7 on the exact
+    ring score: 2611 evaluations with the linear form, 265 with the cubic, 229 on the continuous
+    VP SDE).
+    ᾱ_0 = 1 at t = 0.
 
     The default end time for sampling and likelihood is t_1 = 1/N (index 0): the smallest noise
     level the network was trained at.
@@ -397,6 +401,7 @@ class DiscreteVPSDE(VPSDE):
         log_abar = torch.cat([torch.zeros(1, dtype=torch.float64, device="cpu"), torch.cumsum(torch.log1p(-table), 0)])
         self._discrete = (table, log_abar[1:].exp())
         self._log_abar = log_abar
+        self._dlog_abar = _pchip_slopes(log_abar, N)
         self._cache: dict = {}
         self.default_eps = self.likelihood_eps = 1.0 / N
 
@@ -412,11 +417,11 @@ class DiscreteVPSDE(VPSDE):
         return super().__repr__()
 
     def _tables(self, t: torch.Tensor):
-        # log ᾱ at the lattice and the per-segment slopes, in t's dtype on t's device
+        # log ᾱ and its t-derivative at the lattice, in t's dtype on t's device
         key = (t.dtype, t.device)
         if key not in self._cache:
-            la = self._log_abar.to(device=t.device, dtype=t.dtype if t.is_floating_point() else torch.float64)
-            self._cache[key] = (la, (la[1:] - la[:-1]) * self.N)
+            dt = t.dtype if t.is_floating_point() else torch.float64
+            self._cache[key] = (self._log_abar.to(device=t.device, dtype=dt), self._dlog_abar.to(device=t.device, dtype=dt))
         return self._cache[key]
 
     def _segment(self, t: torch.Tensor):
@@ -425,14 +430,42 @@ class DiscreteVPSDE(VPSDE):
         return u - k, k.long()
 
     def _log_mean_coef(self, t):
-        la, slope = self._tables(t)
-        frac, k = self._segment(t)
-        return 0.5 * (la[k] + frac / self.N * slope[k])
+        """½ log ᾱ(t), the cubic Hermite form on the segment holding t:
+        log ᾱ = h00(s)·a_k + h10(s)·d_k/N + h01(s)·a_{k+1} + h11(s)·d_{k+1}/N, s = N·t − k."""
+        la, d = self._tables(t)
+        s, k = self._segment(t)
+        s2, s3 = s * s, s * s * s
+        h00, h10, h01, h11 = 2 * s3 - 3 * s2 + 1, s3 - 2 * s2 + s, 3 * s2 - 2 * s3, s3 - s2
+        return 0.5 * (h00 * la[k] + h01 * la[k + 1] + (h10 * d[k] + h11 * d[k + 1]) / self.N)
 
     def beta(self, t: torch.Tensor) -> torch.Tensor:
-        """β(t) = −d log ᾱ/dt = −N·log(1 − β_k) on the segment holding t."""
-        _, slope = self._tables(t)
-        return -slope[self._segment(t)[1]]
+        """β(t) = −d log ᾱ/dt of the cubic on the segment holding t (continuous, ≥ 0)."""
+        la, d = self._tables(t)
+        s, k = self._segment(t)
+        s2 = s * s
+        slope = 6 * (s - s2) * (la[k + 1] - la[k]) * self.N
+        return -(slope + (3 * s2 - 4 * s + 1) * d[k] + (3 * s2 - 2 * s) * d[k + 1])
+
+
+def _pchip_slopes(y: torch.Tensor, N: int) -> torch.Tensor:
+    """Node derivatives of the monotone cubic through y_0 … y_N at t_k = k/N (Fritsch–Carlson, as
+    scipy's PchipInterpolator): the harmonic mean of the neighbouring secants where they agree in
+    sign (else 0); at the ends the one-sided three-point formula, 0 where it leaves the secant's sign."""
+    delta = (y[1:] - y[:-1]) * N
+    d = torch.zeros_like(y)
+    if N == 1:
+        return d + delta[0]
+    a, b = delta[:-1], delta[1:]
+    agree = (a * b) > 0
+    d[1:-1] = torch.where(agree, 2 * a * b / torch.where(agree, a + b, torch.ones_like(a)), torch.zeros_like(a))
+    for i, (d0, d1) in ((0, (delta[0], delta[1])), (-1, (delta[-1], delta[-2]))):
+        e = (3 * d0 - d1) / 2
+        if e * d0 <= 0:
+            e = torch.zeros_like(e)
+        elif d0 * d1 <= 0 and e.abs() > 3 * d0.abs():
+            e = 3 * d0
+        d[i] = e
+    return d
 
 
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "vpdiscrete": DiscreteVPSDE}

@@ -115,12 +115,14 @@ def _cosine_log_m(t, s=0.008):
 
 
 def _discrete_cosine_log_m(t, N=500):
-    # ᾱ_k = ∏ (1 − β_j) with iDDPM's capped cosine β_j, log ᾱ linear in t between the k/N
+    # ᾱ_k = ∏ (1 − β_j) with iDDPM's capped cosine β_j, log ᾱ between the k/N scipy's monotone cubic
+    from scipy.interpolate import PchipInterpolator
+
     abar = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
     la = [0.0]
     for k in range(1, N + 1):
         la.append(la[-1] + math.log(1 - min(1 - abar(k / N) / abar((k - 1) / N), 0.999)))
-    return 0.5 * torch.as_tensor(np.interp(t.numpy() * N, np.arange(N + 1), la), dtype=torch.float64)
+    return 0.5 * torch.as_tensor(PchipInterpolator(np.arange(N + 1) / N, la)(t.numpy()), dtype=torch.float64)
 
 
 HAND_MARGINALS = {  # name -> (log m(t), σ(t))
@@ -137,7 +139,7 @@ def test_public_coefficients_match_closed_forms(name):
     """log_mean_coef and std equal the hand-written m(t), σ(t); drift_coef equals d log m/dt and
     g2 equals dσ²/dt − 2fσ², both from central differences of the hand-written forms."""
     sde, (log_m, std) = SDE_FACTORIES[name](), HAND_MARGINALS[name]
-    # at least 0.2/500 off the 1/500 lattice, where the discrete table's β(t) jumps
+    # at least 0.2/500 off the 1/500 lattice, where the discrete table's β(t) has a kink
     t = torch.linspace(0.0135, 0.9856, 37, dtype=torch.float64)
     h = 1e-5
     f = (log_m(t + h) - log_m(t - h)) / (2 * h)
@@ -270,9 +272,16 @@ def test_discrete_table_sde_equals_its_chain_on_the_lattice(schedule, N):
     torch.testing.assert_close(torch.exp(2 * sde.log_mean_coef(t)), abar, rtol=1e-12, atol=0)
     torch.testing.assert_close(sde.std(t) ** 2, 1 - abar, rtol=1e-12, atol=1e-15)
     assert sde.default_eps == sde.likelihood_eps == 1.0 / N  # index 0, the least noise it was trained at
-    # β(t) on segment k is −N·log(1 − β_k): it integrates back to log ᾱ
-    mid = (torch.arange(N, dtype=torch.float64) + 0.5) / N
-    torch.testing.assert_close(torch.cumsum(-sde.beta(mid) / N, 0), torch.log(abar), rtol=1e-12, atol=1e-12)
+    # β(t) integrates back to log ᾱ: Simpson's rule is exact for the cubic's quadratic derivative
+    # (the ends of each segment taken from inside it, where the piece is that segment's)
+    k = torch.arange(N, dtype=torch.float64)
+    inner = 1e-13
+    simpson = (sde.beta((k + inner) / N) + 4 * sde.beta((k + 0.5) / N) + sde.beta((k + 1 - inner) / N)) / (6 * N)
+    torch.testing.assert_close(torch.cumsum(-simpson, 0), torch.log(abar), rtol=1e-9, atol=1e-10)
+    # a continuous β ≥ 0: no jump at the lattice points, where the linear interpolant's jumped
+    nodes = k[1:] / N
+    torch.testing.assert_close(sde.beta(nodes - 1e-9), sde.beta(nodes + 1e-9), rtol=1e-5, atol=1e-8)
+    assert (sde.beta(torch.linspace(0, 1, 10 * N + 1, dtype=torch.float64)) >= 0).all()
     assert sde_from_config(sde.config()).config() == sde.config()
 
 
