@@ -394,6 +394,23 @@ def choose(rows, rule="gmean", tuned_veto=False):
                 evidence=evidence)
 
 
+def variant_lines(rows) -> list[str]:
+    """Each solver variant against its solver's default options, per budget: the geometric mean over
+    every (SDE, model, grid) both ran of the error ratio, and how often the variant is lower."""
+    err = {(r["sde"], r["model"], r["budget"], *r["config"].split()[:2]): r["error"] for r in rows
+           if r["family"] == "ours (grids)" and math.isfinite(r["error"])}
+    out = []
+    for label, (name, _) in VARIANTS.items():
+        for b in BUDGETS:
+            pairs = [(e, err[(sd, m, bb, name, g)]) for (sd, m, bb, lab, g), e in err.items()
+                     if lab == label and bb == b and (sd, m, bb, name, g) in err]
+            if pairs:
+                wins = sum(v < d for v, d in pairs)
+                out.append(f"- {label} vs {name} at {b} nfe: geometric-mean error ratio "
+                           f"{gmean([v / d for v, d in pairs]):.3f}, lower in {wins} of {len(pairs)}")
+    return out
+
+
 def summary(table) -> str:
     """How many held-out cells each column has at or below the best anchor."""
     held = [r for r in table if r["part"] == "held out" and r["best anchor"] != "–"]
@@ -450,6 +467,8 @@ def report(rows, args, wall, anchors):
           f"Defaults chosen on the 'choose' models, reported on all. Machine: {machine()}; {wall:.0f} s."
           + ("" if anchors else " diffusers not installed: no anchor column."), "",
           markdown_table(table, list(table[0])), "", summary(table), "",
+          "Solver variants against the solver's default options (every SDE × model × grid both ran):", "",
+          *variant_lines(rows), "",
           f"Chosen ({choice['rule']} over the choose models of the ratio to each model's best anchor):", "",
           "```", json.dumps({k: choice[k] for k in ("grids", "best")}, indent=1), "```"]
     write_text(out_path(f"fewstep_panel{args.tag}.md"), "\n".join(md) + "\n")
