@@ -25,38 +25,22 @@ import torch  # noqa: E402
 import solvers  # noqa: E402
 from _util import machine, markdown_table, out_path, ring_reference  # noqa: E402
 from scoresde._io import write_text  # noqa: E402
+from scoresde.evaluation.metrics import path_error  # noqa: E402
 from scoresde.oracle import GaussianMixture  # noqa: E402
 from scoresde.sde import make_sde  # noqa: E402
 
 KS = (20, 40, 80, 160)
 
 
-def diffusers_deis(df, score_fn, sde, x_T, ts, order):
-    """diffusers' DEIS update on our grid ts: its σ table replaced by our σ̃(t_i) (float64)."""
+def diffusers_on_grid(sch, score_fn, sde, x_T, ts):
+    """A diffusers multistep scheduler's own update on our grid ts: its σ table replaced by our
+    σ̃(t_i) (float64; its update reads only `sigmas`), the model our ε̂ at t_i."""
     m, s = sde.marginal(ts)
     sig = s / m
-    sch = df.DEISMultistepScheduler(solver_order=order)
     sch.set_timesteps(len(ts) - 1)
     sch.sigmas = sig.clone()
     sch.timesteps = torch.arange(len(ts) - 1, 0, -1)
     x = x_T / m[0] / math.sqrt(1 + float(sig[0]) ** 2)  # diffusers' VP-scaled sample
-    for i, tau in enumerate(sch.timesteps):
-        x_ours = x * math.sqrt(1 + float(sig[i]) ** 2) * float(m[i])
-        eps = -float(s[i]) * score_fn(x_ours, torch.full((x.shape[0],), float(ts[i]), dtype=x.dtype))
-        x = sch.step(eps, tau, x).prev_sample
-    return x * math.sqrt(1 + float(sig[-1]) ** 2) * float(m[-1])
-
-
-def diffusers_3m(df, score_fn, sde, x_T, ts, solver_type):
-    """diffusers' DPM-Solver++(3M) on our grid ts, its σ table replaced by our σ̃(t_i) as above."""
-    m, s = sde.marginal(ts)
-    sig = s / m
-    sch = df.DPMSolverMultistepScheduler(solver_order=3, solver_type=solver_type, algorithm_type="dpmsolver++",
-                                         final_sigmas_type="sigma_min")
-    sch.set_timesteps(len(ts) - 1)
-    sch.sigmas = sig.clone()
-    sch.timesteps = torch.arange(len(ts) - 1, 0, -1)
-    x = x_T / m[0] / math.sqrt(1 + float(sig[0]) ** 2)
     for i, tau in enumerate(sch.timesteps):
         x_ours = x * math.sqrt(1 + float(sig[i]) ** 2) * float(m[i])
         eps = -float(s[i]) * score_fn(x_ours, torch.full((x.shape[0],), float(ts[i]), dtype=x.dtype))
@@ -88,7 +72,8 @@ def main():
                                              order=order, interpolant=form)
                         errs[form].append(float((res.x - truth).abs().max()))
                     if df is not None:
-                        x = diffusers_deis(df, score, sde, xT, res.t_grid, order)
+                        x = diffusers_on_grid(df.DEISMultistepScheduler(solver_order=order), score, sde, xT,
+                                              res.t_grid)
                         errs["diffusers"].append(float((x - truth).abs().max()))
                 row = dict(SDE=sde_name, grid=grid, order=order)
                 for form, e in errs.items():
@@ -107,8 +92,7 @@ def main():
                     for form in ("log_sigma", "sigma"):
                         x = solvers.sample(score, sde, x_T=xT, solver="deis", steps=K, grid=grid, order=order,
                                            interpolant=form).x
-                        rms = float(((x - ref).pow(2).sum(1) / 2).mean().sqrt())
-                        row[f"K={K} {form}"] = f"{rms:.4f}"
+                        row[f"K={K} {form}"] = f"{path_error(x, ref):.4f}"
                 ring_rows.append(row)
     m3_rows = []
     if df is not None:
@@ -120,7 +104,9 @@ def main():
                 res = solvers.sample(score, sde, x_T=xT, solver="dpmpp_3m", steps=K, grid="logsnr", match_anchors=True)
                 row = dict(SDE=sde_name, K=K)
                 for st in ("heun", "midpoint"):
-                    x = diffusers_3m(df, score, sde, xT, res.t_grid, st)
+                    sch = df.DPMSolverMultistepScheduler(solver_order=3, solver_type=st, algorithm_type="dpmsolver++",
+                                                         final_sigmas_type="sigma_min")
+                    x = diffusers_on_grid(sch, score, sde, xT, res.t_grid)
                     row[f"solver_type={st}"] = f"{float((x - res.x).abs().max()):.1e}"
                 m3_rows.append(row)
     md = ["# DEIS: ε̂ interpolated in log σ̃ or in σ̃", "", f"Machine: {machine()}.", "",

@@ -19,10 +19,7 @@ import torch  # noqa: E402
 import solvers  # noqa: E402
 from _util import machine, markdown_table, out_path, ring_reference  # noqa: E402
 from scoresde._io import write_text  # noqa: E402
-
-
-def rms(x, ref):
-    return float(((x - ref).pow(2).sum(1) / x.shape[1]).mean().sqrt())
+from scoresde.evaluation.metrics import path_error  # noqa: E402
 
 
 def main():
@@ -34,17 +31,17 @@ def main():
             for K in (5, 10, 15, 20):
                 row = dict(SDE=sde_name, grid=grid, K=K)
                 for w in (2, 1):
-                    row[f"w={w}"] = rms(solvers.sample(score, sde, x_T=xT, solver="dpmpp_3m", steps=K, grid=grid,
+                    row[f"w={w}"] = path_error(solvers.sample(score, sde, x_T=xT, solver="dpmpp_3m", steps=K, grid=grid,
                                                        match_anchors=w == 1).x, ref)
-                row["w=2, no final"] = rms(solvers.sample(score, sde, x_T=xT, solver="dpmpp_3m", steps=K, grid=grid,
+                row["w=2, no final"] = path_error(solvers.sample(score, sde, x_T=xT, solver="dpmpp_3m", steps=K, grid=grid,
                                                           lower_order_final=False).x, ref)
                 at = {}
                 res = solvers.sample(score, sde, x_T=xT, solver="dpmpp_3m", steps=K, grid=grid,
                                      callback=lambda d: at.setdefault(d["i"], d["x"].clone()))
                 t2 = res.t_grid[:3].tolist()
                 ref2 = solvers.sample(score, sde, x_T=xT, solver="pf_ode", grid=t2, rtol=1e-7, atol=1e-7).x
-                row["after warm-up (t_2)"] = rms(at[1], ref2)
-                row["dpmpp_2m"] = rms(solvers.sample(score, sde, x_T=xT, solver="dpmpp_2m", steps=K, grid=grid).x, ref)
+                row["after warm-up (t_2)"] = path_error(at[1], ref2)
+                row["dpmpp_2m"] = path_error(solvers.sample(score, sde, x_T=xT, solver="dpmpp_2m", steps=K, grid=grid).x, ref)
                 rows.append(row)
                 print({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     fmt = {k: "{:.4f}" for k in rows[0] if k not in ("SDE", "grid", "K")}

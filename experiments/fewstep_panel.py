@@ -9,6 +9,8 @@ SDE's default eps (anchors: at their last σ̃, mapped back; see anchor_comparis
 Panel (every model fixed by a seed; the trained checkpoints are made here and cached under
 runs/fewstep_panel/<config>/):
   ring      configs/ring_vp.toml, trained (MLP, VP)                                 choose
+  ddigits   a diffusers UNet2DModel on DDPM's linear β table (ε, integer timesteps),
+            trained on the digits (train_diffusers_digits), loaded as diffusers:PATH   choose
   moons     configs/moons_subvp.toml, trained (MLP, sub-VP)                         choose
   ringve    configs/ring_ve.toml, trained (MLP, VE)                                 choose
   gauss     anisotropic 4-D Gaussian oracle (stds 0.05 … 1.5), every SDE              choose
@@ -16,8 +18,6 @@ runs/fewstep_panel/<config>/):
   mix16     16-D mixture of 4 random Gaussians (tuned_grids.random_mixture)          choose
   ringo     the 8-mode ring oracle the tuned grids were fitted on                      choose
   digits    configs/digits_vp.toml, trained (our U-Net, VP)                          held out
-  ddigits   a diffusers UNet2DModel on DDPM's linear β table (ε, integer timesteps),
-            trained on the same digits (train_diffusers_digits), loaded as diffusers:PATH held out
   mixture   2-D mixture oracle, unequal weights (0.45 … 0.05) and stds, every SDE    held out
 The defaults (grid per solver and budget, and the solver per budget) are chosen on the "choose"
 models by the geometric mean over them of the ratio of the error to each model's best anchor
@@ -55,6 +55,7 @@ import torch  # noqa: E402
 import solvers  # noqa: E402
 from _util import machine, markdown_table, out_path  # noqa: E402
 from scoresde._io import write_csv, write_text  # noqa: E402
+from scoresde.evaluation.metrics import path_error  # noqa: E402
 from scoresde.oracle import GaussianMixture  # noqa: E402
 from scoresde.sde import make_sde  # noqa: E402
 from solvers.optimize import steps_for_nfe  # noqa: E402
@@ -71,18 +72,19 @@ DETERMINISTIC = ("euler", "heun", "euler_t", "heun_t", "dpmpp_2m", "dpmpp_3m", "
 VARIANTS = {"unipc:bh1": ("unipc", dict(variant="bh1")), "unipc:o3": ("unipc", dict(order=3)),
             "unipc:o3bh1": ("unipc", dict(order=3, variant="bh1")), "deis:o2": ("deis", dict(order=2)),
             "dpmpp_3m:anchors": ("dpmpp_3m", dict(match_anchors=True))}
+# The ring oracle the tuned grids were fitted on is a choose model too: it favours them, and the
+# held-out models, which never choose, show whether they carry over (docs/results.md).
+CHOOSE = {"vp": ("ring", "ddigits", "ringo", "gauss", "grid25", "mix16"),
+          "subvp": ("moons", "ringo", "gauss", "grid25", "mix16"),
+          "ve": ("ringve", "ringo", "gauss", "grid25", "mix16")}
+# the trained panel models: their bundled configs, trained here (train())
+TRAINED = {"ring": "ring_vp", "digits": "digits_vp", "moons": "moons_subvp", "ringve": "ring_ve"}
+HELD_OUT = {"vp": ("digits", "mixture"), "subvp": ("mixture",), "ve": ("mixture",)}
 
 
 def solver_of(label):
     """(solver name, options) of a panel label: a solver's name, or a VARIANTS key."""
     return VARIANTS.get(label, (label, {}))
-# The ring oracle the tuned grids were fitted on is a choose model too: it favours them, but a tuned
-# grid must also win on the held-out models to become a default.
-CHOOSE = {"vp": ("ring", "ddigits", "ringo", "gauss", "grid25", "mix16"), "subvp": ("moons", "ringo", "gauss", "grid25", "mix16"),
-          "ve": ("ringve", "ringo", "gauss", "grid25", "mix16")}
-# the trained panel models: their bundled configs, trained here (train())
-TRAINED = {"ring": "ring_vp", "digits": "digits_vp", "moons": "moons_subvp", "ringve": "ring_ve"}
-HELD_OUT = {"vp": ("digits", "mixture"), "subvp": ("mixture",), "ve": ("mixture",)}
 
 
 def mixture() -> GaussianMixture:
@@ -94,6 +96,11 @@ def mixture() -> GaussianMixture:
 
 def gauss() -> GaussianMixture:
     return GaussianMixture.gaussian(4, mean=[0.5, -1.0, 0.0, 2.0], stds=[0.05, 0.2, 0.7, 1.5])
+
+
+def train_steps(name: str, args) -> int | None:
+    """The training steps asked for a TRAINED model (--digits-steps, --ring-steps; None: its config's)."""
+    return {"digits": args.digits_steps, "ring": args.ring_steps}.get(name)
 
 
 def train(name: str, steps: int | None):
@@ -178,8 +185,7 @@ def panel_models(sde_name: str, args):
         if name in TRAINED:
             from scoresde.training.checkpoint import load_score_model
 
-            steps = {"digits": args.digits_steps, "ring": args.ring_steps}.get(name)
-            model = load_score_model(train(TRAINED[name], steps))
+            model = load_score_model(train(TRAINED[name], train_steps(name, args)))
             out[name] = (model.score_fn, model.sde, tuple(model.shape), torch.float32)
         elif name == "ddigits":
             from scoresde.evaluation.resolve import resolve_model
@@ -208,11 +214,6 @@ def extra_grid(sde, K, spec):
     ts = (sde.T ** (1 / p) + u * (eps ** (1 / p) - sde.T ** (1 / p))) ** p
     ts[0], ts[-1] = sde.T, eps
     return ts
-
-
-def rms(x, ref) -> float:
-    d = (x - ref).reshape(x.shape[0], -1).double()
-    return float((d.pow(2).sum(1) / d.shape[1]).mean().sqrt())
 
 
 def runs_for(sde, score, probe, labels=DETERMINISTIC):
@@ -263,10 +264,8 @@ def main():
     if args.report_only:  # --tag .vp,.sv: one report from the CSVs of several runs
         return report([r for tag in args.tag.split(",") for r in read_rows(tag)], args, 0.0, True)
     if args.train_only:
-        train("ring_vp", args.ring_steps)
-        train("digits_vp", args.digits_steps)
-        train("moons_subvp", None)
-        train("ring_ve", None)
+        for name, config in TRAINED.items():
+            train(config, train_steps(name, args))
         train_diffusers_digits(args.ddigits_steps)
         return
     warnings.filterwarnings("ignore", category=RuntimeWarning)  # diffusers' log(0) at the appended σ̃ = 0
@@ -293,7 +292,7 @@ def main():
 
             def record(b, fam, cfg, nfe, x):
                 rows.append(dict(sde=sde_name, model=model, part=part, budget=b, family=fam, config=cfg, nfe=nfe,
-                                 error=rms(x, ref.x)))
+                                 error=path_error(x, ref.x)))
             for b, fam, cfg, nfe, run in runs_for(sde, score, probe, labels):
                 try:
                     record(b, fam, cfg, nfe, run(x_T))

@@ -17,8 +17,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from scoresde.evaluation.metrics import (ImageReference, class_metrics, mode_metrics, quality, sliced_w2,
-                                        spread_warning, sw2_with_floor)
+from scoresde.evaluation.metrics import (ImageReference, class_metrics, mode_metrics, path_error, quality,
+                                        sliced_w2, spread_warning, sw2_with_floor)
 from scoresde.evaluation.resolve import ResolvedModel
 
 # Below this many samples of vector data the metrics' own sampling noise (eight mode weights from a
@@ -557,12 +557,10 @@ def add_path_errors(rows: list, samples: dict, model: ResolvedModel, options: di
     ref = samples.get(("pf_ode", None))
     if model.oracle is not None or ref is None:
         return False
-    D = ref[0].numel()
     for r in rows:
         if r.solver == "pf_ode" or solvers.traits(r.solver, options.get(r.solver, {})).stochastic:
             continue
-        x = samples[(r.solver, r.steps)]
-        r.metrics["path_err"] = float(((x - ref).flatten(1).pow(2).sum(1) / D).mean().sqrt())
+        r.metrics["path_err"] = path_error(samples[(r.solver, r.steps)], ref)
     return True
 
 

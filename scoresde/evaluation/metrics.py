@@ -100,6 +100,14 @@ def class_metrics(x: torch.Tensor, data: GaussianMixture, label: int, radius: fl
     return out
 
 
+def path_error(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """The pathwise error of samples x against ref, the same draws solved another way (e.g. the
+    converged probability-flow ODE from the same x_T): ( (1/n) Σ_i ‖x_i − ref_i‖² / D )^½, in
+    float64, D the size of one sample."""
+    d = (x - ref).flatten(1).double()
+    return float((d.pow(2).sum(1) / d.shape[1]).mean().sqrt())
+
+
 def sliced_w2(x: torch.Tensor, y: torch.Tensor, n_proj: int = 256,
               generator: torch.Generator | None = None) -> float:
     """Sliced Wasserstein-2: √(E_θ W2²(θᵀx, θᵀy)) over random unit directions θ (drawn on the
