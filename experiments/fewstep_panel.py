@@ -66,12 +66,12 @@ BUDGETS = (5, 10, 20)
 # the deterministic fixed-step solvers: each has a pathwise error against the ODE.  ddim is out: at
 # η = 0 it is `euler` (tests/test_solvers_crosscheck.py), and its default grid must stay ddpm's,
 # since η = 1 is ddpm on the same grid.
-DETERMINISTIC = ("euler", "heun", "euler_t", "heun_t", "dpmpp_2m", "dpmpp_3m", "unipc", "deis")
+DETERMINISTIC = ("euler", "heun", "euler_t", "heun_t", "dpmpp_2m", "dpmpp_3m", "unipc", "deis", "ipndm")
 # solver options the anchors also vary (UniPC's B(h) and order, DEIS's order, the anchors' 3M
-# formula), measured as their own labels "solver:variant" (--solvers)
+# formula; and iPNDM's order 4), measured as their own labels "solver:variant" (--solvers)
 VARIANTS = {"unipc:bh1": ("unipc", dict(variant="bh1")), "unipc:o3": ("unipc", dict(order=3)),
             "unipc:o3bh1": ("unipc", dict(order=3, variant="bh1")), "deis:o2": ("deis", dict(order=2)),
-            "dpmpp_3m:anchors": ("dpmpp_3m", dict(match_anchors=True))}
+            "dpmpp_3m:anchors": ("dpmpp_3m", dict(match_anchors=True)), "ipndm:o4": ("ipndm", dict(order=4))}
 # The ring oracle the tuned grids were fitted on is a choose model too: it favours them, and the
 # held-out models, which never choose, show whether they carry over (docs/results.md).
 CHOOSE = {"vp": ("ring", "ddigits", "ringo", "gauss", "grid25", "mix16"),

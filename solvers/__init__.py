@@ -28,6 +28,7 @@ from .dpmpp_sde import dpmpp_2m_sde
 from .euler_maruyama import euler_maruyama, predictor_corrector
 from .grids import DEFAULT_STEPS, GRIDS, check_resolution, explicit_grid, load_grid, resolve_grid, steps_and_eps, time_grid
 from .heun import euler, euler_t, heun, heun_t
+from .ipndm import ipndm
 from .pf_ode import METHOD_ORDER, pf_ode
 from .sde_torchsde import torchsde_sde
 from .unipc import unipc
@@ -165,6 +166,10 @@ SOLVERS = {
                         order=lambda opts: opts["order"] + bool(opts["corrector"])),
     "deis": SolverSpec(deis, "ρAB-DEIS: variable-step Adams–Bashforth in σ/m on x/m (Zhang & Chen 2023); "
                              "order=1..3", grid="edm", order=lambda opts: opts["order"]),
+    # equal-step weights on a grid that is not uniform in σ/m: second order from p = 2 on (ipndm.py)
+    "ipndm": SolverSpec(ipndm, "iPNDM: Adams–Bashforth with equal-step weights in σ/m on x/m, lower-order "
+                               "warm-up (Zhang & Chen 2023); order=1..4", grid="quadratic",
+                        grid_by_sde={"ve": "logsnr"}, order=lambda opts: min(opts["order"], 2)),
 }
 
 

@@ -1,4 +1,4 @@
-"""The multistep solvers (dpmpp_3m, dpmpp_2m_sde, deis, unipc) against float64 transcriptions
+"""The multistep solvers (dpmpp_3m, dpmpp_2m_sde, deis, unipc, ipndm) against float64 transcriptions
 written here from the papers' and anchors' formulas (their orders: test_solvers_orders.py)."""
 
 import math
@@ -164,6 +164,63 @@ def test_deis_sigma_interpolant_is_variable_step_adams_bashforth_in_sigma(sde_na
     assert (res.x - m[-1] * x).abs().max() <= 1e-9 * (1 + x.abs().max())
     if order == 1:
         assert (res.x - run(sde, "euler", xT, steps=K, grid="edm").x).abs().max() <= 1e-10
+
+
+def sigma_tilde_uniform_grid(sde, K):
+    """K steps equally spaced in σ̃ = σ/m from T to eps (λ = −log σ̃)."""
+    ends = torch.tensor([sde.T, sde.default_eps], dtype=torch.float64)
+    st = sde.std(ends) / torch.exp(sde.log_mean_coef(ends))
+    inner = sde.t_from_log_snr(-torch.log(torch.linspace(float(st[0]), float(st[1]), K + 1, dtype=torch.float64)[1:-1]))
+    return torch.cat([ends[:1], inner, ends[1:]])
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_ipndm_on_equal_sigma_steps_is_adams_bashforth(sde_name, order):
+    """On a grid uniform in σ̃ the equal-step weights are the exact ones: ipndm equals the
+    variable-step Adams–Bashforth written out with numpy (the polynomial through the last p
+    (σ̃, ε̂) pairs, integrated), and deis with interpolant='sigma' (order ≤ 3; K ≥ 15, so deis keeps
+    its order to the end)."""
+    K = 16
+    sde = SDE_FACTORIES[sde_name]()
+    ts = sigma_tilde_uniform_grid(sde, K)
+    xT = sde.prior_sample((64, 2), generator=gen(0), dtype=torch.float64)
+    res = run(sde, "ipndm", xT, grid=ts, order=order)
+    m, sigma, _, x0 = coefs(sde, ts.tolist())
+    st = [b / a for a, b in zip(m, sigma)]
+    poly = np.polynomial.polynomial
+    x, hist = xT / m[0], []
+    for i in range(K):
+        eps = (m[i] * x - m[i] * x0(m[i] * x, i)) / sigma[i]
+        hist = (hist + [(st[i], eps)])[-order:]
+        P = poly.polyfit(np.array([q for q, _ in hist]), torch.stack([e for _, e in hist]).reshape(len(hist), -1).numpy(),
+                         len(hist) - 1)
+        I = poly.polyint(P)
+        x = x + torch.from_numpy(np.asarray(poly.polyval(st[i + 1], I) - poly.polyval(st[i], I)).T.reshape(x.shape))
+    assert (res.x - m[-1] * x).abs().max() <= 1e-9 * (1 + x.abs().max())
+    if order <= 3:
+        deis = run(sde, "deis", xT, grid=ts, order=order, interpolant="sigma").x
+        assert (res.x - deis).abs().max() <= 1e-9 * (1 + x.abs().max())
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+def test_ipndm_keeps_equal_step_weights_on_any_grid(sde_name):
+    """On the edm grid (unequal steps in σ̃) ipndm order 3 is x̃ += h·(23ε̂_i − 16ε̂_{i−1} + 5ε̂_{i−2})/12
+    after the order-1 and order-2 (3ε̂_i − ε̂_{i−1})/2 warm-up steps, which differs from the
+    variable-step deis; order 1 is EDM's Euler."""
+    K = 12
+    sde, xT, res, m, sigma, _, x0 = solve_with_coefs(sde_name, "ipndm", 64, K, "edm")
+    st = [b / a for a, b in zip(m, sigma)]
+    weights = {1: [1.0], 2: [1.5, -0.5], 3: [23 / 12, -16 / 12, 5 / 12]}
+    x, hist = xT / m[0], []
+    for i in range(K):
+        hist = [(m[i] * x - m[i] * x0(m[i] * x, i)) / sigma[i]] + hist[:2]
+        x = x + (st[i + 1] - st[i]) * sum(w * e for w, e in zip(weights[len(hist)], hist))
+    assert (res.x - m[-1] * x).abs().max() <= 1e-10 * (1 + x.abs().max())
+    deis = run(sde, "deis", xT, steps=K, grid="edm", order=3, interpolant="sigma", lower_order_final=False).x
+    assert (res.x - deis).abs().max() > 1e-4
+    euler = run(sde, "euler", xT, steps=K, grid="edm").x
+    assert (run(sde, "ipndm", xT, steps=K, grid="edm", order=1).x - euler).abs().max() <= 1e-10
 
 
 def diffusers_deis_transcription(score_fn, sde, xT, ts, order):

@@ -16,7 +16,8 @@ BAND = 0.35
 # which the K = 20…160 slopes are asymptotic for both VP and VE (on the log-SNR grid this flow
 # lets the third-order multistep solvers superconverge to ≈ 4; rk4 and midpoint need the grids
 # named here; deis at order 3 in log σ̃ needs K = 160 on the edm grid to leave the pre-asymptotic
-# range, 2.65 over 20…160 on VP, so its case runs on the quadratic grid).
+# range, 2.65 over 20…160 on VP, so its case runs on the quadratic grid; ipndm's equal-step weights
+# make every order ≥ 2 second order on these grids, which are not uniform in σ/m).
 ORDER_CASES = [("euler", "uniform", {}), ("heun", "uniform", {}), ("heun", "edm", {}),
                ("euler_t", "uniform", {}), ("heun_t", "uniform", {}), ("heun_t", "edm", {}),
                ("dpmpp_2m", "logsnr", {}), ("ddim", "logsnr", {}),
@@ -27,7 +28,8 @@ ORDER_CASES = [("euler", "uniform", {}), ("heun", "uniform", {}), ("heun", "edm"
                ("unipc", "edm", {"order": 2, "variant": "bh1"}), ("unipc", "edm", {"order": 3}),
                ("deis", "quadratic", {"order": 3}), ("deis", "edm", {"order": 2}),
                ("deis", "edm", {"order": 3, "interpolant": "sigma"}), ("deis", "edm", {"order": 2, "interpolant": "sigma"}),
-               ("dpmpp_2m_sde", "logsnr", {"eta": 0.0})]
+               ("dpmpp_2m_sde", "logsnr", {"eta": 0.0}),
+               ("ipndm", "edm", {"order": 1}), ("ipndm", "edm", {}), ("ipndm", "logsnr", {"order": 4})]
 
 
 def test_every_deterministic_fixed_step_solver_has_an_order_case():

@@ -14,7 +14,7 @@ DEFAULT_SOLVERS = "ddpm,ddim,euler_maruyama,pc,euler,heun,dpmpp_2m,dpmpp_3m,deis
 # imported (well under a second, against 10-20 s on a busy machine); tests/test_cli_inputs.py
 # checks that they equal solvers.available() and solvers.GRID_NAMES.
 SOLVER_NAMES = ("ddpm", "ddim", "euler_maruyama", "torchsde", "pc", "pf_ode", "euler", "heun", "euler_t", "heun_t",
-                "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "deis")
+                "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "deis", "ipndm")
 GRID_NAMES = ("tuned", "uniform", "quadratic", "edm", "logsnr")
 
 
