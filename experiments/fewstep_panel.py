@@ -359,6 +359,22 @@ def _scores(rows, sde, b, name, models, rule="gmean"):
     return out
 
 
+def anchor_choice(rows, sde, b, rule="gmean"):
+    """The one diffusers configuration (sampler, spacing, final σ, steps) chosen at budget b the way
+    our recommendation is: the lowest `rule` over the choose models of its error ÷ that model's best
+    anchor.  None where no configuration ran on every choose model."""
+    cell = [r for r in rows if r["sde"] == sde and r["budget"] == b and r["family"] == "diffusers"
+            and r["model"] in CHOOSE[sde] and math.isfinite(r["error"])]
+    best = {}
+    for r in cell:
+        best[r["model"]] = min(best.get(r["model"], math.inf), r["error"])
+    by_cfg = {}
+    for r in cell:
+        by_cfg.setdefault(r["config"], []).append(r["error"] / best[r["model"]])
+    full = {c: RULES[rule](v) for c, v in by_cfg.items() if len(v) == len(best) == len(CHOOSE[sde])}
+    return min(full, key=full.get) if full else None
+
+
 def choose(rows, rule="gmean", tuned_veto=False):
     """Per (SDE, budget, solver): the grid, named or tuned, with the lowest `rule` score (_scores)
     over the choose models (with `tuned_veto`, a 'tuned' choice stands only if it also beats the best
@@ -419,7 +435,9 @@ def summary(table) -> str:
     return (f"Held out, at or below the best anchor: the recommended solver on its default grid in "
             f"{count('recommended ÷ anchor')}; every solver on its default grid, best solver, in "
             f"{count('defaults ÷ anchor')}; every configuration we measured (variants and extra grids too), "
-            f"best in hindsight, in {count('hindsight ÷ anchor')}.")
+            f"best in hindsight, in {count('hindsight ÷ anchor')}. Like for like (one configuration each, "
+            f"both chosen on the choose models): the recommended solver at or below the anchor chosen "
+            f"the same way in {count('recommended ÷ chosen anchor')}.")
 
 
 def report(rows, args, wall, anchors):
@@ -451,13 +469,18 @@ def report(rows, args, wall, anchors):
                 low = lambda rs: min(rs, key=lambda r: r["error"]) if rs else None  # noqa: E731
                 best_new, best_lib, best_any, best_anc = low([r for r in library if new_rule(r)]), low(library), \
                     low(ours), low(anc)
+                picked = anchor_choice(rows, sde, b, args.rule)
+                fixed_anc = next((r for r in anc if r["config"] == picked), None)
                 fmt = lambda r: f"{r['error']:.4f} ({r['config']})" if r else "–"  # noqa: E731
                 div = lambda r: f"{r['error'] / best_anc['error']:.2f}" if r and best_anc else "–"  # noqa: E731
                 table.append({"SDE": sde, "model": model, "part": part, "≤ nfe": b, "recommended": fmt(chosen),
                               "defaults (best solver)": fmt(best_new), "library grids (hindsight)": fmt(best_lib),
                               "every config (hindsight)": fmt(best_any), "best anchor": fmt(best_anc),
+                              "anchor chosen on the panel": fmt(fixed_anc),
                               "recommended ÷ anchor": div(chosen), "defaults ÷ anchor": div(best_new),
-                              "hindsight ÷ anchor": div(best_any)})
+                              "hindsight ÷ anchor": div(best_any),
+                              "recommended ÷ chosen anchor": f"{chosen['error'] / fixed_anc['error']:.2f}"
+                              if chosen and fixed_anc else "–"})
     if not table:
         print("no SDE has every choose model yet (run the rest with --models, then --report-only --tag a,b)")
         return

@@ -19,7 +19,8 @@ def ipndm(prob, x, *, order: int = 3):
     the weights miss the variable-step ones by O(h_i/h_{i−1} − 1) = O(h), so orders p ≥ 2 are
     second order (deis with interpolant='sigma' is the variable-step form).  Why the fixed weights:
     at 5–20 steps they are more accurate than the exact ones on most panel models
-    (experiments/fewstep_panel.py).  Default order 3: lower error than order 4 in most panel cases."""
+    (experiments/fewstep_panel.py).  Default order 3: on the panel's choose models order 4's error is
+    1.22 / 1.38 / 1.09× order 3's at 5 / 10 / 20 nfe (geometric mean over models and grids)."""
     if order not in (1, 2, 3, 4):
         raise SolverError(f"order must be 1, 2, 3 or 4, got {order!r}")
     st = prob.sigma_tilde()
