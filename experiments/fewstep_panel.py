@@ -340,11 +340,13 @@ def _scores(rows, sde, b, name, models, rule="gmean"):
     'gmean' (the geometric mean: the typical ratio, which one odd model cannot decide alone) or
     'max' (the worst ratio: ≤ 1 exactly when at or below the best anchor on every model).  Only the
     library's grids (named and tuned) compete; EXTRA grids are measured, not chosen."""
+    anchors = best_anchor_errors(rows, sde, b)
+
     def ref(model):
-        cell = [r for r in rows if r["sde"] == sde and r["budget"] == b and r["model"] == model
-                and math.isfinite(r["error"])]
-        anc = [r["error"] for r in cell if r["family"] == "diffusers"]
-        return min(anc or [r["error"] for r in cell])
+        if model in anchors:
+            return anchors[model]
+        return min(r["error"] for r in rows if r["sde"] == sde and r["budget"] == b and r["model"] == model
+                   and math.isfinite(r["error"]))
     refs = {m: ref(m) for m in models if any(r["model"] == m and r["sde"] == sde for r in rows)}
     cands = {}
     for r in rows:
@@ -359,19 +361,29 @@ def _scores(rows, sde, b, name, models, rule="gmean"):
     return out
 
 
+def _anchor_rows(rows, sde, b):
+    return [r for r in rows if r["sde"] == sde and r["budget"] == b and r["family"] == "diffusers"
+            and math.isfinite(r["error"])]
+
+
+def best_anchor_errors(rows, sde, b) -> dict:
+    """{model: its lowest diffusers error at budget b} for the models any anchor ran on."""
+    best = {}
+    for r in _anchor_rows(rows, sde, b):
+        best[r["model"]] = min(best.get(r["model"], math.inf), r["error"])
+    return best
+
+
 def anchor_choice(rows, sde, b, rule="gmean"):
     """The one diffusers configuration (sampler, spacing, final σ, steps) chosen at budget b the way
     our recommendation is: the lowest `rule` over the choose models of its error ÷ that model's best
     anchor.  None where no configuration ran on every choose model."""
-    cell = [r for r in rows if r["sde"] == sde and r["budget"] == b and r["family"] == "diffusers"
-            and r["model"] in CHOOSE[sde] and math.isfinite(r["error"])]
-    best = {}
-    for r in cell:
-        best[r["model"]] = min(best.get(r["model"], math.inf), r["error"])
+    best = best_anchor_errors(rows, sde, b)
     by_cfg = {}
-    for r in cell:
-        by_cfg.setdefault(r["config"], []).append(r["error"] / best[r["model"]])
-    full = {c: RULES[rule](v) for c, v in by_cfg.items() if len(v) == len(best) == len(CHOOSE[sde])}
+    for r in _anchor_rows(rows, sde, b):
+        if r["model"] in CHOOSE[sde]:
+            by_cfg.setdefault(r["config"], []).append(r["error"] / best[r["model"]])
+    full = {c: RULES[rule](v) for c, v in by_cfg.items() if len(v) == len(CHOOSE[sde])}
     return min(full, key=full.get) if full else None
 
 
@@ -449,6 +461,7 @@ def report(rows, args, wall, anchors):
         print("wrote", solvers.fewstep.PATH)
     table = []
     for sde in choice["best"]:
+        picked = {b: anchor_choice(rows, sde, b, args.rule) for b in BUDGETS}
         for model in CHOOSE[sde] + HELD_OUT[sde]:
             part = "choose" if model in CHOOSE[sde] else "held out"
             for b in BUDGETS:
@@ -469,8 +482,7 @@ def report(rows, args, wall, anchors):
                 low = lambda rs: min(rs, key=lambda r: r["error"]) if rs else None  # noqa: E731
                 best_new, best_lib, best_any, best_anc = low([r for r in library if new_rule(r)]), low(library), \
                     low(ours), low(anc)
-                picked = anchor_choice(rows, sde, b, args.rule)
-                fixed_anc = next((r for r in anc if r["config"] == picked), None)
+                fixed_anc = next((r for r in anc if r["config"] == picked[b]), None)
                 fmt = lambda r: f"{r['error']:.4f} ({r['config']})" if r else "–"  # noqa: E731
                 div = lambda r: f"{r['error'] / best_anc['error']:.2f}" if r and best_anc else "–"  # noqa: E731
                 table.append({"SDE": sde, "model": model, "part": part, "≤ nfe": b, "recommended": fmt(chosen),
