@@ -72,6 +72,11 @@ DETERMINISTIC = ("euler", "heun", "euler_t", "heun_t", "dpmpp_2m", "dpmpp_3m", "
 VARIANTS = {"unipc:bh1": ("unipc", dict(variant="bh1")), "unipc:o3": ("unipc", dict(order=3)),
             "unipc:o3bh1": ("unipc", dict(order=3, variant="bh1")), "deis:o2": ("deis", dict(order=2)),
             "dpmpp_3m:anchors": ("dpmpp_3m", dict(match_anchors=True)), "ipndm:o4": ("ipndm", dict(order=4))}
+# sample(afs=True), the analytical first step (one evaluation fewer per solve): unlike the variants
+# above it competes for the recommended configuration per budget ("solver:afs", chosen on the choose
+# models like any other); the per-solver default grids stay those of afs=False, sample()'s default
+AFS_SOLVERS = ("ipndm", "unipc", "dpmpp_2m", "deis", "euler")
+VARIANTS.update({f"{s}:afs": (s, dict(afs=True)) for s in AFS_SOLVERS})
 # The ring oracle the tuned grids were fitted on is a choose model too: it favours them, and the
 # held-out models, which never choose, show whether they carry over (docs/results.md).
 CHOOSE = {"vp": ("ring", "ddigits", "ringo", "gauss", "grid25", "mix16"),
@@ -286,7 +291,8 @@ def main():
         for model, (score, sde, shape, dtype) in panel_models(sde_name, args).items():
             t0 = time.perf_counter()
             x_T = sde.prior_sample((args.n, *shape), generator=torch.Generator().manual_seed(args.seed), dtype=dtype)
-            ref = solvers.sample(score, sde, x_T=x_T, solver="pf_ode", rtol=1e-7, atol=1e-7)
+            steps = args.ddigits_steps if model == "ddigits" else train_steps(model, args)  # which checkpoint
+            ref = reference(score, sde, x_T, f"{sde_name}_{model}{f'_{steps}' if steps else ''}_{args.n}_{args.seed}")
             probe = x_T[:2]
             part = "choose" if model in CHOOSE[sde_name] else "held out"
 
@@ -304,6 +310,23 @@ def main():
             print(f"{sde_name} {model}: reference {ref.nfe} nfe; {time.perf_counter() - t0:.0f} s", flush=True)
     write_csv(out_path(f"fewstep_panel{args.tag}.csv"), rows)
     report(rows, args, time.perf_counter() - t_start, df is not None)
+
+
+def reference(score, sde, x_T, key):
+    """The converged ODE solution from x_T (pf_ode, rtol = atol = 1e-7), cached under
+    runs/fewstep_panel/refs/<key>.pt with x_T: a model's reference costs up to 11 minutes here (the
+    diffusers UNet) and does not depend on the solvers measured.  The key names the model's training
+    steps where they are set; the cache is used only for the same x_T."""
+    path = os.path.join(ROOT, "runs", "fewstep_panel", "refs", f"{key}.pt")
+    if os.path.exists(path):
+        cached = torch.load(path, weights_only=True)
+        if torch.equal(cached["x_T"], x_T):
+            return solvers.SampleResult(x=cached["x"], nfe=int(cached["nfe"]), t_grid=cached["t_grid"], solver="pf_ode")
+    ref = solvers.sample(score, sde, x_T=x_T, solver="pf_ode", rtol=1e-7, atol=1e-7)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(dict(x_T=x_T, x=ref.x, nfe=ref.nfe, t_grid=ref.t_grid), path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return ref
 
 
 def anchor_runs(df, sde, score, x_T, probe, record):
@@ -411,9 +434,19 @@ def choose(rows, rule="gmean", tuned_veto=False):
                 grids.setdefault(sde, {}).setdefault(name, {})[K] = grid
                 evidence.setdefault(sde, {}).setdefault(b, {})[name] = dict(K=K, errors={
                     g: [ch[g][1], ho[g][1] if g in ho else None] for g in ch})
+            for label in (f"{name}:afs" for name in AFS_SOLVERS):
+                ch = _scores(rows, sde, b, label, CHOOSE[sde], rule)
+                ho = _scores(rows, sde, b, label, HELD_OUT[sde], rule)
+                if ch:
+                    grid = min(ch, key=lambda g: ch[g][1])
+                    cell[label] = (grid, ch[grid][0], ch[grid][1])
+                    evidence.setdefault(sde, {}).setdefault(b, {})[label] = dict(K=ch[grid][0], errors={
+                        g: [ch[g][1], ho[g][1] if g in ho else None] for g in ch})
             if cell:
-                name = min(cell, key=lambda s: cell[s][2])
-                best.setdefault(sde, {})[b] = dict(solver=name, grid=cell[name][0], steps=cell[name][1])
+                label = min(cell, key=lambda s: cell[s][2])
+                name, opts = solver_of(label)
+                best.setdefault(sde, {})[b] = dict(solver=name, grid=cell[label][0], steps=cell[label][1],
+                                                   **({"afs": True} if opts.get("afs") else {}))
     return dict(about="Few-step defaults chosen by experiments/fewstep_panel.py; see solvers/fewstep.py",
                 rule=rule, tuned_veto=tuned_veto, choose=CHOOSE, held_out=HELD_OUT, budgets=BUDGETS, grids=grids, best=best,
                 evidence_note=f"evidence[family][budget][solver]: K and errors[grid] = [choose, held-out] "
@@ -470,7 +503,8 @@ def report(rows, args, wall, anchors):
                     continue
                 c = choice["best"][sde][b]
                 name, grid, K = c["solver"], c["grid"], c["steps"]
-                chosen = next((r for r in cell if r["family"] == "ours (grids)" and r["config"] == f"{name} {grid} K={K}"), None)
+                label = name + (":afs" if c.get("afs") else "")
+                chosen = next((r for r in cell if r["family"] == "ours (grids)" and r["config"] == f"{label} {grid} K={K}"), None)
 
                 def new_rule(r):  # the grid the chosen table gives this solver at this K
                     name, grid, k = r["config"].split()
@@ -480,8 +514,9 @@ def report(rows, args, wall, anchors):
                            and r["config"].split()[1] not in EXTRA]
                 anc = [r for r in cell if r["family"] == "diffusers" and math.isfinite(r["error"])]
                 low = lambda rs: min(rs, key=lambda r: r["error"]) if rs else None  # noqa: E731
-                best_new, best_lib, best_any, best_anc = low([r for r in library if new_rule(r)]), low(library), \
-                    low(ours), low(anc)
+                # our defaults: every solver on its default grid, and the recommended configuration
+                best_new, best_lib, best_any, best_anc = low([r for r in library if new_rule(r)] + [chosen] * bool(chosen)), \
+                    low(library + [chosen] * bool(chosen)), low(ours), low(anc)
                 fixed_anc = next((r for r in anc if r["config"] == picked[b]), None)
                 fmt = lambda r: f"{r['error']:.4f} ({r['config']})" if r else "–"  # noqa: E731
                 div = lambda r: f"{r['error'] / best_anc['error']:.2f}" if r and best_anc else "–"  # noqa: E731

@@ -74,11 +74,16 @@ class SolverSpec:
     weak_order: int | Callable[[dict], int | None] | None = None
     stochastic: bool | Callable[[dict], bool] = False
     adaptive: bool | Callable[[dict], bool] = False
+    # the solver's own loop calls the score at the grid times (False: torchdiffeq or torchsde does,
+    # at times of its own), which afs=True needs
+    grid_loop: bool = True
 
     def options(self, given: dict | None = None) -> dict:
         """The solver's keyword options with their defaults, updated by `given`."""
         params = inspect.signature(self.fn).parameters.values()
-        return {**{p.name: p.default for p in params if p.name not in ("prob", "x")}, **(given or {})}
+        own = {p.name: p.default for p in params if p.name not in ("prob", "x")}
+        # sample()'s afs=, listed with the solver's own so that `-o afs=true` and `scoresde solvers` see it
+        return {**own, **({"afs": False} if self.grid_loop else {}), **(given or {})}
 
     def traits(self, options: dict | None = None) -> SolverTraits:
         """Whether the solve with these options is stochastic or adaptive, and its order."""
@@ -106,7 +111,7 @@ def default_grid(solver: str, sde, steps: int | None = None) -> str:
 
 def recommended(sde, nfe: int) -> dict | None:
     """The few-step panel's choice for at most `nfe` score evaluations on this SDE family:
-    {solver, grid, steps, budget} (solvers.fewstep.recommended), or None."""
+    {solver, grid, steps, afs, budget} (solvers.fewstep.recommended), or None."""
     return fewstep.recommended(sde, nfe)
 
 
@@ -132,14 +137,14 @@ SOLVERS = {
     "euler_maruyama": SolverSpec(euler_maruyama, "Euler–Maruyama on the reverse SDE (native loop)",
                                  stochastic=True, weak_order=1),
     "torchsde": SolverSpec(torchsde_sde, "the reverse SDE via torchsde.sdeint; method=euler|milstein|srk|"
-                                         "euler_heun|heun|midpoint", stochastic=True),
+                                         "euler_heun|heun|midpoint", stochastic=True, grid_loop=False),
     "pc": SolverSpec(predictor_corrector, "predictor–corrector: Langevin corrector + reverse-diffusion predictor "
                                           "(Song et al. 2021, Alg. 2/3); snr=0.16, predictor=reverse_diffusion|"
                                           "euler_maruyama", stochastic=True),
     "pf_ode": SolverSpec(pf_ode, "probability-flow ODE via torchdiffeq; method=dopri5 (adaptive, rtol/atol) "
                                  "or a fixed-step method on the grid",
                          order=lambda opts: METHOD_ORDER.get(opts["method"]),
-                         adaptive=lambda opts: opts["method"] in ADAPTIVE),
+                         adaptive=lambda opts: opts["method"] in ADAPTIVE, grid_loop=False),
     "euler": SolverSpec(euler, "EDM's Euler: steps in σ/m on x/m, dx̃/dσ̃ = (x̃ − D)/σ̃ (Karras et al. 2022); "
                                "churn S_churn, S_tmin, S_tmax, S_noise", grid="edm",
                         grid_by_sde={"vp": "quadratic", "subvp": "uniform", "ve": "edm"},
@@ -223,7 +228,7 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
            steps: int | None = None, grid=None, eps: float | None = None,
            generator: torch.Generator | None = None, denoise: bool = False, callback: Callable | None = None,
            dtype: torch.dtype | None = None, device=None, check_finite: bool = True,
-           batch_size: int | None = None, cuda_graph: bool = False, **options) -> SampleResult:
+           batch_size: int | None = None, cuda_graph: bool = False, afs: bool = False, **options) -> SampleResult:
     """Draw samples by integrating from t = T (x_T ~ prior, or the given x_T) down to t = eps.
 
     grid: 'uniform', 'quadratic', 'edm', 'logsnr', 'tuned' (a shape fitted per solver and SDE
@@ -238,6 +243,13 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
     batch_size: evaluate the score on at most this many samples at a time.  x_T, the state and
     every noise draw stay whole-batch, so the samples equal those of one big batch for the same
     seed; network memory is bounded by batch_size, the state costs a few copies of (n, ...).
+    afs: the analytical first step (Zhou et al. 2024, AMED's "AFS"): the score at t_0 = T is taken as
+    that of N(0, σ(T)²I), s = −x/σ(T)² (ε̂ = x/σ(T), x̂_0 = 0), instead of a network call, so K steps
+    cost one evaluation fewer.  Exact for data at the origin; otherwise the first step misses by
+    (σ̃_0 − σ̃_1)·E[x_0]/σ̃_0 in x̃ = x/m (σ̃ = σ/m), which reaches the samples multiplied by
+    about s/σ̃_1 (s the data's scale): worth it at ≤ 10 evaluations on data centred near 0 (images on [−1, 1], the panel's rings),
+    not on data far off the origin (docs/solvers.md measures both).  Not for pf_ode and torchsde,
+    whose libraries choose the times of the calls.
     cuda_graph: replay the score call from CUDA graphs (one per batch shape; see
     solvers._graph): no per-call launch overhead, same samples.  On a device other than CUDA it
     warns and calls the score eagerly.  Pass a `solvers.GraphedScore(score_fn)` as score_fn
@@ -249,6 +261,12 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise SolverError(f"batch_size must be an integer >= 1 or None, got {batch_size!r}")
     check_options(solver, options)
+    if not isinstance(afs, bool):
+        raise SolverError(f"afs must be True or False, got {afs!r}")
+    if afs and not spec.grid_loop:
+        raise SolverError(f"afs=True needs a solver that steps on the grid itself; {solver!r} hands its steps to "
+                          f"{'torchdiffeq' if solver == 'pf_ode' else 'torchsde'} (use e.g. ipndm, dpmpp_2m, unipc, "
+                          f"euler, heun or ddpm)")
     if x_T is None:
         if shape is None:
             raise SolverError("give either shape=(B, ...) or x_T")
@@ -268,7 +286,7 @@ def sample(score_fn: Callable, sde, shape=None, *, x_T: torch.Tensor | None = No
         ts, grid = resolve_grid(sde, grid, steps, eps, default_eps(solver, sde))
     check_resolution(sde, ts, x.dtype)
     fn = graphed(score_fn, x.device) if cuda_graph else score_fn
-    prob = Problem(fn, sde, ts, x, generator, callback, check_finite, batch_size)
+    prob = Problem(fn, sde, ts, x, generator, callback, check_finite, batch_size, afs)
     with torch.no_grad():
         x = spec.fn(prob, x, **options)
         if denoise:

@@ -42,7 +42,7 @@ class Problem:
 
     def __init__(self, score_fn: Callable, sde, ts: torch.Tensor, x_like: torch.Tensor,
                  generator: torch.Generator | None, callback: Callable | None, check_finite: bool = True,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, afs: bool = False):
         self.fn, self.sde, self.ts = score_fn, sde, ts
         self.K = ts.numel() - 1
         self.t = ts.tolist()
@@ -64,6 +64,7 @@ class Problem:
         self.eager_check = self.device.type == "cpu"
         self.nfe = 0
         self.step = 0
+        self._afs = afs  # the first call at t_0 = T still to be answered analytically (score())
         self._flags = []  # (step, t, 0-d bool on the device), read by check_deferred
         self._tb = {}  # grid time -> its (B,) tensor
 
@@ -84,6 +85,11 @@ class Problem:
         return s
 
     def score(self, x: torch.Tensor, t) -> torch.Tensor:
+        if self._afs and isinstance(t, float) and t == self.t[0]:
+            # the analytical first step (sample(afs=True)): at T the data's share of x_T is m(T)·x_0,
+            # negligible beside σ(T)·z, so p_T ≈ N(0, σ(T)²I), whose score costs no network call
+            self._afs = False
+            return -x / self.sigma_score[0] ** 2
         tb, n = self._t_batch(t), self.batch_size
         if n is None or x.shape[0] <= n:
             s = self._checked(self.fn(x, tb), x, t)

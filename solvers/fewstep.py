@@ -10,7 +10,7 @@ UNet among them, and oracles), of the error's ratio to that model's best anchor 
 configuration; named and tuned grids compete alike, and the *held-out* models only report (the
 file's `rule` and `tuned_veto` say which rule made it).  The file keeps, per family,
     grids: {solver: {K: grid}}       K the solver's steps at that budget (heun: about nfe/2)
-    best:  {budget: {solver, grid, steps}}
+    best:  {budget: {solver, grid, steps[, afs]}}   afs: true where the analytical first step won
 and the panel, split and evidence it came from.  Families are solvers.tuned.sde_key's ('vp':
 linear β, and DDPM's own linear table; 'subvp'; 've'); any other SDE, and step counts above the
 largest chosen K, keep the solver's named default grid.
@@ -55,14 +55,17 @@ def grid_for(solver: str, sde, steps: int) -> str | None:
 
 
 def recommended(sde, nfe: int) -> dict | None:
-    """{solver, grid, steps, budget} chosen for the largest panel budget ≤ nfe on this SDE family,
-    or None (no family entry, or nfe below the smallest budget)."""
+    """{solver, grid, steps, afs, budget} chosen for the largest panel budget ≤ nfe on this SDE
+    family, or None (no family entry, or nfe below the smallest budget).  afs=True: sample() with
+    the analytical first step, so `steps` is one more than the budget's evaluations.  Run it as
+    solvers.sample(score_fn, sde, shape, solver=r["solver"], grid=r["grid"], steps=r["steps"], afs=r["afs"])."""
     best = table()["best"].get(sde_key(sde) or "", {})
     fits = [b for b in best if b <= nfe]
-    return dict(best[max(fits)], budget=max(fits)) if fits else None
+    return dict({"afs": False, **best[max(fits)]}, budget=max(fits)) if fits else None
 
 
 def summary(family: str) -> str:
     """'≤ 5 nfe: unipc (logsnr grid, 5 steps); …' for one family, '' when none is stored."""
     best = table()["best"].get(family, {})
-    return "; ".join(f"≤ {b} nfe: {v['solver']} ({v['grid']} grid, {v['steps']} steps)" for b, v in sorted(best.items()))
+    return "; ".join(f"≤ {b} nfe: {v['solver']} ({v['grid']} grid, {v['steps']} steps"
+                     f"{', afs=True: analytical first step' if v.get('afs') else ''})" for b, v in sorted(best.items()))

@@ -120,8 +120,8 @@ def _theta_from_grid(sde, ts: torch.Tensor) -> np.ndarray:
 def steps_for_nfe(sample: Callable, score_fn, sde, solver: str, nfe: int, x_probe: torch.Tensor, grid: str,
                   eps: float, denoise: bool, options: dict) -> tuple[int, int]:
     """The largest step count K whose solve (by `sample`, i.e. solvers.sample) uses at most `nfe`
-    evaluations, and its nfe."""
-    for K in range(nfe, 0, -1):
+    evaluations, and its nfe (options may hold afs=True, whose first step is free: K up to nfe + 1)."""
+    for K in range(nfe + 1, 0, -1):
         used = sample(score_fn, sde, x_T=x_probe, solver=solver, steps=K, grid=grid, eps=eps, denoise=denoise,
                       generator=torch.Generator(device=x_probe.device).manual_seed(0), **options).nfe
         if used <= nfe:
