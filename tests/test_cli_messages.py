@@ -246,7 +246,7 @@ def test_option_errors_are_the_python_apis_one_liners():
     one_error_line(run("sample", "--solver", "ddim", "-o", "eta"), "write KEY=VALUE")
     one_error_line(run("sample", "--solver", "ddim", "-o", "eta=-1", "--n", 4, "--quiet"), "eta must be >= 0, got -1.0")
     one_error_line(run("compare", "--solvers", "euler_t,dpmpp_2m", "-o", "eta=1"),
-                   "no solver being run takes option 'eta' (euler_t: none; dpmpp_2m: lower_order_final)")
+                   "no solver being run takes option 'eta' (euler_t: afs; dpmpp_2m: lower_order_final, afs)")
     one_error_line(run("compare", "--solvers", "heun", "-o", "ddim.eta=1"), "solver 'ddim' is not being run")
     one_error_line(run("compare", "--solvers", "pf_ode,torchsde", "-o", "method=rk4", "--n", 200),
                    "unknown torchsde method 'rk4'")

@@ -88,3 +88,24 @@ def test_afs_must_be_a_bool(bad):
     sde = SDE_FACTORIES["vp"]()
     with pytest.raises(solvers.SolverError, match="afs must be True or False"):
         solvers.sample(DATA.score_fn(sde), sde, shape=(4, 2), solver="ipndm", steps=4, afs=bad)
+
+
+def test_the_cli_takes_afs_as_an_option_of_the_solvers_that_step_on_the_grid(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from scoresde.cli import cli
+
+    runner = CliRunner()
+    args = ["--solvers", "ipndm,pf_ode", "--steps", "5", "--n", "200", "--quiet", "--no-plots"]
+    plain = runner.invoke(cli, ["compare", *args, "--out", str(tmp_path / "plain")])
+    afs = runner.invoke(cli, ["compare", *args, "-o", "afs=true", "--out", str(tmp_path / "afs")])
+    assert plain.exit_code == 0 and afs.exit_code == 0, afs.output
+    rows = {run: {r["solver"]: r for r in json.load(open(tmp_path / run / "results.json"))["rows"]}
+            for run in ("plain", "afs")}
+    assert rows["afs"]["ipndm"]["nfe"] == rows["plain"]["ipndm"]["nfe"] - 1 == 4
+    assert rows["afs"]["pf_ode"]["nfe"] == rows["plain"]["pf_ode"]["nfe"]  # pf_ode does not take it
+    out = runner.invoke(cli, ["sample", "--solver", "pf_ode", "-o", "afs=true", "--n", "4", "--quiet",
+                              "--out", str(tmp_path / "x.npz")])
+    assert out.exit_code == 2 and "afs" in out.output and "Traceback" not in out.output, out.output
